@@ -1,0 +1,64 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, each depending only on the ones above it:
+//   NetAddress   pure IP address and CIDR values
+//   SOCKSWire    pure SOCKS 4/4a/5 and RFC 1929 codecs and the server state machine
+//   AccessPolicy pure request facts -> decision engine
+//   Gateway      SwiftNIO handlers, relay, resolver, credential store (all the I/O)
+//   identgate    the command line
+let package = Package(
+    name: "identgate",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "identgate", targets: ["identgate"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        .target(name: "NetAddress"),
+        .target(
+            name: "SOCKSWire",
+            dependencies: ["NetAddress", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
+        .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
+        .target(
+            name: "Gateway",
+            dependencies: [
+                "NetAddress", "SOCKSWire", "AccessPolicy", "CCrypt",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "identgate",
+            dependencies: [
+                "Gateway", "AccessPolicy", "NetAddress",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
+        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
+        .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
+        .testTarget(
+            name: "GatewayTests",
+            dependencies: [
+                "Gateway", "SOCKSWire", "AccessPolicy", "NetAddress",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

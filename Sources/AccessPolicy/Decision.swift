@@ -1,0 +1,73 @@
+/// Which rule decided, as a person would look it up: its line in the policy file (nil
+/// for rules built in code) and its label.
+public struct RuleReference: Hashable, Sendable, CustomStringConvertible {
+    public var line: Int?
+    public var label: String?
+
+    public init(line: Int? = nil, label: String? = nil) {
+        self.line = line
+        self.label = label
+    }
+
+    public var description: String {
+        switch (line, label) {
+        case (let line?, let label?): "line \(line) (\(label))"
+        case (let line?, nil): "line \(line)"
+        case (nil, let label?): label
+        case (nil, nil): "unnamed rule"
+        }
+    }
+}
+
+/// The outcome of one request, with the reasons.
+public struct Decision: Hashable, Sendable {
+    public enum Verdict: String, Hashable, Sendable {
+        case allow, deny
+    }
+
+    /// Why a denied request is denied, in the terms SOCKS replies can tell apart.
+    public enum Refusal: String, Hashable, Sendable {
+        /// A rule denied it, or no rule allowed it.
+        case notAllowed
+        /// An allow rule needed ident and the client's identd gave no usable answer.
+        case identUnreachable
+        /// An allow rule needed ident and identd named a different user.
+        case identMismatch
+    }
+
+    /// One rule considered, and why it did or did not match.
+    public struct TraceStep: Hashable, Sendable {
+        public var rule: RuleReference
+        public var verdict: Verdict
+        public var matched: Bool
+        public var reason: String
+
+        public init(rule: RuleReference, verdict: Verdict, matched: Bool, reason: String) {
+            self.rule = rule
+            self.verdict = verdict
+            self.matched = matched
+            self.reason = reason
+        }
+    }
+
+    public var verdict: Verdict
+    /// nil when allowed.
+    public var refusal: Refusal?
+    /// The deciding rule; nil when the implicit final deny decided.
+    public var rule: RuleReference?
+    public var trace: [TraceStep]
+
+    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep]) {
+        self.verdict = verdict
+        self.refusal = refusal
+        self.rule = rule
+        self.trace = trace
+    }
+}
+
+/// Anything that can decide a request: the rule engine, a compiled policy file. The
+/// gateway knows only this protocol, so a new engine needs no change there. It is
+/// asynchronous because an engine may have to ask the client's identd.
+public protocol PolicyDecider: Sendable {
+    func decide(_ facts: RequestFacts) async -> Decision
+}

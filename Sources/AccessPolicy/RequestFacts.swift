@@ -1,0 +1,69 @@
+import NetAddress
+
+/// Everything the policy may look at to decide one request. The gateway fills it in;
+/// `explain`, policy tests and audit replay build it from text. Nothing here refers to a
+/// socket or a wire format.
+public struct RequestFacts: Hashable, Sendable {
+    public enum Version: String, Hashable, Sendable, CaseIterable {
+        case socks4, socks4a, socks5
+    }
+
+    public enum Command: String, Hashable, Sendable, CaseIterable {
+        case connect, bind, udp
+    }
+
+    public enum AuthMethod: String, Hashable, Sendable, CaseIterable {
+        case none, password
+    }
+
+    public enum Destination: Hashable, Sendable, CustomStringConvertible {
+        case address(IPAddress)
+        case hostName(String)
+
+        public var description: String {
+            switch self {
+            case .address(let address): address.description
+            case .hostName(let name): name
+            }
+        }
+    }
+
+    public var version: Version
+    public var command: Command
+    public var client: IPEndpoint
+    /// The gateway's address that the client connected to.
+    public var listener: IPEndpoint
+    public var destination: Destination
+    public var destinationPort: UInt16
+    /// For a host-name destination: the address the gateway resolved it to and will
+    /// connect to, if resolution succeeded. CIDR conditions match this address, never
+    /// another one; host-name conditions never cause a reverse lookup.
+    public var resolvedAddress: IPAddress?
+    /// The SOCKS4 USERID or the SOCKS5 username; nil when the client gave none.
+    public var claimedUser: String?
+    public var authMethod: AuthMethod
+
+    public init(
+        version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,
+        destination: Destination, destinationPort: UInt16, resolvedAddress: IPAddress? = nil,
+        claimedUser: String? = nil, authMethod: AuthMethod = .none
+    ) {
+        self.version = version
+        self.command = command
+        self.client = client
+        self.listener = listener
+        self.destination = destination
+        self.destinationPort = destinationPort
+        self.resolvedAddress = resolvedAddress
+        self.claimedUser = claimedUser
+        self.authMethod = authMethod
+    }
+
+    /// The address that will be connected to: the literal one, or the resolved one.
+    public var destinationAddress: IPAddress? {
+        switch destination {
+        case .address(let address): address
+        case .hostName: resolvedAddress
+        }
+    }
+}

@@ -1,0 +1,140 @@
+import CCrypt
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The users allowed to authenticate with RFC 1929 username/password, and their salted
+/// password hashes in crypt(3) form, the same as /etc/shadow: yescrypt (`$y$…`) or
+/// SHA-512 (`$6$…`). The file has one `user:hash` line per user; `#` starts a comment;
+/// fields after a second colon are ignored, so shadow lines can be pasted as they are.
+public struct CredentialStore: Sendable {
+    public struct LoadError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    private let hashes: [String: String]
+    /// Checked when the user is unknown, so that a wrong user name costs as much time as
+    /// a wrong password and the answer time does not tell which users exist.
+    private let decoyHash: String
+
+    public var userCount: Int { hashes.count }
+
+    public init(contents: String, fileName: String = "<passwords>") throws {
+        var hashes: [String: String] = [:]
+        var problems: [String] = []
+        for (index, rawLine) in contents.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = rawLine.trimmingSpaces
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            let location = "\(fileName):\(index + 1)"
+            guard fields.count >= 2, !fields[0].isEmpty else {
+                problems.append("\(location): error: expected 'user:hash'")
+                continue
+            }
+            let user = String(fields[0])
+            let hash = String(fields[1])
+            guard hash.hasPrefix("$") || hash.hasPrefix("!") || hash.hasPrefix("*") else {
+                problems.append("\(location): error: the hash for '\(user)' is not a crypt(3) hash; make one with 'identgate passwd \(user)'")
+                continue
+            }
+            if hashes[user] != nil {
+                problems.append("\(location): error: '\(user)' is listed twice")
+                continue
+            }
+            // `!` and `*` mark a locked account, as in /etc/shadow: it never authenticates.
+            hashes[user] = hash
+        }
+        guard problems.isEmpty else { throw LoadError(description: problems.joined(separator: "\n")) }
+        self.hashes = hashes
+        self.decoyHash =
+            hashes.values.first(where: { $0.hasPrefix("$") })
+            ?? (try? PasswordHasher.hash(password: Array("decoy".utf8), method: .sha512)) ?? "*"
+    }
+
+    public init(contentsOfFile path: String) throws {
+        guard let file = fopen(path, "r") else {
+            throw LoadError(description: "\(path): cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+        }
+        guard ferror(file) == 0 else { throw LoadError(description: "\(path): read error") }
+        try self.init(contents: String(decoding: bytes, as: UTF8.self), fileName: path)
+    }
+
+    /// Deliberately slow (that is what the hash is for): call it off the event loop.
+    public func verify(user: String, password: [UInt8]) -> Bool {
+        guard let hash = hashes[user], hash.hasPrefix("$") else {
+            _ = PasswordHasher.verify(password: password, hash: decoyHash)
+            return false
+        }
+        return PasswordHasher.verify(password: password, hash: hash)
+    }
+}
+
+/// crypt(3) through libxcrypt, thread-safe with `crypt_r`.
+public enum PasswordHasher {
+    public enum Method: String, CaseIterable, Sendable {
+        case yescrypt, sha512
+
+        var prefix: String {
+            switch self {
+            case .yescrypt: "$y$"
+            case .sha512: "$6$"
+            }
+        }
+    }
+
+    public struct HashError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// A new salted hash; the salt comes from the kernel's random source.
+    public static func hash(password: [UInt8], method: Method) throws -> String {
+        var setting = [CChar](repeating: 0, count: Int(CRYPT_GENSALT_OUTPUT_SIZE))
+        guard crypt_gensalt_rn(method.prefix, 0, nil, 0, &setting, Int32(setting.count)) != nil else {
+            throw HashError(description: "cannot make a \(method.rawValue) salt: \(String(cString: strerror(errno)))")
+        }
+        guard let hash = crypt(password: password, setting: setting), hash.hasPrefix("$") else {
+            throw HashError(description: "crypt(3) refused the \(method.rawValue) setting")
+        }
+        return hash
+    }
+
+    public static func verify(password: [UInt8], hash: String) -> Bool {
+        guard let computed = crypt(password: password, setting: Array(hash.utf8CString)) else { return false }
+        // Compare every octet, so the time does not say where the first difference is.
+        let lhs = Array(computed.utf8)
+        let rhs = Array(hash.utf8)
+        guard lhs.count == rhs.count else { return false }
+        return zip(lhs, rhs).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+
+    private static func crypt(password: [UInt8], setting: [CChar]) -> String? {
+        // A password with a NUL cannot be passed to crypt(3); it can never match.
+        guard !password.contains(0) else { return nil }
+        let data = UnsafeMutablePointer<crypt_data>.allocate(capacity: 1)
+        defer { data.deallocate() }
+        memset(data, 0, MemoryLayout<crypt_data>.size)
+        let phrase = password.map { CChar(bitPattern: $0) } + [0]
+        guard let result = crypt_r(phrase, setting, data) else { return nil }
+        let text = String(cString: result)
+        // libxcrypt returns a string starting with '*' on failure.
+        return text.hasPrefix("*") ? nil : text
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var text = self
+        while let first = text.first, first == " " || first == "\t" || first == "\r" { text.removeFirst() }
+        while let last = text.last, last == " " || last == "\t" || last == "\r" { text.removeLast() }
+        return text
+    }
+}

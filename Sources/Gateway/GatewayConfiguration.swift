@@ -1,0 +1,41 @@
+import AccessPolicy
+import Logging
+import NIOCore
+import NIOPosix
+import NetAddress
+import SOCKSWire
+
+/// The settings the operator chooses on the command line.
+public struct GatewayConfiguration: Sendable {
+    public var listen: [IPEndpoint] = [IPEndpoint(address: .v4(IPv4Address(127, 0, 0, 1)), port: 1080)]
+    /// From accept until a complete request (and authentication) has arrived.
+    public var negotiationTimeout: TimeAmount = .seconds(30)
+    /// For the outbound connect, and separately for resolving a destination name.
+    /// The SOCKS4 text suggests about two minutes; 30 s fails faster at an egress point,
+    /// where a destination that has not answered in 30 s is almost never coming.
+    public var connectTimeout: TimeAmount = .seconds(30)
+    /// A relay with no bytes moving either way for this long is closed; nil: never.
+    public var idleTimeout: TimeAmount? = .hours(1)
+    public var limits = SOCKSLimits()
+    /// The SOCKS5 methods offered, most preferred first. Empty: "none", or "password"
+    /// when a password file is given (a password file then means a password is needed;
+    /// offer both to let the policy's `auth` condition decide).
+    public var methods: [SOCKS5AuthMethod] = []
+
+    public init() {}
+}
+
+/// What every connection shares: the configuration and the services handlers call.
+struct GatewayContext: Sendable {
+    let configuration: GatewayConfiguration
+    let policy: any PolicyDecider
+    let credentials: CredentialStore?
+    let resolver: HostResolver
+    let threadPool: NIOThreadPool
+    let logger: Logger
+
+    var offeredMethods: [SOCKS5AuthMethod] {
+        if !configuration.methods.isEmpty { return configuration.methods }
+        return credentials == nil ? [.noAuthentication] : [.usernamePassword]
+    }
+}

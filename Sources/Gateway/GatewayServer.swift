@@ -1,0 +1,94 @@
+import AccessPolicy
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NetAddress
+
+/// The SOCKS gateway: one listening channel per `--listen` address, each accepted
+/// connection negotiated by a `SOCKSServerHandler` and relayed by `RelayHandler`s.
+public final class GatewayServer: Sendable {
+    private let context: GatewayContext
+    private let group: any EventLoopGroup
+    private let listeners: NIOLockedValueBox<[(channel: any Channel, quiescing: ServerQuiescingHelper)]> = .init([])
+
+    public init(
+        configuration: GatewayConfiguration,
+        policy: any PolicyDecider,
+        credentials: CredentialStore? = nil,
+        group: any EventLoopGroup,
+        threadPool: NIOThreadPool,
+        logger: Logger
+    ) {
+        self.group = group
+        self.context = GatewayContext(
+            configuration: configuration,
+            policy: policy,
+            credentials: credentials,
+            resolver: HostResolver(threadPool: threadPool, timeout: configuration.connectTimeout),
+            threadPool: threadPool,
+            logger: logger
+        )
+    }
+
+    /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
+    /// If one cannot be bound, those already bound are closed and the error is thrown.
+    public func start() async throws -> [IPEndpoint] {
+        var bound: [IPEndpoint] = []
+        do {
+            for endpoint in context.configuration.listen {
+                let quiescing = ServerQuiescingHelper(group: group)
+                let gateway = context
+                let channel = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 1024)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .serverChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                        }
+                    }
+                    .childChannelOption(.allowRemoteHalfClosure, value: true)
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
+                        }
+                    }
+                    .bind(to: SocketAddress(endpoint))
+                    .get()
+                listeners.withLockedValue { $0.append((channel, quiescing)) }
+                bound.append(channel.localAddress?.ipEndpoint ?? endpoint)
+            }
+        } catch {
+            _ = try? await shutdown(grace: .zero)
+            throw error
+        }
+        return bound
+    }
+
+    /// Stops accepting, closes connections still negotiating, and waits for running
+    /// relays to end, at most `grace`. Returns true if every session ended in time.
+    @discardableResult
+    public func shutdown(grace: TimeAmount) async throws -> Bool {
+        let listeners = self.listeners.withLockedValue { listeners in
+            defer { listeners = [] }
+            return listeners
+        }
+        let eventLoop = group.next()
+        let allClosed = listeners.map { listener in
+            let promise = eventLoop.makePromise(of: Void.self)
+            listener.quiescing.initiateShutdown(promise: promise)
+            return promise.futureResult
+        }
+        let finished = eventLoop.makePromise(of: Bool.self)
+        let completed = NIOLockedValueBox(false)
+        let complete: @Sendable (Bool) -> Void = { inTime in
+            if completed.withLockedValue({ done in defer { done = true }; return !done }) {
+                finished.succeed(inTime)
+            }
+        }
+        eventLoop.scheduleTask(in: grace) { complete(false) }
+        EventLoopFuture.andAllComplete(allClosed, on: eventLoop).whenComplete { _ in complete(true) }
+        return try await finished.futureResult.get()
+    }
+}

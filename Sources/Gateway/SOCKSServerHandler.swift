@@ -1,0 +1,316 @@
+import AccessPolicy
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NetAddress
+import SOCKSWire
+
+/// Drives one client connection from its first byte to the relay: feeds bytes to the
+/// SOCKS state machine, carries out what it asks (check credentials, decide, resolve,
+/// connect), and finally hands the channel to a `RelayHandler` pair and removes itself.
+///
+/// While the gateway works on a request it stops reading from the client, so a client
+/// that sends data early cannot make it buffer more than one read.
+final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let gateway: GatewayContext
+    private var machine: SOCKSServerStateMachine
+    private var received: ByteBuffer?
+    private var negotiationDeadline: Scheduled<Void>?
+    /// True while credentials are checked or a request is handled: no reads meanwhile.
+    private var busy = false
+    private var readPending = false
+    private var logger: Logger
+
+    init(gateway: GatewayContext) {
+        self.gateway = gateway
+        self.machine = SOCKSServerStateMachine(offeredMethods: gateway.offeredMethods, limits: gateway.configuration.limits)
+        self.logger = gateway.logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if let remote = context.channel.remoteAddress?.ipEndpoint {
+            logger[metadataKey: "client"] = "\(remote)"
+        }
+        negotiationDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.configuration.negotiationTimeout) {
+            self.negotiationTimedOut(context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        negotiationDeadline?.cancel()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if received == nil {
+            received = bytes
+        } else {
+            received!.writeBuffer(&bytes)
+        }
+        if !busy { advance(context: context) }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if busy || machine.isNegotiationComplete {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Shutting down: a connection still negotiating has no session to finish.
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("client connection failed during negotiation", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Negotiation
+
+    /// Runs the state machine over what has been received, until it needs more bytes or
+    /// hands out work.
+    private func advance(context: ChannelHandlerContext) {
+        guard var buffer = received else {
+            context.flush()
+            return
+        }
+        defer { received = buffer.readableBytes > 0 ? buffer : nil }
+        while true {
+            let action = machine.receive(&buffer)
+            switch action {
+            case .waitForMoreBytes:
+                context.flush()
+                return
+            case .send, .sendAndClose, .close:
+                guard perform(action, context: context) else { return }
+            case .checkCredentials(let credentials):
+                context.flush()
+                checkCredentials(credentials, context: context)
+                return
+            case .handleRequest(let request):
+                context.flush()
+                negotiationDeadline?.cancel()
+                handle(request, context: context)
+                return
+            }
+        }
+    }
+
+    /// Sends what a reply action says; false if the connection is ending.
+    private func perform(_ action: SOCKSServerStateMachine.Action, context: ChannelHandlerContext) -> Bool {
+        switch action {
+        case .send(let message):
+            context.write(wrapOutboundOut(encode(message, context: context)), promise: nil)
+            return true
+        case .sendAndClose(let message):
+            sendAndClose(message, context: context)
+            return false
+        case .close:
+            context.close(promise: nil)
+            return false
+        case .waitForMoreBytes, .checkCredentials, .handleRequest:
+            preconditionFailure("\(action) is not a reply")
+        }
+    }
+
+    private func encode(_ message: SOCKSServerMessage, context: ChannelHandlerContext) -> ByteBuffer {
+        var buffer = context.channel.allocator.buffer(capacity: 22)
+        buffer.writeSOCKSServerMessage(message)
+        return buffer
+    }
+
+    private func sendAndClose(_ message: SOCKSServerMessage, context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(encode(message, context: context))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    private func negotiationTimedOut(context: ChannelHandlerContext) {
+        logger.info("negotiation timed out")
+        if let message = machine.negotiationTimedOut() {
+            sendAndClose(message, context: context)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    private func checkCredentials(_ credentials: UsernamePasswordRequest, context: ChannelHandlerContext) {
+        busy = true
+        let store = gateway.credentials
+        gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
+            store?.verify(user: credentials.username, password: credentials.password) ?? false
+        }.assumeIsolated().whenComplete { result in
+            self.busy = false
+            let valid = (try? result.get()) ?? false
+            if !valid {
+                self.logger.notice("password authentication failed", metadata: ["user": "\(credentials.username)"])
+            }
+            guard self.perform(self.machine.credentialsChecked(valid: valid), context: context) else { return }
+            self.advance(context: context)
+            self.resumeReading(context: context)
+        }
+    }
+
+    private func resumeReading(context: ChannelHandlerContext) {
+        if readPending, !busy, !machine.isNegotiationComplete {
+            readPending = false
+            context.read()
+        }
+    }
+
+    // MARK: The request
+
+    private func handle(_ request: SOCKSRequest, context: ChannelHandlerContext) {
+        busy = true
+        guard request.command == .connect else {
+            // BIND and UDP ASSOCIATE come with their own issue.
+            fail(.commandNotSupported, request: request, context: context)
+            return
+        }
+        guard let client = context.channel.remoteAddress?.ipEndpoint,
+            let listener = context.channel.localAddress?.ipEndpoint
+        else {
+            context.close(promise: nil)
+            return
+        }
+        var facts = RequestFacts(
+            version: RequestFacts.Version(request.version),
+            command: .connect,
+            client: client,
+            listener: listener,
+            destination: .address(.v4(.any)),
+            destinationPort: request.port,
+            claimedUser: request.claimedUser,
+            authMethod: request.authMethod == .usernamePassword ? .password : .none
+        )
+        let addresses: EventLoopFuture<[IPAddress]>
+        switch request.host {
+        case .ipv4(let address):
+            facts.destination = .address(.v4(address))
+            addresses = context.eventLoop.makeSucceededFuture([.v4(address)])
+        case .ipv6(let address):
+            facts.destination = .address(.v6(address))
+            addresses = context.eventLoop.makeSucceededFuture([.v6(address)])
+        case .domain(let name):
+            facts.destination = .hostName(name)
+            addresses = gateway.resolver.resolve(name, on: context.eventLoop)
+        }
+        let policy = gateway.policy
+        addresses.assumeIsolated().whenSuccess { addresses in
+            // The policy sees the one address that will be connected to.
+            facts.resolvedAddress = addresses.first
+            let decidedFacts = facts
+            context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
+                .assumeIsolated().whenSuccess { decision in
+                    self.act(on: decision, facts: decidedFacts, request: request, context: context)
+                }
+        }
+    }
+
+    private func act(on decision: Decision, facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext) {
+        logger.debug(
+            "decision",
+            metadata: [
+                "destination": "\(facts.destination):\(facts.destinationPort)",
+                "verdict": "\(decision.verdict.rawValue)",
+                "rule": "\(decision.rule?.description ?? "final deny")",
+            ]
+        )
+        guard decision.verdict == .allow else {
+            fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), request: request, context: context)
+            return
+        }
+        guard let address = facts.destinationAddress else {
+            fail(.hostUnreachable, request: request, context: context)
+            return
+        }
+        connect(to: IPEndpoint(address: address, port: facts.destinationPort), request: request, context: context)
+    }
+
+    private func connect(to destination: IPEndpoint, request: SOCKSRequest, context: ChannelHandlerContext) {
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(gateway.configuration.connectTimeout)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .connect(to: SocketAddress(destination))
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let outbound):
+                    self.startRelay(to: outbound, context: context)
+                case .failure(let error):
+                    self.logger.debug("connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                    self.fail(SOCKSRequestFailure(connectError: error), request: request, context: context)
+                }
+            }
+    }
+
+    private func fail(_ failure: SOCKSRequestFailure, request: SOCKSRequest, context: ChannelHandlerContext) {
+        sendAndClose(machine.requestFailed(failure), context: context)
+    }
+
+    /// Sends the success reply with the outbound socket's local address, then moves both
+    /// channels to the relay, with any bytes the client sent early going first.
+    private func startRelay(to outbound: any Channel, context: ChannelHandlerContext) {
+        guard context.channel.isActive, let bound = outbound.localAddress?.ipEndpoint else {
+            outbound.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        let reply = encode(machine.requestGranted(boundAddress: bound), context: context)
+        context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+
+        let (clientSide, destinationSide) = RelayHandler.matchedPair()
+        do {
+            try outbound.pipeline.syncOperations.addHandler(destinationSide)
+            if let idleTimeout = gateway.configuration.idleTimeout {
+                try context.pipeline.syncOperations.addHandler(
+                    IdleStateHandler(allTimeout: idleTimeout), position: .before(self))
+            }
+            try context.pipeline.syncOperations.addHandler(clientSide, position: .after(self))
+        } catch {
+            outbound.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        if let early = received, early.readableBytes > 0 {
+            outbound.writeAndFlush(early, promise: nil)
+        }
+        received = nil
+        busy = false
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        // The read held back during negotiation now goes to the relay.
+        context.channel.read()
+    }
+}
+
+extension RequestFacts.Version {
+    init(_ version: SOCKSVersion) {
+        switch version {
+        case .socks4: self = .socks4
+        case .socks4a: self = .socks4a
+        case .socks5: self = .socks5
+        }
+    }
+}
+
+extension SOCKSRequestFailure {
+    init(_ refusal: Decision.Refusal) {
+        switch refusal {
+        case .notAllowed: self = .notAllowed
+        case .identUnreachable: self = .identUnreachable
+        case .identMismatch: self = .identMismatch
+        }
+    }
+}

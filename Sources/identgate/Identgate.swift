@@ -1,0 +1,12 @@
+import ArgumentParser
+
+@main
+struct Identgate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "identgate",
+        abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",
+        version: "0.1.0",
+        subcommands: [Run.self, Passwd.self],
+        defaultSubcommand: nil
+    )
+}
