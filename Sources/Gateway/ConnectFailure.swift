@@ -2,7 +2,7 @@ import NIOCore
 import SOCKSWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension SOCKSRequestFailure {

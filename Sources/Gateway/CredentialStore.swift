@@ -1,7 +1,7 @@
 import CCrypt
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The users allowed to authenticate with RFC 1929 username/password, and their salted
@@ -35,7 +35,8 @@ public struct CredentialStore: Sendable {
             let user = String(fields[0])
             let hash = String(fields[1])
             guard hash.hasPrefix("$") || hash.hasPrefix("!") || hash.hasPrefix("*") else {
-                problems.append("\(location): error: the hash for '\(user)' is not a crypt(3) hash; make one with 'identgate passwd \(user)'")
+                problems.append(
+                    "\(location): error: the hash for '\(user)' is not a crypt(3) hash; make one with 'identgate passwd \(user)'")
                 continue
             }
             if hashes[user] != nil {

@@ -6,6 +6,10 @@ import NIOExtras
 import NIOPosix
 import NetAddress
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The SOCKS gateway: one listening channel per `--listen` address, each accepted
 /// connection negotiated by a `SOCKSServerHandler` and relayed by `RelayHandler`s.
 public final class GatewayServer: Sendable {
@@ -39,23 +43,7 @@ public final class GatewayServer: Sendable {
         do {
             for endpoint in context.configuration.listen {
                 let quiescing = ServerQuiescingHelper(group: group)
-                let gateway = context
-                let channel = try await ServerBootstrap(group: group)
-                    .serverChannelOption(.backlog, value: 1024)
-                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .serverChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
-                        }
-                    }
-                    .childChannelOption(.allowRemoteHalfClosure, value: true)
-                    .childChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
-                        }
-                    }
-                    .bind(to: SocketAddress(endpoint))
-                    .get()
+                let channel = try await bind(endpoint, quiescing: quiescing)
                 listeners.withLockedValue { $0.append((channel, quiescing)) }
                 bound.append(channel.localAddress?.ipEndpoint ?? endpoint)
             }
@@ -64,6 +52,32 @@ public final class GatewayServer: Sendable {
             throw error
         }
         return bound
+    }
+
+    private func bind(_ endpoint: IPEndpoint, quiescing: ServerQuiescingHelper) async throws -> any Channel {
+        let gateway = context
+        do {
+            return try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
+                    }
+                }
+                .bind(to: SocketAddress(endpoint))
+                .get()
+        } catch let error as IOError {
+            throw ListenError(endpoint: endpoint, reason: String(cString: strerror(error.errnoCode)))
+        } catch {
+            throw ListenError(endpoint: endpoint, reason: "\(error)")
+        }
     }
 
     /// Stops accepting, closes connections still negotiating, and waits for running
@@ -83,7 +97,10 @@ public final class GatewayServer: Sendable {
         let finished = eventLoop.makePromise(of: Bool.self)
         let completed = NIOLockedValueBox(false)
         let complete: @Sendable (Bool) -> Void = { inTime in
-            if completed.withLockedValue({ done in defer { done = true }; return !done }) {
+            if completed.withLockedValue({ done in
+                defer { done = true }
+                return !done
+            }) {
                 finished.succeed(inTime)
             }
         }
@@ -91,4 +108,11 @@ public final class GatewayServer: Sendable {
         EventLoopFuture.andAllComplete(allClosed, on: eventLoop).whenComplete { _ in complete(true) }
         return try await finished.futureResult.get()
     }
+}
+
+/// A listen address that could not be bound, said the way an operator reads it.
+public struct ListenError: Error, CustomStringConvertible {
+    public var endpoint: IPEndpoint
+    public var reason: String
+    public var description: String { "cannot listen on \(endpoint): \(reason)" }
 }

@@ -3,7 +3,7 @@ import NIOPosix
 import NetAddress
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Resolves destination host names with getaddrinfo(3) on a thread pool.

@@ -176,7 +176,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         busy = true
         guard request.command == .connect else {
             // BIND and UDP ASSOCIATE come with their own issue.
-            fail(.commandNotSupported, request: request, context: context)
+            fail(.commandNotSupported, context: context)
             return
         }
         guard let client = context.channel.remoteAddress?.ipEndpoint,
@@ -185,61 +185,83 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        var facts = RequestFacts(
+        let destination: RequestFacts.Destination
+        let addresses: EventLoopFuture<[IPAddress]>
+        switch request.host {
+        case .ipv4(let address):
+            destination = .address(.v4(address))
+            addresses = context.eventLoop.makeSucceededFuture([.v4(address)])
+        case .ipv6(let address):
+            destination = .address(.v6(address))
+            addresses = context.eventLoop.makeSucceededFuture([.v6(address)])
+        case .domain(let name):
+            destination = .hostName(name)
+            addresses = gateway.resolver.resolve(name, on: context.eventLoop)
+        }
+        let facts = RequestFacts(
             version: RequestFacts.Version(request.version),
             command: .connect,
             client: client,
             listener: listener,
-            destination: .address(.v4(.any)),
+            destination: destination,
             destinationPort: request.port,
             claimedUser: request.claimedUser,
             authMethod: request.authMethod == .usernamePassword ? .password : .none
         )
-        let addresses: EventLoopFuture<[IPAddress]>
-        switch request.host {
-        case .ipv4(let address):
-            facts.destination = .address(.v4(address))
-            addresses = context.eventLoop.makeSucceededFuture([.v4(address)])
-        case .ipv6(let address):
-            facts.destination = .address(.v6(address))
-            addresses = context.eventLoop.makeSucceededFuture([.v6(address)])
-        case .domain(let name):
-            facts.destination = .hostName(name)
-            addresses = gateway.resolver.resolve(name, on: context.eventLoop)
-        }
-        let policy = gateway.policy
         addresses.assumeIsolated().whenSuccess { addresses in
-            // The policy sees the one address that will be connected to.
-            facts.resolvedAddress = addresses.first
-            let decidedFacts = facts
-            context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
-                .assumeIsolated().whenSuccess { decision in
-                    self.act(on: decision, facts: decidedFacts, request: request, context: context)
+            self.decideAndConnect(facts, candidates: addresses.prefix(Self.maxAddressesTried), context: context)
+        }
+    }
+
+    /// A name may resolve to several addresses (say ::1 and 127.0.0.1); like any client
+    /// the gateway tries them in order. Each is decided by the policy before it is
+    /// connected to, so a CIDR rule always sees the address actually used.
+    static let maxAddressesTried = 4
+
+    private func decideAndConnect(
+        _ facts: RequestFacts, candidates: ArraySlice<IPAddress>, context: ChannelHandlerContext,
+        previousFailure: SOCKSRequestFailure? = nil
+    ) {
+        var facts = facts
+        facts.resolvedAddress = candidates.first
+        let decidedFacts = facts
+        let policy = gateway.policy
+        context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
+            .assumeIsolated().whenSuccess { decision in
+                self.logger.debug(
+                    "decision",
+                    metadata: [
+                        "destination": "\(decidedFacts.destination):\(decidedFacts.destinationPort)",
+                        "address": "\(decidedFacts.destinationAddress.map(\.description) ?? "unresolved")",
+                        "verdict": "\(decision.verdict.rawValue)",
+                        "rule": "\(decision.rule?.description ?? "final deny")",
+                    ]
+                )
+                guard decision.verdict == .allow else {
+                    // After a failed attempt, a later address the policy refuses ends the
+                    // search; the client hears why the allowed attempt failed.
+                    self.fail(previousFailure ?? SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
+                    return
                 }
-        }
+                guard let address = decidedFacts.destinationAddress else {
+                    self.fail(.hostUnreachable, context: context)
+                    return
+                }
+                let destination = IPEndpoint(address: address, port: decidedFacts.destinationPort)
+                self.connect(to: destination, context: context) { failure in
+                    let rest = candidates.dropFirst()
+                    guard !rest.isEmpty else {
+                        self.fail(failure, context: context)
+                        return
+                    }
+                    self.decideAndConnect(decidedFacts, candidates: rest, context: context, previousFailure: failure)
+                }
+            }
     }
 
-    private func act(on decision: Decision, facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext) {
-        logger.debug(
-            "decision",
-            metadata: [
-                "destination": "\(facts.destination):\(facts.destinationPort)",
-                "verdict": "\(decision.verdict.rawValue)",
-                "rule": "\(decision.rule?.description ?? "final deny")",
-            ]
-        )
-        guard decision.verdict == .allow else {
-            fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), request: request, context: context)
-            return
-        }
-        guard let address = facts.destinationAddress else {
-            fail(.hostUnreachable, request: request, context: context)
-            return
-        }
-        connect(to: IPEndpoint(address: address, port: facts.destinationPort), request: request, context: context)
-    }
-
-    private func connect(to destination: IPEndpoint, request: SOCKSRequest, context: ChannelHandlerContext) {
+    private func connect(
+        to destination: IPEndpoint, context: ChannelHandlerContext, onFailure: @escaping (SOCKSRequestFailure) -> Void
+    ) {
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(gateway.configuration.connectTimeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -251,12 +273,12 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     self.startRelay(to: outbound, context: context)
                 case .failure(let error):
                     self.logger.debug("connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                    self.fail(SOCKSRequestFailure(connectError: error), request: request, context: context)
+                    onFailure(SOCKSRequestFailure(connectError: error))
                 }
             }
     }
 
-    private func fail(_ failure: SOCKSRequestFailure, request: SOCKSRequest, context: ChannelHandlerContext) {
+    private func fail(_ failure: SOCKSRequestFailure, context: ChannelHandlerContext) {
         sendAndClose(machine.requestFailed(failure), context: context)
     }
 

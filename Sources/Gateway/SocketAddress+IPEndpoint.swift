@@ -2,7 +2,7 @@ import NIOCore
 import NetAddress
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension SocketAddress {
@@ -31,7 +31,9 @@ extension SocketAddress {
         switch self {
         case .v4(let address):
             let sin = address.address
-            return IPEndpoint(address: .v4(NetAddress.IPv4Address(UInt32(bigEndian: sin.sin_addr.s_addr))), port: UInt16(bigEndian: sin.sin_port))
+            return IPEndpoint(
+                address: .v4(NetAddress.IPv4Address(UInt32(bigEndian: sin.sin_addr.s_addr))),
+                port: UInt16(bigEndian: sin.sin_port))
         case .v6(let address):
             let sin6 = address.address
             let octets = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }

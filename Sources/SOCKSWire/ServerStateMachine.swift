@@ -6,7 +6,8 @@ public enum SOCKSVersion: String, Hashable, Sendable {
 }
 
 public enum SOCKSCommand: String, Hashable, Sendable {
-    case connect, bind, udpAssociate = "udp"
+    case connect, bind
+    case udpAssociate = "udp"
 }
 
 /// A complete, well-formed request of any version, as the gateway acts on it.

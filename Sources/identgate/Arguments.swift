@@ -44,4 +44,17 @@ struct DurationArgument: ExpressibleByArgument, ExpressibleByStringLiteral, Cust
     var defaultValueDescription: String { description }
 }
 
-extension Logger.Level: @retroactive ExpressibleByArgument {}
+/// swift-log's levels by name.
+struct LogLevelArgument: ExpressibleByArgument {
+    var level: Logger.Level
+
+    init?(argument: String) {
+        guard let level = Logger.Level(rawValue: argument) else { return nil }
+        self.level = level
+    }
+
+    init(_ level: Logger.Level) { self.level = level }
+
+    var defaultValueDescription: String { level.rawValue }
+    static var allValueStrings: [String] { Logger.Level.allCases.map(\.rawValue) }
+}

@@ -2,7 +2,7 @@ import ArgumentParser
 import Gateway
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Passwd: ParsableCommand {

@@ -9,7 +9,7 @@ import NetAddress
 import SOCKSWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Run: AsyncParsableCommand {
@@ -22,22 +22,25 @@ struct Run: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .customLong("listen"), help: ArgumentHelp("Address to serve on, HOST:PORT; [::1]:1080 for IPv6. Repeatable.", valueName: "host:port"))
+    @Option(
+        name: .customLong("listen"),
+        help: ArgumentHelp("Address to serve on, HOST:PORT; [::1]:1080 for IPv6. Repeatable. Default: 127.0.0.1:1080.", valueName: "host:port"))
     var listen: [ListenAddress] = []
 
-    @Option(help: "Longest wait from accept to a complete request.")
+    @Option(help: ArgumentHelp("Longest wait from accept to a complete request.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
-    @Option(help: "Longest wait for resolving a destination name, and for the outbound connect.")
+    @Option(help: ArgumentHelp("Longest wait for resolving a destination name, and for the outbound connect.", valueName: "duration"))
     var connectTimeout: DurationArgument = "30s"
 
-    @Option(help: "Close a relay after this long with no bytes either way; 0 for never.")
+    @Option(help: ArgumentHelp("Close a relay after this long with no bytes either way; 0 for never.", valueName: "duration"))
     var idleTimeout: DurationArgument = "1h"
 
-    @Option(help: "On SIGINT/SIGTERM, how long running sessions may go on before exit.")
+    @Option(help: ArgumentHelp("On SIGINT/SIGTERM, how long running sessions may go on before exit.", valueName: "duration"))
     var shutdownGrace: DurationArgument = "10s"
 
-    @Option(help: ArgumentHelp("Users for SOCKS5 username/password, 'user:hash' lines (see 'identgate passwd').", valueName: "file"))
+    @Option(
+        help: ArgumentHelp("Users for SOCKS5 username/password, 'user:hash' lines (see 'identgate passwd').", valueName: "file"))
     var passwordFile: String?
 
     @Option(
@@ -46,8 +49,8 @@ struct Run: AsyncParsableCommand {
             valueName: "list"))
     var methods: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "How much to log on standard error.")
+    var logLevel = LogLevelArgument(.info)
 
     func validate() throws {
         if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
@@ -66,7 +69,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = logLevel
+        let level = logLevel.level
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -89,7 +92,7 @@ struct Run: AsyncParsableCommand {
         do {
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
         } catch {
-            throw CleanExit.message("identgate: error: \(error)")
+            throw FailedStart(message: "\(error)")
         }
 
         let signals = ShutdownSignals()
@@ -109,7 +112,7 @@ struct Run: AsyncParsableCommand {
         do {
             bound = try await gateway.start()
         } catch {
-            throw FailedStart(message: "cannot listen: \(error)")
+            throw FailedStart(message: "\(error)")
         }
         logger.info(
             "identgate serving",
@@ -121,7 +124,9 @@ struct Run: AsyncParsableCommand {
         )
 
         let signal = await signals.next()
-        logger.info("stopping: no new connections; running sessions may finish", metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
+        logger.info(
+            "stopping: no new connections; running sessions may finish",
+            metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
         let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
         if !inTime { logger.notice("grace period over; closing the sessions still running") }
         try await group.shutdownGracefully()
@@ -134,7 +139,7 @@ struct Run: AsyncParsableCommand {
 /// ValidationError would print.
 struct FailedStart: Error, CustomStringConvertible {
     var message: String
-    var description: String { "identgate: error: \(message)" }
+    var description: String { message }
 }
 
 /// SIGINT and SIGTERM, delivered by Dispatch rather than an async-signal handler.

@@ -1,0 +1,218 @@
+"""Servers and process helpers for the interoperability tests.
+
+Everything listens on loopback with an ephemeral port, and everything a test starts
+it stops (the classes are context managers).
+"""
+
+import hashlib
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.environ.get("IDENTGATE_BIN", os.path.join(ROOT, ".build", "debug", "identgate"))
+
+
+def free_port(host="127.0.0.1"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(host, port, deadline=20.0):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                probe.connect((host, port))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {deadline}s")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Gateway:
+    """identgate run, on its own port, stopped with SIGTERM (and must exit 0)."""
+
+    def __init__(self, *args, host="127.0.0.1"):
+        self.host = host
+        self.port = free_port(host)
+        listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="identgate-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port(host, self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    @property
+    def address(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def output(self):
+        with open(self.log.name, errors="replace") as log:
+            return log.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        os.unlink(self.log.name)
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """GET / says hello; POST /echo sends the body back with its SHA-256 in a header."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"hello through identgate\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append(hashlib.sha256(body).hexdigest())
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Received-SHA256", hashlib.sha256(body).hexdigest())
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class HTTPServer:
+    def __init__(self, host="127.0.0.1"):
+        server_class = http.server.ThreadingHTTPServer
+        if ":" in host:
+            server_class = type("HTTPServer6", (http.server.ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.server = server_class((host, 0), _EchoHandler)
+        self.server.received = []
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TCPServer:
+    """Accepts connections and runs `serve(connection)` for each on its own thread;
+    counts the connections and the bytes it received."""
+
+    def __init__(self, serve, host="127.0.0.1"):
+        self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.serve = serve
+        self.connections = 0
+        self.bytes_received = 0
+        self.lock = threading.Lock()
+        self.running = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while self.running:
+            try:
+                connection, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+
+    def _run(self, connection):
+        with connection:
+            connection.settimeout(60)
+            try:
+                self.serve(self, connection)
+            except OSError:
+                pass
+
+    def count(self, received):
+        with self.lock:
+            self.bytes_received += received
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.listener.close()
+
+
+def echo(server, connection):
+    """Echo until EOF, then shut down the sending side: a half-close-aware echo."""
+    while True:
+        data = connection.recv(65536)
+        if not data:
+            break
+        server.count(len(data))
+        connection.sendall(data)
+    connection.shutdown(socket.SHUT_WR)
+
+
+def socks5_connect(gateway, host, port):
+    """A minimal SOCKS5 client: no auth, IPv4 CONNECT. Returns the connected socket."""
+    client = socket.create_connection((gateway.host, gateway.port), timeout=10)
+    client.sendall(b"\x05\x01\x00")
+    assert recv_exactly(client, 2) == b"\x05\x00"
+    client.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big"))
+    reply = recv_exactly(client, 10)
+    assert reply[:2] == b"\x05\x00", reply
+    return client
+
+
+def recv_exactly(connection, count):
+    data = b""
+    while len(data) < count:
+        chunk = connection.recv(count - len(data))
+        if not chunk:
+            raise EOFError(f"connection ended after {len(data)} of {count} bytes")
+        data += chunk
+    return data
