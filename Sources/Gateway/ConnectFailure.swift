@@ -6,8 +6,8 @@ import SOCKSWire
 #endif
 
 extension SOCKSRequestFailure {
-    /// The truthful reply for an outbound connect that failed: the errno decides, as in
-    /// microsocks' table. Errors with no SOCKS meaning are general failures.
+    /// The truthful reply for an outbound connect that failed: the errno decides.
+    /// Errors with no SOCKS meaning are general failures.
     init(connectError error: any Error) {
         switch error {
         case ChannelError.connectTimeout:

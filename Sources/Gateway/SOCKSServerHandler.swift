@@ -24,6 +24,10 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// True while credentials are checked or a request is handled: no reads meanwhile.
     private var busy = false
     private var readPending = false
+    /// The client shut down its sending side (half-close) before the relay started.
+    private var clientSentEOF = false
+    /// Set when the channel closed under us; callbacks still in flight then do nothing.
+    private var removed = false
     private var logger: Logger
 
     init(gateway: GatewayContext) {
@@ -42,6 +46,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        removed = true
         negotiationDeadline?.cancel()
     }
 
@@ -64,12 +69,21 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
+        switch event {
+        case is ChannelShouldQuiesceEvent:
             // Shutting down: a connection still negotiating has no session to finish.
             context.close(promise: nil)
-            return
+        case ChannelEvent.inputClosed:
+            // A client may send its request and data, then shut down its sending side
+            // (`printf … | nc`). Remember it for the relay; if the request is not
+            // complete by now, it never will be.
+            clientSentEOF = true
+            if !busy, !machine.isNegotiationComplete {
+                context.close(promise: nil)
+            }
+        default:
+            context.fireUserInboundEventTriggered(event)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -152,6 +166,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
             store?.verify(user: credentials.username, password: credentials.password) ?? false
         }.assumeIsolated().whenComplete { result in
+            guard !self.removed else { return }
             self.busy = false
             let valid = (try? result.get()) ?? false
             if !valid {
@@ -209,6 +224,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             authMethod: request.authMethod == .usernamePassword ? .password : .none
         )
         addresses.assumeIsolated().whenSuccess { addresses in
+            guard !self.removed else { return }
             self.decideAndConnect(facts, candidates: addresses.prefix(Self.maxAddressesTried), context: context)
         }
     }
@@ -228,6 +244,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let policy = gateway.policy
         context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
             .assumeIsolated().whenSuccess { decision in
+                guard !self.removed else { return }
                 self.logger.debug(
                     "decision",
                     metadata: [
@@ -269,8 +286,12 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
+                case .success(let outbound) where self.removed:
+                    outbound.close(promise: nil)
                 case .success(let outbound):
                     self.startRelay(to: outbound, context: context)
+                case .failure where self.removed:
+                    break
                 case .failure(let error):
                     self.logger.debug("connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
                     onFailure(SOCKSRequestFailure(connectError: error))
@@ -308,6 +329,10 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if let early = received, early.readableBytes > 0 {
             outbound.writeAndFlush(early, promise: nil)
+        }
+        if clientSentEOF {
+            // The relay will not see this EOF again: pass it on now, after the data.
+            outbound.close(mode: .output, promise: nil)
         }
         received = nil
         busy = false

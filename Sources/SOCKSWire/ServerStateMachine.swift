@@ -60,7 +60,8 @@ public enum SOCKSRequestFailure: Hashable, Sendable {
     }
 
     /// SOCKS5 has no ident codes: an ident failure is "not allowed by ruleset". A
-    /// connect time-out is 0x06 ("TTL expired"), as microsocks and Dante report ETIMEDOUT.
+    /// connect time-out is 0x06 ("TTL expired"), the code servers commonly give for
+    /// ETIMEDOUT; RFC 1928 has no closer one.
     public var socks5Code: SOCKS5ReplyCode {
         switch self {
         case .notAllowed, .identUnreachable, .identMismatch: .notAllowedByRuleset

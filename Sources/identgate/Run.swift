@@ -24,13 +24,15 @@ struct Run: AsyncParsableCommand {
 
     @Option(
         name: .customLong("listen"),
-        help: ArgumentHelp("Address to serve on, HOST:PORT; [::1]:1080 for IPv6. Repeatable. Default: 127.0.0.1:1080.", valueName: "host:port"))
+        help: ArgumentHelp(
+            "Address to serve on, HOST:PORT; [::1]:1080 for IPv6. Repeatable. Default: 127.0.0.1:1080.", valueName: "host:port"))
     var listen: [ListenAddress] = []
 
     @Option(help: ArgumentHelp("Longest wait from accept to a complete request.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
-    @Option(help: ArgumentHelp("Longest wait for resolving a destination name, and for the outbound connect.", valueName: "duration"))
+    @Option(
+        help: ArgumentHelp("Longest wait for resolving a destination name, and for the outbound connect.", valueName: "duration"))
     var connectTimeout: DurationArgument = "30s"
 
     @Option(help: ArgumentHelp("Close a relay after this long with no bytes either way; 0 for never.", valueName: "duration"))

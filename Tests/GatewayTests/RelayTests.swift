@@ -145,3 +145,28 @@ import Testing
         }
     }
 }
+
+@Suite struct EarlyHalfCloseTests {
+    /// `printf 'request+data' | nc`: the client's EOF arrives before the relay starts
+    /// and must still reach the destination, after the data.
+    @Test func eofSentWithTheRequestReachesTheDestination() async throws {
+        let server = try await EchoServer(mode: .replyAfterEOF)
+        let gateway = try await TestGateway.start()
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send(SOCKS.socks4Connect(port: server.port) + Array("whole question".utf8))
+        try await client.shutdownOutput()
+        #expect(try await client.read(8).prefix(2) == [0, 90])
+        #expect(try await client.readToEnd() == Array("whole question".utf8))
+        try await gateway.stop()
+        await server.stop()
+    }
+
+    @Test func eofBeforeTheRequestIsCompleteCloses() async throws {
+        let gateway = try await TestGateway.start()
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send([5, 1])
+        try await client.shutdownOutput()
+        #expect(try await client.readToEnd(timeout: .seconds(2)) == [])
+        try await gateway.stop()
+    }
+}
