@@ -9,7 +9,7 @@ import PackageDescription
 //   identgate    the command line
 let package = Package(
     name: "identgate",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "identgate", targets: ["identgate"])
     ],
@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress",
+                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

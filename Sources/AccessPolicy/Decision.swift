@@ -56,12 +56,15 @@ public struct Decision: Hashable, Sendable {
     /// The deciding rule; nil when the implicit final deny decided.
     public var rule: RuleReference?
     public var trace: [TraceStep]
+    /// The client's identd answer, if a rule needed it (asked at most once).
+    public var ident: IdentOutcome?
 
-    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep]) {
+    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep], ident: IdentOutcome? = nil) {
         self.verdict = verdict
         self.refusal = refusal
         self.rule = rule
         self.trace = trace
+        self.ident = ident
     }
 }
 

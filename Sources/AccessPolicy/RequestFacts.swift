@@ -42,11 +42,14 @@ public struct RequestFacts: Hashable, Sendable {
     /// The SOCKS4 USERID or the SOCKS5 username; nil when the client gave none.
     public var claimedUser: String?
     public var authMethod: AuthMethod
+    /// When the request was made, in seconds since 1970 (UTC); time-window conditions
+    /// need it. nil: no time known, and no time window matches.
+    public var time: Int64?
 
     public init(
         version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,
         destination: Destination, destinationPort: UInt16, resolvedAddress: IPAddress? = nil,
-        claimedUser: String? = nil, authMethod: AuthMethod = .none
+        claimedUser: String? = nil, authMethod: AuthMethod = .none, time: Int64? = nil
     ) {
         self.version = version
         self.command = command
@@ -57,6 +60,7 @@ public struct RequestFacts: Hashable, Sendable {
         self.resolvedAddress = resolvedAddress
         self.claimedUser = claimedUser
         self.authMethod = authMethod
+        self.time = time
     }
 
     /// The address that will be connected to: the literal one, or the resolved one.

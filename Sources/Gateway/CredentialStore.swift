@@ -54,19 +54,7 @@ public struct CredentialStore: Sendable {
     }
 
     public init(contentsOfFile path: String) throws {
-        guard let file = fopen(path, "r") else {
-            throw LoadError(description: "\(path): cannot open: \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, file)
-            if count == 0 { break }
-            bytes += chunk[0..<count]
-        }
-        guard ferror(file) == 0 else { throw LoadError(description: "\(path): read error") }
-        try self.init(contents: String(decoding: bytes, as: UTF8.self), fileName: path)
+        try self.init(contents: try TextFile.read(path), fileName: path)
     }
 
     /// Deliberately slow (that is what the hash is for): call it off the event loop.

@@ -42,6 +42,12 @@ struct Run: AsyncParsableCommand {
     var shutdownGrace: DurationArgument = "10s"
 
     @Option(
+        help: ArgumentHelp(
+            "The policy file; SIGHUP re-reads, checks and tests it. Default: the embedded policies/default.policy.",
+            valueName: "file"))
+    var policy: String?
+
+    @Option(
         help: ArgumentHelp("Users for SOCKS5 username/password, 'user:hash' lines (see 'identgate passwd').", valueName: "file"))
     var passwordFile: String?
 
@@ -97,13 +103,14 @@ struct Run: AsyncParsableCommand {
             throw FailedStart(message: "\(error)")
         }
 
-        let signals = ShutdownSignals()
+        let policyStore = PolicyStore(PolicyEngine(policy: try await loadPolicy(logger: logger)))
+        let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         let gateway = GatewayServer(
             configuration: configuration,
-            policy: RuleList.loopbackClientsOnly,
+            policy: policyStore,
             credentials: credentials,
             group: group,
             threadPool: threadPool,
@@ -120,12 +127,19 @@ struct Run: AsyncParsableCommand {
             "identgate serving",
             metadata: [
                 "listen": "\(bound.map(\.description).joined(separator: " "))",
-                "policy": "embedded default (loopback clients only)",
+                "policy": "\(policy ?? DefaultPolicy.fileName)",
                 "methods": "\(configuration.methods.isEmpty ? (credentials == nil ? "none" : "password") : methods ?? "")",
             ]
         )
 
-        let signal = await signals.next()
+        var signal = ""
+        for await event in signals.events {
+            if case .shutdown(let name) = event {
+                signal = name
+                break
+            }
+            await reloadPolicy(into: policyStore, logger: logger)
+        }
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
@@ -137,6 +151,61 @@ struct Run: AsyncParsableCommand {
     }
 }
 
+extension Run {
+    /// The policy to start with: it must compile and pass its own tests, and its ident
+    /// time-outs must be shorter than the negotiation time-out.
+    private func loadPolicy(logger: Logger) async throws -> Policy {
+        guard let path = policy else { return DefaultPolicy.policy }
+        let loaded: PolicyLoader.Loaded
+        do {
+            loaded = try await PolicyLoader.load(file: path)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        if let problem = problem(with: loaded) { throw FailedStart(message: problem) }
+        for warning in loaded.compilation.warnings { logger.warning("\(warning)") }
+        return loaded.compilation.policy!
+    }
+
+    /// Why a loaded policy cannot be used, in full; nil if it can.
+    private func problem(with loaded: PolicyLoader.Loaded) -> String? {
+        let path = policy ?? DefaultPolicy.fileName
+        guard let compiled = loaded.compilation.policy, let report = loaded.report else {
+            return "\(path) has errors:\n" + loaded.compilation.errors.map(\.description).joined(separator: "\n")
+        }
+        if !report.failures.isEmpty {
+            return "\(path): \(report.failures.count) of its tests failed:\n"
+                + report.failures.map { TestCommand.describe($0) }.joined(separator: "\n")
+        }
+        let negotiation = Double(negotiateTimeout.amount.nanoseconds) / 1e9
+        if let scope = compiled.identScopes.first(where: { $0.timeoutSeconds >= negotiation }) {
+            return "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout))"
+        }
+        return nil
+    }
+
+    /// SIGHUP: read, check and test the policy file again; swap only if all is well.
+    private func reloadPolicy(into store: PolicyStore, logger: Logger) async {
+        guard let path = policy else {
+            logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
+            return
+        }
+        do {
+            let loaded = try await PolicyLoader.load(file: path)
+            if let problem = problem(with: loaded) {
+                logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
+                return
+            }
+            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!))
+            logger.info(
+                "policy reloaded",
+                metadata: ["file": "\(path)", "rules": "\(loaded.compilation.policy!.rules.count)", "tests": "\(loaded.report!.passed) passed"])
+        } catch {
+            logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(error)"])
+        }
+    }
+}
+
 /// Exits with status 1 and a one-line message, without the usage text that a
 /// ValidationError would print.
 struct FailedStart: Error, CustomStringConvertible {
@@ -144,26 +213,27 @@ struct FailedStart: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-/// SIGINT and SIGTERM, delivered by Dispatch rather than an async-signal handler.
-/// Installed before the gateway starts, so an early signal is not lost.
-struct ShutdownSignals {
-    private let names: AsyncStream<String>
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), delivered by Dispatch rather than an
+/// async-signal handler. Installed before the gateway starts, so an early signal is not lost.
+struct Signals {
+    enum Event: Sendable {
+        case shutdown(String)
+        case reload
+    }
+
+    let events: AsyncStream<Event>
     private let sources: [any DispatchSourceSignal]
 
     init() {
-        let (names, continuation) = AsyncStream.makeStream(of: String.self)
-        self.names = names
-        self.sources = [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")].map { number, name in
+        let (events, continuation) = AsyncStream.makeStream(of: Event.self)
+        self.events = events
+        let handled: [(Int32, Event)] = [(SIGINT, .shutdown("SIGINT")), (SIGTERM, .shutdown("SIGTERM")), (SIGHUP, .reload)]
+        self.sources = handled.map { number, event in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { continuation.yield(name) }
+            source.setEventHandler { continuation.yield(event) }
             source.resume()
             return source
         }
-    }
-
-    func next() async -> String {
-        for await name in names { return name }
-        return "end of signals"
     }
 }

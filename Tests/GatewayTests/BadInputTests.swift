@@ -174,7 +174,7 @@ import Testing
     }
 
     @Test func deniedByPolicyIsReply2And91() async throws {
-        let gateway = try await TestGateway.start(policy: RuleList([]))
+        let gateway = try await TestGateway.start(policy: PolicyEngine(policy: Policy(rules: [])))
         let socks5 = try await RawClient.connect(to: gateway.address)
         try await socks5.send([5, 1, 0] + SOCKS.socks5Connect(port: 9))
         #expect(try await socks5.readToEnd() == [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])

@@ -21,7 +21,7 @@ struct TestGateway {
 
     static func start(
         configure: (inout GatewayConfiguration) -> Void = { _ in },
-        policy: any PolicyDecider = RuleList.loopbackClientsOnly,
+        policy: any PolicyDecider = PolicyEngine(policy: DefaultPolicy.policy),
         credentials: CredentialStore? = nil
     ) async throws -> TestGateway {
         var configuration = GatewayConfiguration()

@@ -1,0 +1,69 @@
+/// An `expect` line: a request and the outcome the policy author promises for it.
+public struct Expectation: Sendable {
+    public enum Result: String, Hashable, Sendable {
+        case allow, deny
+        case identUnreachable = "92"
+        case identMismatch = "93"
+
+        var isSOCKS4Reply: Bool { self == .identUnreachable || self == .identMismatch }
+    }
+
+    public var result: Result
+    /// The request; its `time`, if any, is local time in the policy's zone (see `facts(in:)`).
+    public var facts: RequestFacts
+    /// What identd answers in this test; nil: no identd answers (unreachable).
+    public var ident: IdentOutcome?
+    public var file: String
+    public var line: Int
+    public var lineText: String
+
+    /// The request with its time moved from the policy's zone to UTC.
+    public func facts(in policy: Policy) -> RequestFacts {
+        var facts = self.facts
+        facts.time = facts.time.map { $0 - Int64(policy.utcOffsetSeconds) }
+        return facts
+    }
+
+    /// An engine over `policy` whose identd answers as this expectation says.
+    public func engine(for policy: Policy) -> PolicyEngine {
+        let answer = ident ?? .failure(.unreachable)
+        return PolicyEngine(policy: policy, identLookup: { _, _ in answer })
+    }
+
+    public func isMet(by decision: Decision) -> Bool {
+        switch result {
+        case .allow: decision.verdict == .allow
+        case .deny: decision.verdict == .deny
+        case .identUnreachable: decision.verdict == .deny && decision.refusal == .identUnreachable
+        case .identMismatch: decision.verdict == .deny && decision.refusal == .identMismatch
+        }
+    }
+}
+
+/// Runs a policy's expectations.
+public struct ExpectationReport: Sendable {
+    public struct Failure: Sendable {
+        public var expectation: Expectation
+        /// The full explanation of what the policy decided instead.
+        public var decision: Decision
+    }
+
+    public var passed: Int
+    public var failures: [Failure]
+
+    public static func run(_ policy: Policy) async -> ExpectationReport {
+        var passed = 0
+        var failures: [Failure] = []
+        for expectation in policy.expectations {
+            let engine = expectation.engine(for: policy)
+            let facts = expectation.facts(in: policy)
+            let decision = await engine.decide(facts)
+            if expectation.isMet(by: decision) {
+                passed += 1
+            } else {
+                failures.append(Failure(expectation: expectation, decision: await engine.explain(facts)))
+            }
+        }
+        return ExpectationReport(passed: passed, failures: failures)
+    }
+}

@@ -1,0 +1,138 @@
+import NetAddress
+
+/// For which clients identd is asked, and believed, and how long to wait.
+public struct IdentScope: Hashable, Sendable {
+    public var networks: [IPNetwork]
+    public var timeoutSeconds: Double
+    public var line: Int?
+
+    public init(networks: [IPNetwork], timeoutSeconds: Double, line: Int? = nil) {
+        self.networks = networks
+        self.timeoutSeconds = timeoutSeconds
+        self.line = line
+    }
+}
+
+/// A whole policy: rules in order, where ident is asked, the time zone of time windows,
+/// and the expectations written beside it. Built by the policy language's compiler, or
+/// in Swift.
+public struct Policy: Sendable {
+    public var rules: [Rule]
+    public var identScopes: [IdentScope]
+    /// The fixed offset from UTC of the policy's time windows (`timezone UTC+01:00`).
+    public var utcOffsetSeconds: Int
+    public var expectations: [Expectation]
+
+    public init(rules: [Rule], identScopes: [IdentScope] = [], utcOffsetSeconds: Int = 0, expectations: [Expectation] = []) {
+        self.rules = rules
+        self.identScopes = identScopes
+        self.utcOffsetSeconds = utcOffsetSeconds
+        self.expectations = expectations
+    }
+
+    /// The first scope whose networks hold the client.
+    public func identScope(for client: IPAddress) -> IdentScope? {
+        identScopes.first { $0.networks.contains { $0.contains(client) } }
+    }
+}
+
+/// Decides requests against a policy. `decide` uses the compiled matcher (no rule-by-rule
+/// scan) and is what the gateway calls; `explain` walks every rule and says why each did
+/// or did not match. Both ask identd through the injected lookup, at most once per
+/// request and only when a rule that could decide needs it; tests assert they agree.
+public struct PolicyEngine: PolicyDecider {
+    public let policy: Policy
+    private let matcher: RuleMatcher
+    private let identLookup: IdentLookup?
+
+    public init(policy: Policy, identLookup: IdentLookup? = nil) {
+        self.policy = policy
+        self.matcher = RuleMatcher(policy: policy)
+        self.identLookup = identLookup
+    }
+
+    public func decide(_ facts: RequestFacts) async -> Decision {
+        var ident = IdentCheck(policy: policy, lookup: identLookup)
+        var trace: [Decision.TraceStep] = []
+        var candidates = matcher.candidates(for: facts)
+        while let index = candidates.next() {
+            let rule = policy.rules[index]
+            if rule.requiresIdent, let failure = await ident.failure(for: facts, rule: rule) {
+                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: failure))
+                continue
+            }
+            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
+            return ident.decision(rule: rule, trace: trace)
+        }
+        return ident.decision(rule: nil, trace: trace)
+    }
+
+    public func explain(_ facts: RequestFacts) async -> Decision {
+        var ident = IdentCheck(policy: policy, lookup: identLookup)
+        var trace: [Decision.TraceStep] = []
+        for rule in policy.rules {
+            if let mismatch = rule.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds) {
+                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: mismatch))
+                continue
+            }
+            if rule.requiresIdent, let failure = await ident.failure(for: facts, rule: rule) {
+                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: failure))
+                continue
+            }
+            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
+            return ident.decision(rule: rule, trace: trace)
+        }
+        return ident.decision(rule: nil, trace: trace)
+    }
+}
+
+/// The ident part of one decision: the lookup's single answer, and the refusal it
+/// implies if the request ends denied.
+private struct IdentCheck {
+    let policy: Policy
+    let lookup: IdentLookup?
+    var outcome: IdentOutcome?
+    /// Set when an allow rule failed only on ident: a denial then says why.
+    var refusal: Decision.Refusal?
+
+    init(policy: Policy, lookup: IdentLookup?) {
+        self.policy = policy
+        self.lookup = lookup
+    }
+
+    /// nil if identd confirms the rule's user, else the reason it does not.
+    mutating func failure(for facts: RequestFacts, rule: Rule) async -> String? {
+        let answer = await ask(facts)
+        let failure: (Decision.Refusal, String)?
+        switch answer {
+        case .userID(let user) where facts.claimedUser == nil || facts.claimedUser == user:
+            failure = nil
+        case .userID(let user):
+            failure = (.identMismatch, "ident: identd says \(user), the client claims \(facts.claimedUser ?? "")")
+        case .failure(let reason):
+            failure = (.identUnreachable, "ident: no usable answer (\(reason.rawValue))")
+        }
+        guard let (kind, reason) = failure else { return nil }
+        if rule.verdict == .allow, refusal == nil { refusal = kind }
+        return reason
+    }
+
+    private mutating func ask(_ facts: RequestFacts) async -> IdentOutcome {
+        if let outcome { return outcome }
+        let answer: IdentOutcome
+        if let scope = policy.identScope(for: facts.client.address) {
+            answer = await lookup?(facts, scope.timeoutSeconds) ?? .failure(.unavailable)
+        } else {
+            answer = .failure(.notAsked)
+        }
+        outcome = answer
+        return answer
+    }
+
+    func decision(rule: Rule?, trace: [Decision.TraceStep]) -> Decision {
+        guard let rule, rule.verdict == .allow else {
+            return Decision(verdict: .deny, refusal: refusal ?? .notAllowed, rule: rule?.reference, trace: trace, ident: outcome)
+        }
+        return Decision(verdict: .allow, refusal: nil, rule: rule.reference, trace: trace, ident: outcome)
+    }
+}

@@ -1,0 +1,210 @@
+import AccessPolicy
+import ArgumentParser
+import Gateway
+import NetAddress
+import SOCKSWire
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a policy file: errors, and lint warnings.",
+        discussion: "Exit status 0 when clean, 1 on errors (and on warnings with --strict)."
+    )
+
+    @Argument(help: "The policy file.")
+    var file: String
+
+    @Flag(help: "Fail on warnings too.")
+    var strict = false
+
+    func run() async throws {
+        let compilation = try loadCompilation(file)
+        for diagnostic in compilation.diagnostics { print(diagnostic) }
+        let rules = compilation.policy.map { "\($0.rules.count) rules, \($0.expectations.count) tests; " } ?? ""
+        print("\(file): \(rules)\(compilation.errors.count) errors, \(compilation.warnings.count) warnings")
+        if !compilation.errors.isEmpty || (strict && !compilation.warnings.isEmpty) { throw ExitCode(1) }
+    }
+}
+
+struct TestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Run the 'expect' lines of a policy (and of FILE.tests beside it).",
+        discussion: "Prints each failure with its explanation, then 'N passed, M failed'. Exit status 1 on any failure."
+    )
+
+    @Argument(help: "The policy file.")
+    var file: String
+
+    func run() async throws {
+        let compilation = try loadCompilation(file)
+        guard let policy = compilation.policy else {
+            for error in compilation.errors { print(error) }
+            throw ExitCode(1)
+        }
+        let report = await ExpectationReport.run(policy)
+        for failure in report.failures { print(Self.describe(failure)) }
+        print("\(report.passed) passed, \(report.failures.count) failed")
+        if !report.failures.isEmpty { throw ExitCode(1) }
+    }
+
+    static func describe(_ failure: ExpectationReport.Failure) -> String {
+        let expectation = failure.expectation
+        return """
+            \(expectation.file):\(expectation.line): test failed: expected \(expectation.result.rawValue), got \(Explanation.outcome(failure.decision, facts: expectation.facts))
+                \(expectation.lineText.trimmingSpaces)
+            \(Explanation.render(failure.decision, facts: expectation.facts, indent: "    "))
+            """
+    }
+}
+
+struct Explain: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show how a policy decides one request: every rule considered, and why.",
+        discussion: """
+            Example: identgate explain policies/corporate-egress.policy --from 10.1.2.3 \
+            --to www.example.com:443 --resolved 93.184.216.34 --user alice --ident alice
+            """
+    )
+
+    @Argument(help: "The policy file.")
+    var file: String
+
+    @Option(help: ArgumentHelp("The client, IP or IP:PORT.", valueName: "ip[:port]"))
+    var from: String
+
+    @Option(help: ArgumentHelp("The destination, HOST:PORT.", valueName: "host:port"))
+    var to: String
+
+    @Option(help: "connect, bind or udp.")
+    var command: String = "connect"
+
+    @Option(help: "socks4, socks4a or socks5.")
+    var version: String = "socks5"
+
+    @Option(help: "The claimed user (SOCKS4 USERID or SOCKS5 username).")
+    var user: String?
+
+    @Option(help: "none or password.")
+    var auth: String = "none"
+
+    @Option(help: "The user-id the client's identd answers.")
+    var ident: String?
+
+    @Option(help: ArgumentHelp("How the ident lookup fails: \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "kind"))
+    var identError: String?
+
+    @Option(help: ArgumentHelp("For a host name: the address it resolves to.", valueName: "ip"))
+    var resolved: String?
+
+    @Option(help: ArgumentHelp("When, in the policy's time zone: 2026-11-30T09:00.", valueName: "time"))
+    var at: String?
+
+    func run() async throws {
+        let compilation = try loadCompilation(file)
+        guard let policy = compilation.policy else {
+            for error in compilation.errors { print(error) }
+            throw ExitCode(1)
+        }
+        guard let client = RequestText.client(from) else { throw ValidationError("--from: '\(from)' is not IP or IP:PORT") }
+        guard let (destination, port) = RequestText.destination(to) else {
+            throw ValidationError("--to: '\(to)' is not HOST:PORT (example.com:443, 192.0.2.1:80, [2001:db8::1]:443)")
+        }
+        guard let command = RequestFacts.Command(rawValue: command) else { throw ValidationError("--command: use connect, bind or udp") }
+        guard let version = RequestFacts.Version(rawValue: version) else { throw ValidationError("--version: use socks4, socks4a or socks5") }
+        guard let auth = RequestFacts.AuthMethod(rawValue: auth) else { throw ValidationError("--auth: use none or password") }
+        let resolvedAddress = try resolved.map { text in
+            guard let address = IPAddress(text) else { throw ValidationError("--resolved: '\(text)' is not an IP address") }
+            return address
+        }
+        let time = try at.map { text in
+            guard let local = RequestText.time(iso: text) else { throw ValidationError("--at: use a time like 2026-11-30T09:00") }
+            return local - Int64(policy.utcOffsetSeconds)
+        }
+        let identOutcome: IdentOutcome
+        switch (ident, identError) {
+        case (let user?, nil): identOutcome = .userID(user)
+        case (nil, let kind?):
+            guard let failure = IdentFailure(rawValue: kind) else { throw ValidationError("--ident-error: '\(kind)' is not a failure kind") }
+            identOutcome = .failure(failure)
+        case (nil, nil): identOutcome = .failure(.unreachable)
+        case (_?, _?): throw ValidationError("give --ident or --ident-error, not both")
+        }
+        let facts = RequestFacts(
+            version: version, command: command, client: client,
+            listener: IPEndpoint(address: client.address.isIPv6 ? IPAddress("::1")! : IPAddress("127.0.0.1")!, port: 1080),
+            destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
+            authMethod: auth, time: time)
+        let engine = PolicyEngine(policy: policy, identLookup: { _, _ in identOutcome })
+        let decision = await engine.explain(facts)
+        print(Explanation.describe(facts))
+        print(Explanation.render(decision, facts: facts, indent: ""))
+    }
+}
+
+/// Reads a policy file and its FILE.tests, or exits with the read error.
+func loadCompilation(_ file: String) throws -> PolicyCompilation {
+    do {
+        return try PolicyLoader.compile(file: file)
+    } catch {
+        throw FailedStart(message: "\(error)")
+    }
+}
+
+/// The text of `explain`, shared with `test` failures.
+enum Explanation {
+    static func describe(_ facts: RequestFacts) -> String {
+        var text = "request: \(facts.version.rawValue) \(facts.command.rawValue) from \(facts.client) to \(facts.destination):\(facts.destinationPort)"
+        if case .hostName = facts.destination {
+            text += facts.resolvedAddress.map { " (resolved \($0))" } ?? " (not resolved)"
+        }
+        text += ", user \(facts.claimedUser ?? "none"), auth \(facts.authMethod.rawValue)"
+        return text
+    }
+
+    static func render(_ decision: Decision, facts: RequestFacts, indent: String) -> String {
+        var lines: [String] = []
+        for step in decision.trace {
+            let place = step.rule.line.map { "line \($0)" } ?? "rule"
+            let label = step.rule.label.map { " \"\($0)\"" } ?? ""
+            let mark = step.matched ? "match" : "no match"
+            lines.append("\(indent)  \(place.padding(9)) \(step.verdict.rawValue.padding(5)) \(mark.padding(8)) \(step.reason)\(label)")
+        }
+        if let ident = decision.ident { lines.append("\(indent)ident: \(ident)") }
+        let decider =
+            decision.rule.map { rule in "line \(rule.line ?? 0)" + (rule.label.map { " \"\($0)\"" } ?? "") }
+            ?? "the implicit final deny (no rule matched)"
+        lines.append("\(indent)decided by \(decider): \(outcome(decision, facts: facts))")
+        return lines.joined(separator: "\n")
+    }
+
+    /// `allow, reply 0x00` or `deny, reply 93`: the exact reply the client would get.
+    static func outcome(_ decision: Decision, facts: RequestFacts) -> String {
+        switch (decision.verdict, facts.version) {
+        case (.allow, .socks5): return "allow (reply 0x00 succeeded)"
+        case (.allow, _): return "allow (reply 90 granted)"
+        case (.deny, let version):
+            let failure: SOCKSRequestFailure =
+                switch decision.refusal ?? .notAllowed {
+                case .notAllowed: .notAllowed
+                case .identUnreachable: .identUnreachable
+                case .identMismatch: .identMismatch
+                }
+            if version == .socks5 {
+                return "deny (reply 0x0\(failure.socks5Code.rawValue) not allowed by ruleset)"
+            }
+            let reasons: [UInt8: String] = [91: "rejected", 92: "identd not reachable", 93: "user-ids differ"]
+            let code = failure.socks4Code.rawValue
+            return "deny (reply \(code) \(reasons[code] ?? ""))"
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+
+    var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}
