@@ -6,6 +6,10 @@ import NIOPosix
 import NetAddress
 import SOCKSWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Drives one client connection from its first byte to the relay: feeds bytes to the
 /// SOCKS state machine, carries out what it asks (check credentials, decide, resolve,
 /// connect), and finally hands the channel to a `RelayHandler` pair and removes itself.
@@ -221,7 +225,8 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             destination: destination,
             destinationPort: request.port,
             claimedUser: request.claimedUser,
-            authMethod: request.authMethod == .usernamePassword ? .password : .none
+            authMethod: request.authMethod == .usernamePassword ? .password : .none,
+            time: Int64(Glibc.time(nil))
         )
         addresses.assumeIsolated().whenSuccess { addresses in
             guard !self.removed else { return }
