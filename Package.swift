@@ -62,3 +62,11 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Benchmarks are built only when asked for (scripts/bench sets IDENTGATE_BENCH=1), so
+// that `swift build` and CI do not pay for them.
+if Context.environment["IDENTGATE_BENCH"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "policy-bench", dependencies: ["AccessPolicy", "NetAddress"], path: "Benchmarks/PolicyBench"))
+}

@@ -73,4 +73,13 @@ public struct Decision: Hashable, Sendable {
 /// asynchronous because an engine may have to ask the client's identd.
 public protocol PolicyDecider: Sendable {
     func decide(_ facts: RequestFacts) async -> Decision
+
+    /// The decision, if it can be made without suspending (no identd to ask); else nil,
+    /// and the caller uses `decide`. Lets the gateway decide on its event loop without
+    /// a task and a thread hop per request.
+    func decideImmediately(_ facts: RequestFacts) -> Decision?
+}
+
+extension PolicyDecider {
+    public func decideImmediately(_ facts: RequestFacts) -> Decision? { nil }
 }

@@ -67,6 +67,19 @@ public struct PolicyEngine: PolicyDecider {
         return ident.decision(rule: nil, trace: trace)
     }
 
+    /// `decide` up to the first candidate rule that needs ident; nil from there on.
+    public func decideImmediately(_ facts: RequestFacts) -> Decision? {
+        var candidates = matcher.candidates(for: facts)
+        guard let index = candidates.next() else {
+            return Decision(verdict: .deny, refusal: .notAllowed, rule: nil, trace: [])
+        }
+        let rule = policy.rules[index]
+        if rule.requiresIdent { return nil }
+        let step = Decision.TraceStep(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold")
+        return Decision(
+            verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
+    }
+
     public func explain(_ facts: RequestFacts) async -> Decision {
         var ident = IdentCheck(policy: policy, lookup: identLookup)
         var trace: [Decision.TraceStep] = []

@@ -25,7 +25,8 @@ public enum DestinationPattern: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .network(let network): network.prefixLength == (network.address.isIPv6 ? 128 : 32) ? network.address.description : network.description
+        case .network(let network):
+            network.prefixLength == (network.address.isIPv6 ? 128 : 32) ? network.address.description : network.description
         case .hostName(let name): name
         case .domainSuffix(let domain): "." + domain
         }
@@ -35,7 +36,13 @@ public enum DestinationPattern: Hashable, Sendable, CustomStringConvertible {
 enum HostName {
     /// DNS names compare without case and without a trailing dot.
     static func normalized(_ name: String) -> String {
-        (name.hasSuffix(".") ? String(name.dropLast()) : name).lowercased()
+        // Most names are already lower case without a final dot: keep them as they are.
+        if !name.utf8.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) || $0 >= 0x80 }),
+            name.utf8.last != UInt8(ascii: ".")
+        {
+            return name
+        }
+        return (name.hasSuffix(".") ? String(name.dropLast()) : name).lowercased()
     }
 }
 

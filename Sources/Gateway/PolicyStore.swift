@@ -19,6 +19,10 @@ public final class PolicyStore: PolicyDecider {
     public func decide(_ facts: RequestFacts) async -> Decision {
         await engine.decide(facts)
     }
+
+    public func decideImmediately(_ facts: RequestFacts) -> Decision? {
+        engine.decideImmediately(facts)
+    }
 }
 
 /// Reads a policy file and its sibling `FILE.tests`, compiles it, and runs its

@@ -7,7 +7,7 @@ import NetAddress
 import SOCKSWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Drives one client connection from its first byte to the relay: feeds bytes to the
@@ -247,38 +247,50 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         facts.resolvedAddress = candidates.first
         let decidedFacts = facts
         let policy = gateway.policy
+        // Most decisions need no identd: make them here, on the event loop.
+        if let decision = policy.decideImmediately(decidedFacts) {
+            act(on: decision, facts: decidedFacts, candidates: candidates, context: context, previousFailure: previousFailure)
+            return
+        }
         context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
             .assumeIsolated().whenSuccess { decision in
                 guard !self.removed else { return }
-                self.logger.debug(
-                    "decision",
-                    metadata: [
-                        "destination": "\(decidedFacts.destination):\(decidedFacts.destinationPort)",
-                        "address": "\(decidedFacts.destinationAddress.map(\.description) ?? "unresolved")",
-                        "verdict": "\(decision.verdict.rawValue)",
-                        "rule": "\(decision.rule?.description ?? "final deny")",
-                    ]
-                )
-                guard decision.verdict == .allow else {
-                    // After a failed attempt, a later address the policy refuses ends the
-                    // search; the client hears why the allowed attempt failed.
-                    self.fail(previousFailure ?? SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
-                    return
-                }
-                guard let address = decidedFacts.destinationAddress else {
-                    self.fail(.hostUnreachable, context: context)
-                    return
-                }
-                let destination = IPEndpoint(address: address, port: decidedFacts.destinationPort)
-                self.connect(to: destination, context: context) { failure in
-                    let rest = candidates.dropFirst()
-                    guard !rest.isEmpty else {
-                        self.fail(failure, context: context)
-                        return
-                    }
-                    self.decideAndConnect(decidedFacts, candidates: rest, context: context, previousFailure: failure)
-                }
+                self.act(
+                    on: decision, facts: decidedFacts, candidates: candidates, context: context, previousFailure: previousFailure)
             }
+    }
+
+    private func act(
+        on decision: Decision, facts: RequestFacts, candidates: ArraySlice<IPAddress>, context: ChannelHandlerContext,
+        previousFailure: SOCKSRequestFailure?
+    ) {
+        logger.debug(
+            "decision",
+            metadata: [
+                "destination": "\(facts.destination):\(facts.destinationPort)",
+                "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
+                "verdict": "\(decision.verdict.rawValue)",
+                "rule": "\(decision.rule?.description ?? "final deny")",
+            ]
+        )
+        guard decision.verdict == .allow else {
+            // After a failed attempt, a later address the policy refuses ends the
+            // search; the client hears why the allowed attempt failed.
+            fail(previousFailure ?? SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
+            return
+        }
+        guard let address = facts.destinationAddress else {
+            fail(.hostUnreachable, context: context)
+            return
+        }
+        connect(to: IPEndpoint(address: address, port: facts.destinationPort), context: context) { failure in
+            let rest = candidates.dropFirst()
+            guard !rest.isEmpty else {
+                self.fail(failure, context: context)
+                return
+            }
+            self.decideAndConnect(facts, candidates: rest, context: context, previousFailure: failure)
+        }
     }
 
     private func connect(

@@ -90,7 +90,9 @@ struct Explain: AsyncParsableCommand {
     @Option(help: "The user-id the client's identd answers.")
     var ident: String?
 
-    @Option(help: ArgumentHelp("How the ident lookup fails: \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "kind"))
+    @Option(
+        help: ArgumentHelp(
+            "How the ident lookup fails: \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "kind"))
     var identError: String?
 
     @Option(help: ArgumentHelp("For a host name: the address it resolves to.", valueName: "ip"))
@@ -109,8 +111,12 @@ struct Explain: AsyncParsableCommand {
         guard let (destination, port) = RequestText.destination(to) else {
             throw ValidationError("--to: '\(to)' is not HOST:PORT (example.com:443, 192.0.2.1:80, [2001:db8::1]:443)")
         }
-        guard let command = RequestFacts.Command(rawValue: command) else { throw ValidationError("--command: use connect, bind or udp") }
-        guard let version = RequestFacts.Version(rawValue: version) else { throw ValidationError("--version: use socks4, socks4a or socks5") }
+        guard let command = RequestFacts.Command(rawValue: command) else {
+            throw ValidationError("--command: use connect, bind or udp")
+        }
+        guard let version = RequestFacts.Version(rawValue: version) else {
+            throw ValidationError("--version: use socks4, socks4a or socks5")
+        }
         guard let auth = RequestFacts.AuthMethod(rawValue: auth) else { throw ValidationError("--auth: use none or password") }
         let resolvedAddress = try resolved.map { text in
             guard let address = IPAddress(text) else { throw ValidationError("--resolved: '\(text)' is not an IP address") }
@@ -124,7 +130,9 @@ struct Explain: AsyncParsableCommand {
         switch (ident, identError) {
         case (let user?, nil): identOutcome = .userID(user)
         case (nil, let kind?):
-            guard let failure = IdentFailure(rawValue: kind) else { throw ValidationError("--ident-error: '\(kind)' is not a failure kind") }
+            guard let failure = IdentFailure(rawValue: kind) else {
+                throw ValidationError("--ident-error: '\(kind)' is not a failure kind")
+            }
             identOutcome = .failure(failure)
         case (nil, nil): identOutcome = .failure(.unreachable)
         case (_?, _?): throw ValidationError("give --ident or --ident-error, not both")
@@ -153,7 +161,8 @@ func loadCompilation(_ file: String) throws -> PolicyCompilation {
 /// The text of `explain`, shared with `test` failures.
 enum Explanation {
     static func describe(_ facts: RequestFacts) -> String {
-        var text = "request: \(facts.version.rawValue) \(facts.command.rawValue) from \(facts.client) to \(facts.destination):\(facts.destinationPort)"
+        var text =
+            "request: \(facts.version.rawValue) \(facts.command.rawValue) from \(facts.client) to \(facts.destination):\(facts.destinationPort)"
         if case .hostName = facts.destination {
             text += facts.resolvedAddress.map { " (resolved \($0))" } ?? " (not resolved)"
         }
@@ -167,7 +176,8 @@ enum Explanation {
             let place = step.rule.line.map { "line \($0)" } ?? "rule"
             let label = step.rule.label.map { " \"\($0)\"" } ?? ""
             let mark = step.matched ? "match" : "no match"
-            lines.append("\(indent)  \(place.padding(9)) \(step.verdict.rawValue.padding(5)) \(mark.padding(8)) \(step.reason)\(label)")
+            lines.append(
+                "\(indent)  \(place.padding(9)) \(step.verdict.rawValue.padding(5)) \(mark.padding(8)) \(step.reason)\(label)")
         }
         if let ident = decision.ident { lines.append("\(indent)ident: \(ident)") }
         let decider =

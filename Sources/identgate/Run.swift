@@ -179,7 +179,8 @@ extension Run {
         }
         let negotiation = Double(negotiateTimeout.amount.nanoseconds) / 1e9
         if let scope = compiled.identScopes.first(where: { $0.timeoutSeconds >= negotiation }) {
-            return "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout))"
+            return
+                "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout))"
         }
         return nil
     }
@@ -199,7 +200,10 @@ extension Run {
             store.replace(with: PolicyEngine(policy: loaded.compilation.policy!))
             logger.info(
                 "policy reloaded",
-                metadata: ["file": "\(path)", "rules": "\(loaded.compilation.policy!.rules.count)", "tests": "\(loaded.report!.passed) passed"])
+                metadata: [
+                    "file": "\(path)", "rules": "\(loaded.compilation.policy!.rules.count)",
+                    "tests": "\(loaded.report!.passed) passed",
+                ])
         } catch {
             logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(error)"])
         }

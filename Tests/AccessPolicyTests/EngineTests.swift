@@ -1,3 +1,4 @@
+import Foundation
 import NetAddress
 import Testing
 
@@ -45,7 +46,9 @@ import Testing
         let v6 = policy("allow from 10.0.0.0/8 to 2001:db8::/32 port 443")
         #expect(await decide(v6, facts(to: "[2001:db8::1]:443")).verdict == .allow)
         #expect(await decide(v6, facts(to: "[2001:db9::1]:443")).verdict == .deny)
-        #expect(await decide(v6, facts(from: "[::ffff:10.9.9.9]:5", to: "[2001:db8::1]:443")).verdict == .allow, "IPv4-mapped clients")
+        #expect(
+            await decide(v6, facts(from: "[::ffff:10.9.9.9]:5", to: "[2001:db8::1]:443")).verdict == .allow, "IPv4-mapped clients"
+        )
     }
 
     @Test func domainSuffixesAndNames() async {
@@ -66,13 +69,17 @@ import Testing
 
     @Test func portSetsRangesAndServices() async {
         let ports = policy("ports web = http, https, 8000-8999\nallow from 10.0.0.0/8 port @web, 22")
-        for (port, verdict) in [(80, Decision.Verdict.allow), (443, .allow), (8500, .allow), (22, .allow), (9000, .deny), (21, .deny)] {
+        for (port, verdict) in [
+            (80, Decision.Verdict.allow), (443, .allow), (8500, .allow), (22, .allow), (9000, .deny), (21, .deny),
+        ] {
             #expect(await decide(ports, facts(to: "192.0.2.1:\(port)")).verdict == verdict, "port \(port)")
         }
     }
 
     @Test func timeWindowsInThePolicyZone() async {
-        let office = policy("timezone UTC+01:00\nallow from 10.0.0.0/8 time mon-fri 08:00-18:00\nallow from 10.0.0.0/8 to .night time daily 22:00-06:00")
+        let office = policy(
+            "timezone UTC+01:00\nallow from 10.0.0.0/8 time mon-fri 08:00-18:00\nallow from 10.0.0.0/8 to .night time daily 22:00-06:00"
+        )
         // 2026-11-30 is a Monday. 07:30 UTC is 08:30 in UTC+01:00.
         let mondayMorning = RequestText.time(iso: "2026-11-30T07:30")!
         #expect(await decide(office, facts(time: mondayMorning)).verdict == .allow)
@@ -94,7 +101,8 @@ import Testing
         #expect(unreachable.refusal == .identUnreachable)
         let noUserClaimed = await decide(corporate, facts(to: "198.51.100.1:443"), ident: .userID("carol"))
         #expect(noUserClaimed.verdict == .allow, "without a claimed user, any user-id will do")
-        let notAsked = await decide(policy("ident from 10.0.0.0/8\nallow from any ident"), facts(from: "192.0.2.9", user: "bob"), ident: .userID("bob"))
+        let notAsked = await decide(
+            policy("ident from 10.0.0.0/8\nallow from any ident"), facts(from: "192.0.2.9", user: "bob"), ident: .userID("bob"))
         #expect(notAsked.refusal == .identUnreachable)
         #expect(notAsked.ident == .failure(.notAsked))
     }
@@ -109,7 +117,8 @@ import Testing
     @Test func identIsAskedAtMostOnceAndOnlyWhenNeeded() async {
         let counter = IdentCounter(.userID("zed"))
         let engine = PolicyEngine(
-            policy: policy("ident from any\nallow from any user alice ident\nallow from any user bob ident\nallow from any to .free"),
+            policy: policy(
+                "ident from any\nallow from any user alice ident\nallow from any user bob ident\nallow from any to .free"),
             identLookup: counter.lookup)
         _ = await engine.decide(facts(to: "www.free:80"))
         #expect(counter.lookups == 0, "no rule that could match needs ident")
@@ -137,7 +146,9 @@ import Testing
     static func randomRule(_ g: inout SystemRandomNumberGenerator) -> Rule {
         func maybe<T>(_ make: () -> T) -> T? { Bool.random(using: &g) ? make() : nil }
         let networks = ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "::/0", "fd00::/8", "0.0.0.0/0", "10.1.2.3/32"]
-        let names: [DestinationPattern] = [.hostName("a.example"), .domainSuffix("example"), .domainSuffix("b.example"), .hostName("c.test")]
+        let names: [DestinationPattern] = [
+            .hostName("a.example"), .domainSuffix("example"), .domainSuffix("b.example"), .hostName("c.test"),
+        ]
         var rule = Rule(Bool.random(using: &g) ? .allow : .deny, RuleReference(line: Int.random(in: 1...9999, using: &g)))
         rule.commands = maybe { [RequestFacts.Command.allCases.randomElement(using: &g)!] }
         rule.versions = maybe { Set(RequestFacts.Version.allCases.filter { _ in Bool.random(using: &g) }) }
@@ -179,7 +190,8 @@ import Testing
         #expect(files.count >= 3)
         for name in files {
             let path = folder + "/" + name
-            let tests = FileManager.default.fileExists(atPath: path + ".tests")
+            let tests =
+                FileManager.default.fileExists(atPath: path + ".tests")
                 ? (try String(contentsOfFile: path + ".tests", encoding: .utf8), path + ".tests") : nil
             let compilation = PolicyCompiler.compile(try String(contentsOfFile: path, encoding: .utf8), file: path, tests: tests)
             #expect(compilation.diagnostics.isEmpty, "\(name): \(compilation.diagnostics)")
@@ -205,8 +217,6 @@ import Testing
         }
     }
 }
-
-import Foundation
 
 enum URLPath {
     /// The repository's top folder, from this file's place in it.

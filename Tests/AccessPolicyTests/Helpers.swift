@@ -1,4 +1,5 @@
 import NetAddress
+import Synchronization
 import Testing
 
 @testable import AccessPolicy
@@ -45,5 +46,3 @@ final class IdentCounter: Sendable {
         }
     }
 }
-
-import Synchronization

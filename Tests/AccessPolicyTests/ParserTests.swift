@@ -44,12 +44,15 @@ import Testing
     }
 
     @Test func reportsEveryErrorNotJustTheFirst() {
-        let found = diagnostics("allow from 300.0.0.1\nallow to any\nallow port x\ndeny frm any\n").filter { $0.contains("error") }
+        let found = diagnostics("allow from 300.0.0.1\nallow to any\nallow port x\ndeny frm any\n").filter {
+            $0.contains("error")
+        }
         #expect(found.map { String($0.prefix(5)) } == ["1:12:", "3:12:", "4:6: "])
     }
 
     @Test func errorsArePrintedWithTheLineAndACaret() {
-        let compilation = PolicyCompiler.compile("allow from 10.0.0.0/8\nallow to any port 99999 # too big\n", file: "corp.policy")
+        let compilation = PolicyCompiler.compile(
+            "allow from 10.0.0.0/8\nallow to any port 99999 # too big\n", file: "corp.policy")
         #expect(
             compilation.errors.map(\.description) == [
                 "corp.policy:2:19: error: '99999' is not a port (0-65535), a range like 8000-8999, or a known service name\n"
@@ -59,7 +62,10 @@ import Testing
     }
 
     @Test func hostBitsAreAWarning() {
-        #expect(diagnostics("allow from 10.1.2.3/8 to .example.com") == ["1:12: warning: '10.1.2.3/8' has host bits set; it means 10.0.0.0/8"])
+        #expect(
+            diagnostics("allow from 10.1.2.3/8 to .example.com") == [
+                "1:12: warning: '10.1.2.3/8' has host bits set; it means 10.0.0.0/8"
+            ])
     }
 
     @Test func testsFileHoldsOnlyExpectations() {
@@ -122,8 +128,14 @@ import Testing
     @Test(arguments: [
         ("allow from 10.0.0.0/8 ident", "1:23: warning: this rule can never match: identd is never asked for these clients"),
         ("allow version socks4 auth password", "1:22: warning: this rule can never match: SOCKS4 has no password authentication"),
-        ("allow version socks4 to 2001:db8::/32", "1:22: warning: this rule can never match: a SOCKS4 request cannot name an IPv6"),
-        ("allow from 10.0.0.0/8 version socks5 auth none user bob", "1:48: warning: this rule can never match: a SOCKS5 request without a password"),
+        (
+            "allow version socks4 to 2001:db8::/32",
+            "1:22: warning: this rule can never match: a SOCKS4 request cannot name an IPv6"
+        ),
+        (
+            "allow from 10.0.0.0/8 version socks5 auth none user bob",
+            "1:48: warning: this rule can never match: a SOCKS5 request without a password"
+        ),
         ("allow udp version socks4, socks4a", "1:7: warning: this rule can never match: SOCKS4 has no UDP"),
     ])
     func neverTrue(text: String, expected: String) {

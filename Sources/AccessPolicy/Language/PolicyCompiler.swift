@@ -70,7 +70,9 @@ private struct Cursor {
 
     mutating func word(_ what: String) throws(ParseError) -> (text: String, column: Int) {
         guard let token = peek else { throw ParseError(column: column, message: "expected \(what) at the end of the line") }
-        guard let text = token.word else { throw ParseError(column: token.column, message: "expected \(what), found '\(token.text)'") }
+        guard let text = token.word else {
+            throw ParseError(column: token.column, message: "expected \(what), found '\(token.text)'")
+        }
         index += 1
         return (text, token.column)
     }
@@ -152,7 +154,8 @@ private struct Parser {
                 default:
                     throw ParseError(
                         column: first.column,
-                        message: "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, hosts), "
+                        message:
+                            "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, hosts), "
                             + "ident, timezone or expect")
                 }
                 if let extra = cursor.peek {
@@ -168,7 +171,8 @@ private struct Parser {
     static let alreadyReported = "(reported where the set is defined)"
 
     private mutating func report(_ severity: Diagnostic.Severity, column: Int, _ message: String) {
-        diagnostics.append(Diagnostic(severity, file: file, line: lineNumber, column: column, message: message, lineText: lineText))
+        diagnostics.append(
+            Diagnostic(severity, file: file, line: lineNumber, column: column, message: message, lineText: lineText))
     }
 
     mutating func warnAboutUnusedSets() {
@@ -249,7 +253,8 @@ private struct Parser {
     private mutating func network(_ text: String, column: Int) throws(ParseError) -> IPNetwork {
         guard let network = IPNetwork(text) else {
             if sets[text] != nil { throw ParseError(column: column, message: "'\(text)' is a set: write @\(text)") }
-            throw ParseError(column: column, message: "'\(text)' is not an address or network (like 10.0.0.0/8, fd00::/8, 192.0.2.1)")
+            throw ParseError(
+                column: column, message: "'\(text)' is not an address or network (like 10.0.0.0/8, fd00::/8, 192.0.2.1)")
         }
         if let slash = text.firstIndex(of: "/"), IPAddress(String(text[..<slash])) != network.address {
             report(.warning, column: column, "'\(text)' has host bits set; it means \(network)")
@@ -270,7 +275,10 @@ private struct Parser {
         let suffix = text.hasPrefix(".")
         let name = HostName.normalized(suffix ? String(text.dropFirst()) : text)
         let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        guard !name.isEmpty, labels.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") } })
+        guard !name.isEmpty,
+            labels.allSatisfy({
+                !$0.isEmpty && $0.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+            })
         else {
             throw ParseError(column: column, message: "'\(text)' is not a network, host name or .domain")
         }
@@ -286,7 +294,8 @@ private struct Parser {
         guard bounds.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) }), let low = UInt16(bounds[0]),
             let high = bounds.count == 2 ? UInt16(bounds[1]) : low
         else {
-            throw ParseError(column: column, message: "'\(text)' is not a port (0-65535), a range like 8000-8999, or a known service name")
+            throw ParseError(
+                column: column, message: "'\(text)' is not a port (0-65535), a range like 8000-8999, or a known service name")
         }
         guard low <= high else { throw ParseError(column: column, message: "the range \(text) is empty: write \(high)-\(low)") }
         return [low...high]
@@ -305,7 +314,8 @@ private struct Parser {
     private func keyword<Value>(_ cursor: inout Cursor, _ what: String, _ values: [String: Value]) throws(ParseError) -> Value {
         let (text, column) = try cursor.word(what)
         guard let value = values[text] else {
-            throw ParseError(column: column, message: "'\(text)' is not \(what): use \(values.keys.sorted().joined(separator: ", "))")
+            throw ParseError(
+                column: column, message: "'\(text)' is not \(what): use \(values.keys.sorted().joined(separator: ", "))")
         }
         return value
     }
@@ -344,11 +354,17 @@ private struct Parser {
             columns[clause] = column
             switch clause {
             case "from":
-                rule.sources = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in try networkItem(&cursor, allowAny: true) }
+                rule.sources = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in
+                    try networkItem(&cursor, allowAny: true)
+                }
             case "to":
-                rule.destinations = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in try destinationItem(&cursor, allowAny: true) }
+                rule.destinations = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in
+                    try destinationItem(&cursor, allowAny: true)
+                }
             case "port":
-                rule.ports = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in try portItem(&cursor, allowAny: true) }
+                rule.ports = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in
+                    try portItem(&cursor, allowAny: true)
+                }
             case "user":
                 var users: Set<String> = []
                 repeat { users.formUnion(try userItem(&cursor)) } while cursor.skipComma()
@@ -422,7 +438,8 @@ private struct Parser {
         } else {
             let parts = daysText.split(separator: "-", maxSplits: 1).map { Self.dayNames.firstIndex(of: String($0)) }
             guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else {
-                throw ParseError(column: daysColumn, message: "'\(daysText)' is not days: use mon … sun, a range like mon-fri, or daily")
+                throw ParseError(
+                    column: daysColumn, message: "'\(daysText)' is not days: use mon … sun, a range like mon-fri, or daily")
             }
             let first = parts[0]!
             let last = parts.count == 2 ? parts[1]! : first
@@ -431,9 +448,11 @@ private struct Parser {
         let (hoursText, hoursColumn) = try cursor.word("hours like 08:00-18:00")
         let bounds = hoursText.split(separator: "-", maxSplits: 1).map { Self.minutes(String($0)) }
         guard bounds.count == 2, let start = bounds[0], let end = bounds[1], start < 1440, start != end else {
-            throw ParseError(column: hoursColumn, message: "'\(hoursText)' is not hours: use HH:MM-HH:MM, like 08:00-18:00 or 22:00-06:00")
+            throw ParseError(
+                column: hoursColumn, message: "'\(hoursText)' is not hours: use HH:MM-HH:MM, like 08:00-18:00 or 22:00-06:00")
         }
-        return WeeklyWindow(days: days, start: start, end: end % 1440 == 0 && end > start ? 1440 : end, description: "\(daysText) \(hoursText)")
+        return WeeklyWindow(
+            days: days, start: start, end: end % 1440 == 0 && end > start ? 1440 : end, description: "\(daysText) \(hoursText)")
     }
 
     /// `HH:MM` as minutes after midnight; `24:00` is allowed as an end.
@@ -450,8 +469,12 @@ private struct Parser {
     /// `ident from NETWORKS [timeout DURATION]`
     private mutating func parseIdentScope(_ cursor: inout Cursor) throws(ParseError) {
         let (from, fromColumn) = try cursor.word("'from'")
-        guard from == "from" else { throw ParseError(column: fromColumn, message: "expected 'from' after 'ident': ident from NETWORKS [timeout 5s]") }
-        let networks = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in try networkItem(&cursor, allowAny: true) }
+        guard from == "from" else {
+            throw ParseError(column: fromColumn, message: "expected 'from' after 'ident': ident from NETWORKS [timeout 5s]")
+        }
+        let networks = try Self.list(&cursor) { (cursor: inout Cursor) throws(ParseError) in
+            try networkItem(&cursor, allowAny: true)
+        }
         var timeout = 10.0
         if let word = cursor.peek?.word, word == "timeout" {
             _ = cursor.next()
@@ -462,7 +485,8 @@ private struct Parser {
             timeout = seconds
         }
         identScopes.append(
-            IdentScope(networks: networks ?? [IPNetwork("0.0.0.0/0")!, IPNetwork("::/0")!], timeoutSeconds: timeout, line: lineNumber))
+            IdentScope(
+                networks: networks ?? [IPNetwork("0.0.0.0/0")!, IPNetwork("::/0")!], timeoutSeconds: timeout, line: lineNumber))
     }
 
     static func seconds(_ text: String) -> Double? {
@@ -480,7 +504,8 @@ private struct Parser {
         let (text, textColumn) = try cursor.word("a time zone like UTC+01:00")
         guard let offset = Self.utcOffset(text) else {
             throw ParseError(
-                column: textColumn, message: "'\(text)' is not a time zone: use UTC or a fixed offset like UTC+01:00 (no named zones)")
+                column: textColumn,
+                message: "'\(text)' is not a time zone: use UTC or a fixed offset like UTC+01:00 (no named zones)")
         }
         utcOffsetSeconds = offset
         timezoneLine = lineNumber
@@ -490,7 +515,8 @@ private struct Parser {
         guard text.hasPrefix("UTC") else { return nil }
         let rest = text.dropFirst(3)
         if rest.isEmpty { return 0 }
-        guard let sign = rest.first, sign == "+" || sign == "-", let minutes = minutes(String(rest.dropFirst())), minutes <= 14 * 60
+        guard let sign = rest.first, sign == "+" || sign == "-", let minutes = minutes(String(rest.dropFirst())),
+            minutes <= 14 * 60
         else { return nil }
         return (sign == "+" ? 1 : -1) * minutes * 60
     }
@@ -505,10 +531,13 @@ private struct Parser {
         let result = try keyword(&cursor, "an expected result", Self.expectedResults)
         let request = try RequestParser.parse(&cursor, defaultVersion: result.isSOCKS4Reply ? .socks4 : .socks5)
         if result.isSOCKS4Reply, request.facts.version == .socks5 {
-            throw ParseError(column: cursor.tokens[1].column, message: "92 and 93 are SOCKS4 replies; the request needs version socks4 or socks4a")
+            throw ParseError(
+                column: cursor.tokens[1].column,
+                message: "92 and 93 are SOCKS4 replies; the request needs version socks4 or socks4a")
         }
         expectations.append(
-            Expectation(result: result, facts: request.facts, ident: request.ident, file: file, line: lineNumber, lineText: lineText))
+            Expectation(
+                result: result, facts: request.facts, ident: request.ident, file: file, line: lineNumber, lineText: lineText))
     }
 }
 
@@ -516,7 +545,9 @@ private struct Parser {
 /// `[command] from IP[:PORT] to HOST:PORT [user U] [ident U | ident-error KIND]
 /// [version V] [auth A] [at TIME] [resolved IP]`.
 private enum RequestParser {
-    static func parse(_ cursor: inout Cursor, defaultVersion: RequestFacts.Version) throws(ParseError) -> (facts: RequestFacts, ident: IdentOutcome?) {
+    static func parse(_ cursor: inout Cursor, defaultVersion: RequestFacts.Version) throws(ParseError) -> (
+        facts: RequestFacts, ident: IdentOutcome?
+    ) {
         var command = RequestFacts.Command.connect
         if let word = cursor.peek?.word, let named = ["connect": RequestFacts.Command.connect, "bind": .bind, "udp": .udp][word] {
             command = named
@@ -531,7 +562,8 @@ private enum RequestParser {
         var time: Int64?
         var resolved: IPAddress?
         while !cursor.atEnd {
-            let (word, column) = try cursor.word("a request part (from, to, user, ident, ident-error, version, auth, at, resolved)")
+            let (word, column) = try cursor.word(
+                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved)")
             switch word {
             case "from":
                 let (text, column) = try cursor.word("the client address")
@@ -542,7 +574,8 @@ private enum RequestParser {
             case "to":
                 let (text, column) = try cursor.word("the destination HOST:PORT")
                 guard let parsed = RequestText.destination(text) else {
-                    throw ParseError(column: column, message: "'\(text)' is not HOST:PORT (example.com:443, 192.0.2.1:80, [2001:db8::1]:443)")
+                    throw ParseError(
+                        column: column, message: "'\(text)' is not HOST:PORT (example.com:443, 192.0.2.1:80, [2001:db8::1]:443)")
                 }
                 destination = parsed
             case "user":
@@ -558,7 +591,10 @@ private enum RequestParser {
                 let (text, column) = try cursor.word("an ident failure")
                 guard let failure = IdentFailure(rawValue: text) else {
                     throw ParseError(
-                        column: column, message: "'\(text)' is not an ident failure: use \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", "))")
+                        column: column,
+                        message:
+                            "'\(text)' is not an ident failure: use \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
                 }
                 ident = .failure(failure)
             case "version":
@@ -589,21 +625,26 @@ private enum RequestParser {
                 }
             case "resolved":
                 let (text, column) = try cursor.word("the resolved address")
-                guard let address = IPAddress(text) else { throw ParseError(column: column, message: "'\(text)' is not an IP address") }
+                guard let address = IPAddress(text) else {
+                    throw ParseError(column: column, message: "'\(text)' is not an IP address")
+                }
                 resolved = address
             default:
                 throw ParseError(column: column, message: "unknown request part '\(word)'")
             }
         }
         guard let client else { throw ParseError(column: cursor.endColumn, message: "the request needs 'from CLIENT'") }
-        guard let (target, port) = destination else { throw ParseError(column: cursor.endColumn, message: "the request needs 'to HOST:PORT'") }
+        guard let (target, port) = destination else {
+            throw ParseError(column: cursor.endColumn, message: "the request needs 'to HOST:PORT'")
+        }
         if case .address = target, resolved != nil {
             throw ParseError(column: cursor.endColumn, message: "'resolved' is only for host-name destinations")
         }
         let facts = RequestFacts(
             version: version, command: command, client: client,
             listener: IPEndpoint(address: client.address.isIPv6 ? IPAddress("::1")! : IPAddress("127.0.0.1")!, port: 1080),
-            destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time)
+            destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time
+        )
         return (facts, ident)
     }
 }
@@ -619,7 +660,8 @@ public enum RequestText {
     /// `HOST:PORT` with an address or a host name; IPv6 in brackets.
     public static func destination(_ text: String) -> (RequestFacts.Destination, UInt16)? {
         if let endpoint = IPEndpoint(text) { return (.address(endpoint.address), endpoint.port) }
-        guard let colon = text.lastIndex(of: ":"), !text.hasPrefix("["), let port = UInt16(text[text.index(after: colon)...]) else {
+        guard let colon = text.lastIndex(of: ":"), !text.hasPrefix("["), let port = UInt16(text[text.index(after: colon)...])
+        else {
             return nil
         }
         let host = String(text[..<colon])
@@ -635,7 +677,8 @@ public enum RequestText {
         let parts = text.split(separator: "T")
         guard parts.count == 2 else { return nil }
         let date = parts[0].split(separator: "-").compactMap { Int($0) }
-        guard date.count == 3, (1...12).contains(date[1]), (1...31).contains(date[2]), let minutes = Parser.minutes(String(parts[1])), minutes < 1440
+        guard date.count == 3, (1...12).contains(date[1]), (1...31).contains(date[2]),
+            let minutes = Parser.minutes(String(parts[1])), minutes < 1440
         else { return nil }
         return (daysFromCivil(year: date[0], month: date[1], day: date[2]) * 1440 + Int64(minutes)) * 60
     }
@@ -661,7 +704,9 @@ extension String {
     /// The line without its comment and surrounding spaces, for `explain`.
     var trimmedPolicyLine: String {
         var text = self
-        if let hash = text.firstIndex(of: "#"), !text[..<hash].contains("\"") || text[..<hash].filter({ $0 == "\"" }).count % 2 == 0 {
+        if let hash = text.firstIndex(of: "#"),
+            !text[..<hash].contains("\"") || text[..<hash].filter({ $0 == "\"" }).count % 2 == 0
+        {
             text = String(text[..<hash])
         }
         return String(text.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" || $0 == "\r" }.reversed())
