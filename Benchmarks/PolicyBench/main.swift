@@ -68,10 +68,14 @@ func requests(count: Int, rules: Int, using generator: inout SplitMix) -> [Reque
 let arguments = CommandLine.arguments.dropFirst()
 let seconds = arguments.first.flatMap(Double.init) ?? 2
 let sizes = arguments.dropFirst().compactMap(Int.init)
-print("rules\tdecisions_per_second\tns_per_decision\tallowed_share")
+print("rules\tdecisions_per_second\tns_per_decision\tallowed_share\tcompile_ms")
 for size in sizes.isEmpty ? [10, 1_000, 10_000] : sizes {
     var generator = SplitMix(seed: 42)
-    let compilation = PolicyCompiler.compile(policyText(rules: size, using: &generator), file: "generated")
+    let text = policyText(rules: size, using: &generator)
+    let compileStart = ContinuousClock.now
+    let compilation = PolicyCompiler.compile(text, file: "generated")
+    let compileTime = ContinuousClock.now - compileStart
+    let compileMilliseconds = compileTime.components.seconds * 1000 + compileTime.components.attoseconds / 1_000_000_000_000_000
     guard let policy = compilation.policy else {
         print("generated policy has errors: \(compilation.errors.prefix(3))")
         break
@@ -80,7 +84,7 @@ for size in sizes.isEmpty ? [10, 1_000, 10_000] : sizes {
     let pool = requests(count: 4096, rules: size, using: &generator)
     let (decided, allowed, elapsed) = await measure(engine, pool, seconds: seconds)
     let perSecond = Double(decided) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
-    print("\(size)\t\(Int(perSecond))\t\(Int(1e9 / perSecond))\t\(Double(allowed * 100 / decided) / 100)")
+    print("\(size)\t\(Int(perSecond))\t\(Int(1e9 / perSecond))\t\(Double(allowed * 100 / decided) / 100)\t\(compileMilliseconds)")
 }
 
 /// Nonisolated, so the loop runs on one thread without hopping to the main actor.
