@@ -24,29 +24,18 @@ struct RuleMatcher: Sendable {
     /// Rules that name the host exactly, or a domain above it, by name.
     private let exactNames: [Substring: [Int32]]
     private let suffixNames: [Substring: [Int32]]
-    private let ports: IntervalTable<UInt32>
-    private let times: IntervalTable<UInt32>
-    private let users: [String: [Int32]]
-    private let anyUser: RuleSet
-    /// Indexed by the value's position in `allCases`.
-    private let commands: [RuleSet]
-    private let versions: [RuleSet]
-    private let authMethods: [RuleSet]
+    /// The other conditions of each rule, in a form that tests without allocating:
+    /// candidates are few, so checking them one by one beats more lookups.
+    private let tests: [RuleTest]
     /// Rules with neither a client nor a destination condition, ascending.
     private let unnarrowed: [Int32]
     private let utcOffsetSeconds: Int
 
     init(policy: Policy) {
         let rules = policy.rules
-        let width = rules.count
         utcOffsetSeconds = policy.utcOffsetSeconds
 
-        func sets<Value: Hashable>(_ values: [Value], _ condition: (Rule) -> Set<Value>?) -> [RuleSet] {
-            values.map { value in RuleSet(width: width, rules.indices.filter { condition(rules[$0])?.contains(value) ?? true }) }
-        }
-        commands = sets(RequestFacts.Command.allCases) { $0.commands }
-        versions = sets(RequestFacts.Version.allCases) { $0.versions }
-        authMethods = sets(RequestFacts.AuthMethod.allCases) { $0.authMethods }
+        tests = rules.map(RuleTest.init)
 
         func v4Ranges(_ networks: [IPNetwork]) -> [ClosedRange<UInt32>] {
             networks.compactMap { network in
@@ -77,7 +66,6 @@ struct RuleMatcher: Sendable {
         destinationV6 = IntervalTable(destinationNetworks.map { $0.map(v6Ranges) })
         var exact: [Substring: [Int32]] = [:]
         var suffix: [Substring: [Int32]] = [:]
-        var named: [String: [Int32]] = [:]
         for (index, rule) in rules.enumerated() {
             for pattern in rule.destinations ?? [] {
                 switch pattern {
@@ -86,18 +74,9 @@ struct RuleMatcher: Sendable {
                 case .network: break
                 }
             }
-            for user in rule.users ?? [] { named[user, default: []].append(Int32(index)) }
         }
         exactNames = exact.mapValues(Self.ascendingUnique)
         suffixNames = suffix.mapValues(Self.ascendingUnique)
-        users = named.mapValues(Self.ascendingUnique)
-        anyUser = RuleSet(width: width, rules.indices.filter { rules[$0].users == nil })
-
-        ports = IntervalTable(rules.map { $0.ports?.map { UInt32($0.lowerBound)...UInt32($0.upperBound) } })
-        times = IntervalTable(
-            rules.map { rule in
-                rule.times.map { $0.flatMap(\.minuteRanges).map { UInt32($0.lowerBound)...UInt32($0.upperBound) } }
-            })
         unnarrowed = rules.indices.filter { rules[$0].sources == nil && rules[$0].destinations == nil }.map(Int32.init)
     }
 
@@ -135,36 +114,37 @@ struct RuleMatcher: Sendable {
             }
         }
 
-        let time: DimensionMatch
-        if let when = facts.time {
-            time = times.lookup(UInt32(WeeklyWindow.minuteOfWeek(time: when, utcOffsetSeconds: utcOffsetSeconds)))
-        } else {
-            time = times.wildcardOnly
-        }
-        let user = DimensionMatch(wildcard: anyUser, named: facts.claimedUser.flatMap { users[$0] }.map { [$0[...]] } ?? [])
-        let fixed = [commands[facts.command.index], versions[facts.version.index], authMethods[facts.authMethod.index]]
-        return Candidates(
-            sources: client.named + destination.named + [unnarrowed[...]],
-            checks: [client, destination, ports.lookup(UInt32(facts.destinationPort)), user, time],
-            fixed: fixed)
+        let request = RequestKey(
+            facts, minuteOfWeek: facts.time.map { WeeklyWindow.minuteOfWeek(time: $0, utcOffsetSeconds: utcOffsetSeconds) })
+        var sources = client.named
+        sources += destination.named
+        sources.append(unnarrowed[...])
+        return Candidates(sources: sources, client: client, destination: destination, tests: tests, request: request)
     }
 
     /// Merges the candidate lists in ascending order and yields those that pass every
     /// dimension.
     struct Candidates {
         private var sources: [ArraySlice<Int32>]
-        private let checks: [DimensionMatch]
-        private let fixed: [RuleSet]
+        private let client: DimensionMatch
+        private let destination: DimensionMatch
+        private let tests: [RuleTest]
+        private let request: RequestKey
 
-        init(sources: [ArraySlice<Int32>], checks: [DimensionMatch], fixed: [RuleSet]) {
+        init(
+            sources: [ArraySlice<Int32>], client: DimensionMatch, destination: DimensionMatch, tests: [RuleTest],
+            request: RequestKey
+        ) {
             self.sources = sources
-            self.checks = checks
-            self.fixed = fixed
+            self.client = client
+            self.destination = destination
+            self.tests = tests
+            self.request = request
         }
 
         mutating func next() -> Int? {
             while let rule = nextCandidate() {
-                if fixed.allSatisfy({ $0.contains(rule) }) && checks.allSatisfy({ $0.contains(rule) }) { return rule }
+                if tests[rule].holds(for: request) && client.contains(rule) && destination.contains(rule) { return rule }
             }
             return nil
         }
@@ -181,6 +161,62 @@ struct RuleMatcher: Sendable {
             }
             return Int(smallest)
         }
+    }
+}
+
+/// The parts of a request the per-rule tests look at.
+struct RequestKey {
+    var commandBit: UInt8
+    var versionBit: UInt8
+    var authBit: UInt8
+    var port: UInt16
+    var user: String?
+    var minuteOfWeek: Int?
+
+    init(_ facts: RequestFacts, minuteOfWeek: Int?) {
+        commandBit = 1 << facts.command.index
+        versionBit = 1 << facts.version.index
+        authBit = 1 << facts.authMethod.index
+        port = facts.destinationPort
+        user = facts.claimedUser
+        self.minuteOfWeek = minuteOfWeek
+    }
+}
+
+/// A rule's conditions other than client, destination and ident.
+struct RuleTest: Sendable {
+    var commands: UInt8
+    var versions: UInt8
+    var authMethods: UInt8
+    var ports: [ClosedRange<UInt16>]?
+    var users: Set<String>?
+    var minutes: [ClosedRange<Int>]?
+
+    init(_ rule: Rule) {
+        func mask<T: CaseIterable & Equatable>(_ values: Set<T>?) -> UInt8 {
+            guard let values else { return 0xFF }
+            return T.allCases.enumerated().reduce(0) { values.contains($1.element) ? $0 | 1 << $1.offset : $0 }
+        }
+        commands = mask(rule.commands)
+        versions = mask(rule.versions)
+        authMethods = mask(rule.authMethods)
+        ports = rule.ports
+        users = rule.users
+        minutes = rule.times?.flatMap(\.minuteRanges)
+    }
+
+    func holds(for request: RequestKey) -> Bool {
+        guard commands & request.commandBit != 0, versions & request.versionBit != 0, authMethods & request.authBit != 0 else {
+            return false
+        }
+        if let ports, !ports.contains(where: { $0.contains(request.port) }) { return false }
+        if let users {
+            guard let user = request.user, users.contains(user) else { return false }
+        }
+        if let minutes {
+            guard let minute = request.minuteOfWeek, minutes.contains(where: { $0.contains(minute) }) else { return false }
+        }
+        return true
     }
 }
 
@@ -231,9 +267,12 @@ struct RuleSet: Hashable, Sendable {
 struct IntervalTable<Key: FixedWidthInteger & UnsignedInteger & Sendable>: Sendable {
     /// Start of each region, ascending; the first is 0.
     private let starts: [Key]
-    /// Leaves start at `leafBase`; node i's children are 2i and 2i+1.
+    /// Leaves start at `leafBase`; node i's children are 2i and 2i+1. Node i's rules are
+    /// `nodeRules[nodeStarts[i]..<nodeStarts[i + 1]]`: one flat buffer, so a lookup
+    /// touches no reference counts.
     private let leafBase: Int
-    private let nodes: [[Int32]]
+    private let nodeStarts: [Int32]
+    private let nodeRules: [Int32]
     private let wildcard: RuleSet
 
     /// `ranges[i]`: rule i's ranges on this dimension, or nil for "any".
@@ -270,7 +309,11 @@ struct IntervalTable<Key: FixedWidthInteger & UnsignedInteger & Sendable>: Senda
         }
         self.starts = starts
         self.leafBase = leafBase
-        self.nodes = nodes
+        var nodeStarts: [Int32] = [0]
+        nodeStarts.reserveCapacity(nodes.count + 1)
+        for node in nodes { nodeStarts.append(nodeStarts.last! + Int32(node.count)) }
+        self.nodeStarts = nodeStarts
+        self.nodeRules = Array(nodes.joined())
     }
 
     /// The last region whose start is at or before the key.
@@ -291,7 +334,8 @@ struct IntervalTable<Key: FixedWidthInteger & UnsignedInteger & Sendable>: Senda
         var named: [ArraySlice<Int32>] = []
         var node = Self.region(of: key, in: starts) + leafBase
         while node >= 1 {
-            if !nodes[node].isEmpty { named.append(nodes[node][...]) }
+            let (low, high) = (Int(nodeStarts[node]), Int(nodeStarts[node + 1]))
+            if low < high { named.append(nodeRules[low..<high]) }
             node /= 2
         }
         return DimensionMatch(wildcard: wildcard, named: named)

@@ -703,12 +703,20 @@ public enum RequestText {
 extension String {
     /// The line without its comment and surrounding spaces, for `explain`.
     var trimmedPolicyLine: String {
-        var text = self
-        if let hash = text.firstIndex(of: "#"),
-            !text[..<hash].contains("\"") || text[..<hash].filter({ $0 == "\"" }).count % 2 == 0
-        {
-            text = String(text[..<hash])
+        var end = endIndex
+        var inString = false
+        for index in indices {
+            if self[index] == "\"" { inString.toggle() }
+            if self[index] == "#", !inString {
+                end = index
+                break
+            }
         }
-        return String(text.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" || $0 == "\r" }.reversed())
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
+        let text = self[..<end]
+        guard let first = text.firstIndex(where: { !isSpace($0) }), let last = text.lastIndex(where: { !isSpace($0) }) else {
+            return ""
+        }
+        return String(text[first...last])
     }
 }
