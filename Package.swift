@@ -26,11 +26,12 @@ let package = Package(
             dependencies: ["NetAddress", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
+        .target(name: "IdentProtocol"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "AccessPolicy", "CCrypt",
+                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "CCrypt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -51,12 +52,14 @@ let package = Package(
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
+        .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
                 "Gateway", "SOCKSWire", "AccessPolicy", "NetAddress",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
     ],

@@ -23,6 +23,9 @@ public enum IdentFailure: String, Hashable, Sendable, CaseIterable {
     case hidden
     case invalidPort = "invalid-port"
     case unknownError = "unknown-error"
+    /// A reply that is not RFC 1413 (wrong port pair, missing fields, over 1000 octets,
+    /// a close without a line end).
+    case malformed
     /// An OTHER opsys reply: not a user name (RFC 1413), so it names nobody.
     case other
     /// The policy does not ask identd for this client's network (`ident from …`).

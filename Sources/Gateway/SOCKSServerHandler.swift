@@ -271,6 +271,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
                 "verdict": "\(decision.verdict.rawValue)",
                 "rule": "\(decision.rule?.description ?? "final deny")",
+                "ident": "\(decision.ident.map(\.description) ?? "not asked")",
             ]
         )
         guard decision.verdict == .allow else {

@@ -57,6 +57,9 @@ struct Run: AsyncParsableCommand {
             valueName: "list"))
     var methods: String?
 
+    @Option(help: ArgumentHelp("The identd port on clients (RFC 1413: 113). For tests.", visibility: .hidden))
+    var identPort: Int = 113
+
     @Option(help: "How much to log on standard error.")
     var logLevel = LogLevelArgument(.info)
 
@@ -103,9 +106,10 @@ struct Run: AsyncParsableCommand {
             throw FailedStart(message: "\(error)")
         }
 
-        let policyStore = PolicyStore(PolicyEngine(policy: try await loadPolicy(logger: logger)))
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let identClient = IdentClient(group: group, port: identPort, logger: logger)
+        let policyStore = PolicyStore(PolicyEngine(policy: try await loadPolicy(logger: logger), identLookup: identClient.lookup))
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         let gateway = GatewayServer(
@@ -138,7 +142,7 @@ struct Run: AsyncParsableCommand {
                 signal = name
                 break
             }
-            await reloadPolicy(into: policyStore, logger: logger)
+            await reloadPolicy(into: policyStore, identLookup: identClient.lookup, logger: logger)
         }
         logger.info(
             "stopping: no new connections; running sessions may finish",
@@ -186,7 +190,7 @@ extension Run {
     }
 
     /// SIGHUP: read, check and test the policy file again; swap only if all is well.
-    private func reloadPolicy(into store: PolicyStore, logger: Logger) async {
+    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, logger: Logger) async {
         guard let path = policy else {
             logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
             return
@@ -197,7 +201,7 @@ extension Run {
                 logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
                 return
             }
-            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!))
+            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!, identLookup: identLookup))
             logger.info(
                 "policy reloaded",
                 metadata: [
