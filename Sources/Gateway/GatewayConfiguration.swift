@@ -1,5 +1,6 @@
 import AccessPolicy
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
@@ -16,6 +17,8 @@ public struct GatewayConfiguration: Sendable {
     public var connectTimeout: TimeAmount = .seconds(30)
     /// A relay with no bytes moving either way for this long is closed; nil: never.
     public var idleTimeout: TimeAmount? = .hours(1)
+    /// BIND: how long to wait for the inbound connection after the first reply.
+    public var bindTimeout: TimeAmount = .minutes(2)
     public var limits = SOCKSLimits()
     /// The SOCKS5 methods offered, most preferred first. Empty: "none", or "password"
     /// when a password file is given (a password file then means a password is needed;
@@ -27,6 +30,8 @@ public struct GatewayConfiguration: Sendable {
 
 /// What every connection shares: the configuration and the services handlers call.
 struct GatewayContext: Sendable {
+    /// BIND listening sockets open right now (for tests and metrics).
+    let openBindListeners = NIOLockedValueBox(0)
     let configuration: GatewayConfiguration
     let policy: any PolicyDecider
     let credentials: CredentialStore?

@@ -36,6 +36,9 @@ public final class GatewayServer: Sendable {
         )
     }
 
+    /// BIND listening sockets open right now; every path must close them.
+    public var openBindListeners: Int { context.openBindListeners.withLockedValue { $0 } }
+
     /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
     /// If one cannot be bound, those already bound are closed and the error is thrown.
     public func start() async throws -> [IPEndpoint] {

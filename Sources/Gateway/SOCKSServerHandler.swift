@@ -32,6 +32,11 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var clientSentEOF = false
     /// Set when the channel closed under us; callbacks still in flight then do nothing.
     private var removed = false
+    /// BIND: the listening socket while it waits for the peer, and the wait's deadline.
+    private var bindListener: (any Channel)?
+    private var bindDeadline: Scheduled<Void>?
+    /// UDP ASSOCIATE: the relay, which lives as long as this control connection.
+    private var udpAssociation: UDPAssociation?
     private var logger: Logger
 
     init(gateway: GatewayContext) {
@@ -52,9 +57,13 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         removed = true
         negotiationDeadline?.cancel()
+        closeBindListener()
+        udpAssociation?.close()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Bytes on a UDP association's control connection mean nothing; drop them.
+        if udpAssociation != nil { return }
         var bytes = unwrapInboundIn(data)
         if received == nil {
             received = bytes
@@ -65,7 +74,10 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if busy || machine.isNegotiationComplete {
+        // A UDP association's control connection keeps reading, to see it close.
+        if udpAssociation != nil {
+            context.read()
+        } else if busy || machine.isNegotiationComplete {
             readPending = true
         } else {
             context.read()
@@ -77,12 +89,17 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case is ChannelShouldQuiesceEvent:
             // Shutting down: a connection still negotiating has no session to finish.
             context.close(promise: nil)
+        case ChannelEvent.inputClosed where udpAssociation != nil:
+            // The control connection closed: the association ends with it.
+            context.close(promise: nil)
         case ChannelEvent.inputClosed:
             // A client may send its request and data, then shut down its sending side
             // (`printf … | nc`). Remember it for the relay; if the request is not
             // complete by now, it never will be.
             clientSentEOF = true
-            if !busy, !machine.isNegotiationComplete {
+            // While BIND waits for its peer the client has nothing to send: EOF means it
+            // has gone, and the listening socket goes with it.
+            if bindListener != nil || (!busy && !machine.isNegotiationComplete) {
                 context.close(promise: nil)
             }
         default:
@@ -193,11 +210,6 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func handle(_ request: SOCKSRequest, context: ChannelHandlerContext) {
         busy = true
-        guard request.command == .connect else {
-            // BIND and UDP ASSOCIATE come with their own issue.
-            fail(.commandNotSupported, context: context)
-            return
-        }
         guard let client = context.channel.remoteAddress?.ipEndpoint,
             let listener = context.channel.localAddress?.ipEndpoint
         else {
@@ -219,7 +231,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let facts = RequestFacts(
             version: RequestFacts.Version(request.version),
-            command: .connect,
+            command: RequestFacts.Command(request.command),
             client: client,
             listener: listener,
             destination: destination,
@@ -228,10 +240,50 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             authMethod: request.authMethod == .usernamePassword ? .password : .none,
             time: Int64(Glibc.time(nil))
         )
-        addresses.assumeIsolated().whenSuccess { addresses in
-            guard !self.removed else { return }
-            self.decideAndConnect(facts, candidates: addresses.prefix(Self.maxAddressesTried), context: context)
+        switch request.command {
+        case .connect:
+            addresses.assumeIsolated().whenSuccess { addresses in
+                guard !self.removed else { return }
+                self.decideAndConnect(facts, candidates: addresses.prefix(Self.maxAddressesTried), context: context)
+            }
+        case .bind:
+            addresses.assumeIsolated().whenSuccess { addresses in
+                guard !self.removed else { return }
+                var facts = facts
+                facts.resolvedAddress = addresses.first
+                self.decideAndBind(facts, request: request, context: context)
+            }
+        case .udpAssociate:
+            associate(facts, request: request, context: context)
         }
+    }
+
+    /// Decides on the event loop when no identd must be asked; else in a task.
+    private func decide(_ facts: RequestFacts, context: ChannelHandlerContext, then act: @escaping (Decision) -> Void) {
+        let policy = gateway.policy
+        if let decision = policy.decideImmediately(facts) {
+            act(decision)
+            return
+        }
+        context.eventLoop.makeFutureWithTask { await policy.decide(facts) }
+            .assumeIsolated().whenSuccess { decision in
+                guard !self.removed else { return }
+                act(decision)
+            }
+    }
+
+    private func logDecision(_ decision: Decision, _ facts: RequestFacts, step: String = "decision") {
+        logger.debug(
+            "\(step)",
+            metadata: [
+                "command": "\(facts.command.rawValue)",
+                "destination": "\(facts.destination):\(facts.destinationPort)",
+                "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
+                "verdict": "\(decision.verdict.rawValue)",
+                "rule": "\(decision.rule?.description ?? "final deny")",
+                "ident": "\(decision.ident.map(\.description) ?? "not asked")",
+            ]
+        )
     }
 
     /// A name may resolve to several addresses (say ::1 and 127.0.0.1); like any client
@@ -246,34 +298,17 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var facts = facts
         facts.resolvedAddress = candidates.first
         let decidedFacts = facts
-        let policy = gateway.policy
-        // Most decisions need no identd: make them here, on the event loop.
-        if let decision = policy.decideImmediately(decidedFacts) {
-            act(on: decision, facts: decidedFacts, candidates: candidates, context: context, previousFailure: previousFailure)
-            return
+        decide(decidedFacts, context: context) { decision in
+            self.act(
+                on: decision, facts: decidedFacts, candidates: candidates, context: context, previousFailure: previousFailure)
         }
-        context.eventLoop.makeFutureWithTask { await policy.decide(decidedFacts) }
-            .assumeIsolated().whenSuccess { decision in
-                guard !self.removed else { return }
-                self.act(
-                    on: decision, facts: decidedFacts, candidates: candidates, context: context, previousFailure: previousFailure)
-            }
     }
 
     private func act(
         on decision: Decision, facts: RequestFacts, candidates: ArraySlice<IPAddress>, context: ChannelHandlerContext,
         previousFailure: SOCKSRequestFailure?
     ) {
-        logger.debug(
-            "decision",
-            metadata: [
-                "destination": "\(facts.destination):\(facts.destinationPort)",
-                "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
-                "verdict": "\(decision.verdict.rawValue)",
-                "rule": "\(decision.rule?.description ?? "final deny")",
-                "ident": "\(decision.ident.map(\.description) ?? "not asked")",
-            ]
-        )
+        logDecision(decision, facts)
         guard decision.verdict == .allow else {
             // After a failed attempt, a later address the policy refuses ends the
             // search; the client hears why the allowed attempt failed.
@@ -323,8 +358,132 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Sends the success reply with the outbound socket's local address, then moves both
     /// channels to the relay, with any bytes the client sent early going first.
-    private func startRelay(to outbound: any Channel, context: ChannelHandlerContext) {
-        guard context.channel.isActive, let bound = outbound.localAddress?.ipEndpoint else {
+    // MARK: BIND
+
+    private func decideAndBind(_ facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext) {
+        decide(facts, context: context) { decision in
+            self.logDecision(decision, facts)
+            guard decision.verdict == .allow else {
+                self.fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
+                return
+            }
+            // Listen on the address this host would use to reach the expected peer (the
+            // "outside" address); with no usable peer address, on the one the client reached.
+            let local = facts.destinationAddress.flatMap(RouteSource.address(toward:)) ?? facts.listener.address
+            BindListener.listen(on: local, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
+                switch result {
+                case .failure(let error):
+                    self.logger.notice("BIND cannot listen", metadata: ["address": "\(local)", "error": "\(error)"])
+                    self.fail(.generalFailure, context: context)
+                case .success(let (listener, peer)) where self.removed:
+                    listener.close(promise: nil)
+                    peer.whenSuccess { $0.close(promise: nil) }
+                case .success(let (listener, peer)):
+                    self.awaitPeer(listener: listener, peer: peer, facts: facts, request: request, context: context)
+                }
+            }
+        }
+    }
+
+    private func awaitPeer(
+        listener: any Channel, peer: EventLoopFuture<any Channel>, facts: RequestFacts, request: SOCKSRequest,
+        context: ChannelHandlerContext
+    ) {
+        guard let listening = listener.localAddress?.ipEndpoint else {
+            listener.close(promise: nil)
+            fail(.generalFailure, context: context)
+            return
+        }
+        bindListener = listener
+        let openListeners = gateway.openBindListeners
+        openListeners.withLockedValue { $0 += 1 }
+        listener.closeFuture.whenComplete { _ in openListeners.withLockedValue { $0 -= 1 } }
+        context.writeAndFlush(wrapOutboundOut(encode(machine.bindListening(at: listening), context: context)), promise: nil)
+        bindDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.configuration.bindTimeout) {
+            self.logger.info("BIND: no peer connected in time", metadata: ["listening": "\(listening)"])
+            self.closeBindListener()
+            self.fail(.timedOut, context: context)
+        }
+        peer.assumeIsolated().whenSuccess { peer in
+            self.closeBindListener()
+            guard !self.removed, let from = peer.remoteAddress?.ipEndpoint else {
+                peer.close(promise: nil)
+                return
+            }
+            self.checkPeer(peer, from: from, facts: facts, request: request, context: context)
+        }
+    }
+
+    /// SOCKS4 demands the peer be the host the client named (DSTIP); every version asks
+    /// the policy again with the peer as the destination.
+    private func checkPeer(
+        _ peer: any Channel, from: IPEndpoint, facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext
+    ) {
+        if request.version != .socks5, let expected = facts.destinationAddress, expected != .v4(.any),
+            expected.unmapped != from.address.unmapped
+        {
+            logger.notice("BIND: the peer is not the requested host", metadata: ["peer": "\(from)", "expected": "\(expected)"])
+            peer.close(promise: nil)
+            fail(.notAllowed, context: context)
+            return
+        }
+        var peerFacts = facts
+        peerFacts.destination = .address(from.address)
+        peerFacts.resolvedAddress = nil
+        decide(peerFacts, context: context) { decision in
+            self.logDecision(decision, peerFacts, step: "BIND peer decision")
+            guard decision.verdict == .allow else {
+                peer.close(promise: nil)
+                self.fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
+                return
+            }
+            self.startRelay(to: peer, context: context, replyAddress: from)
+        }
+    }
+
+    private func closeBindListener() {
+        bindDeadline?.cancel()
+        bindDeadline = nil
+        bindListener?.close(promise: nil)
+        bindListener = nil
+    }
+
+    // MARK: UDP ASSOCIATE
+
+    /// Sets up the relay and answers with its address. The request's address is where
+    /// the client will send from (zeros: not known yet); each datagram's destination is
+    /// decided by the policy as it comes.
+    private func associate(_ facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext) {
+        let expected: IPEndpoint?
+        switch request.host {
+        case .ipv4(let address): expected = IPEndpoint(address: .v4(address), port: request.port)
+        case .ipv6(let address): expected = IPEndpoint(address: .v6(address), port: request.port)
+        case .domain: expected = nil
+        }
+        let association = UDPAssociation(
+            gateway: gateway, facts: facts, expectedSource: expected, control: context.channel, logger: logger)
+        association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .failure(let error):
+                self.logger.notice("UDP ASSOCIATE cannot bind a relay", metadata: ["error": "\(error)"])
+                self.fail(.generalFailure, context: context)
+            case .success where self.removed:
+                association.close()
+            case .success(let relay):
+                self.udpAssociation = association
+                self.busy = false
+                context.writeAndFlush(
+                    self.wrapOutboundOut(self.encode(self.machine.requestGranted(boundAddress: relay), context: context)),
+                    promise: nil)
+                context.read()
+            }
+        }
+    }
+
+    /// `replyAddress`: what the success reply carries; by default the outbound socket's
+    /// local address (CONNECT). BIND's second reply carries the peer's address.
+    private func startRelay(to outbound: any Channel, context: ChannelHandlerContext, replyAddress: IPEndpoint? = nil) {
+        guard context.channel.isActive, let bound = replyAddress ?? outbound.localAddress?.ipEndpoint else {
             outbound.close(promise: nil)
             context.close(promise: nil)
             return
@@ -354,9 +513,22 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         received = nil
         busy = false
+        // A BIND peer was accepted without reading, so that nothing it sent early was
+        // lost before the relay was in place; it reads from here on.
+        try? outbound.syncOptions?.setOption(.autoRead, value: true)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         // The read held back during negotiation now goes to the relay.
         context.channel.read()
+    }
+}
+
+extension RequestFacts.Command {
+    init(_ command: SOCKSCommand) {
+        switch command {
+        case .connect: self = .connect
+        case .bind: self = .bind
+        case .udpAssociate: self = .udp
+        }
     }
 }
 

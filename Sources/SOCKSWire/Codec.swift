@@ -140,6 +140,15 @@ extension ByteBuffer {
         return SOCKS5Request(command: socksCommand, host: host, port: port)
     }
 
+    /// The header of a SOCKS5 UDP datagram, `RSV(2) FRAG ATYP DST.ADDR DST.PORT`; the
+    /// payload follows it in the buffer. nil if the datagram is too short to hold one.
+    public mutating func readSOCKS5UDPHeader() throws -> SOCKS5UDPHeader? {
+        guard let (_, fragment, addressType) = readMultipleIntegers(as: (UInt16, UInt8, UInt8).self),
+            let host = try readSOCKS5Host(addressType: addressType), let port = readInteger(as: UInt16.self)
+        else { return nil }
+        return SOCKS5UDPHeader(fragment: fragment, host: host, port: port)
+    }
+
     private mutating func readSOCKS5Host(addressType: UInt8) throws -> SOCKSHost? {
         switch addressType {
         case 1:
@@ -196,8 +205,20 @@ extension ByteBuffer {
 
     @discardableResult
     public mutating func writeSOCKS5Reply(_ reply: SOCKS5Reply) -> Int {
-        var written = writeMultipleIntegers(UInt8(5), reply.code.rawValue, UInt8(0))
-        switch reply.host {
+        writeMultipleIntegers(UInt8(5), reply.code.rawValue, UInt8(0)) + writeSOCKS5Address(reply.host, port: reply.port)
+    }
+
+    /// The header of a SOCKS5 UDP datagram (RSV, FRAG 0, the address); the payload goes
+    /// after it.
+    @discardableResult
+    public mutating func writeSOCKS5UDPHeader(host: SOCKSHost, port: UInt16) -> Int {
+        writeMultipleIntegers(UInt16(0), UInt8(0)) + writeSOCKS5Address(host, port: port)
+    }
+
+    /// `ATYP ADDR PORT`.
+    private mutating func writeSOCKS5Address(_ host: SOCKSHost, port: UInt16) -> Int {
+        var written = 0
+        switch host {
         case .ipv4(let address):
             written += writeMultipleIntegers(UInt8(1), address.value)
         case .ipv6(let address):
@@ -206,6 +227,6 @@ extension ByteBuffer {
             let bytes = Array(name.utf8.prefix(255))
             written += writeInteger(UInt8(3)) + writeInteger(UInt8(bytes.count)) + writeBytes(bytes)
         }
-        return written + writeInteger(reply.port)
+        return written + writeInteger(port)
     }
 }

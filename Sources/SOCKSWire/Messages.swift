@@ -161,3 +161,17 @@ public struct SOCKS5Reply: Hashable, Sendable {
         self.port = port
     }
 }
+
+/// `RSV(2) FRAG ATYP DST.ADDR DST.PORT`, in front of every SOCKS5 UDP datagram.
+public struct SOCKS5UDPHeader: Hashable, Sendable {
+    /// 0 for a whole datagram; identgate does not reassemble fragments.
+    public var fragment: UInt8
+    public var host: SOCKSHost
+    public var port: UInt16
+
+    public init(fragment: UInt8 = 0, host: SOCKSHost, port: UInt16) {
+        self.fragment = fragment
+        self.host = host
+        self.port = port
+    }
+}

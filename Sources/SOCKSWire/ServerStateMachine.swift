@@ -123,6 +123,9 @@ public struct SOCKSServerStateMachine: Sendable {
         case checkingCredentials(username: String)
         case awaitingSOCKS5Request(username: String?, method: SOCKS5AuthMethod)
         case handlingRequest(SOCKSVersion)
+        /// BIND: the first reply (the listening address) is out; the second waits for
+        /// the inbound connection.
+        case awaitingBindPeer(SOCKSVersion)
         case finished
     }
 
@@ -140,7 +143,7 @@ public struct SOCKSServerStateMachine: Sendable {
     /// bytes belong to the negotiation.
     public var isNegotiationComplete: Bool {
         switch state {
-        case .handlingRequest, .finished: true
+        case .handlingRequest, .awaitingBindPeer, .finished: true
         case .awaitingVersion, .awaitingSOCKS4Request, .awaitingGreeting, .awaitingCredentials,
             .checkingCredentials, .awaitingSOCKS5Request:
             false
@@ -199,7 +202,7 @@ public struct SOCKSServerStateMachine: Sendable {
             state = .checkingCredentials(username: credentials.username)
             return .checkCredentials(credentials)
 
-        case .checkingCredentials, .handlingRequest, .finished:
+        case .checkingCredentials, .handlingRequest, .awaitingBindPeer, .finished:
             // Bytes that arrive while the gateway works belong to the relay; keep them.
             return .waitForMoreBytes
 
@@ -233,11 +236,27 @@ public struct SOCKSServerStateMachine: Sendable {
         return .send(.usernamePasswordReply(success: true))
     }
 
-    /// The success reply, carrying the address the gateway bound (for CONNECT, the
-    /// outbound socket's local address). SOCKS4 cannot carry IPv6: it gets 0.0.0.0.
+    /// The success reply, carrying the address the gateway bound: for CONNECT, the
+    /// outbound socket's local address; for UDP ASSOCIATE, the relay's address; for
+    /// BIND's second reply, the peer's address. SOCKS4 cannot carry IPv6: it gets 0.0.0.0.
     public mutating func requestGranted(boundAddress: IPEndpoint) -> SOCKSServerMessage {
-        guard case .handlingRequest(let version) = state else { preconditionFailure("requestGranted in \(state)") }
-        state = .finished
+        switch state {
+        case .handlingRequest(let version), .awaitingBindPeer(let version):
+            state = .finished
+            return Self.grantedReply(version: version, address: boundAddress)
+        default:
+            preconditionFailure("requestGranted in \(state)")
+        }
+    }
+
+    /// BIND's first reply: the address the gateway listens on for the inbound connection.
+    public mutating func bindListening(at address: IPEndpoint) -> SOCKSServerMessage {
+        guard case .handlingRequest(let version) = state else { preconditionFailure("bindListening in \(state)") }
+        state = .awaitingBindPeer(version)
+        return Self.grantedReply(version: version, address: address)
+    }
+
+    private static func grantedReply(version: SOCKSVersion, address boundAddress: IPEndpoint) -> SOCKSServerMessage {
         switch version {
         case .socks4, .socks4a:
             let address: IPv4Address =
@@ -250,9 +269,13 @@ public struct SOCKSServerStateMachine: Sendable {
 
     /// The failure reply; the caller closes after sending it.
     public mutating func requestFailed(_ failure: SOCKSRequestFailure) -> SOCKSServerMessage {
-        guard case .handlingRequest(let version) = state else { preconditionFailure("requestFailed in \(state)") }
-        state = .finished
-        return Self.failureReply(failure, version: version)
+        switch state {
+        case .handlingRequest(let version), .awaitingBindPeer(let version):
+            state = .finished
+            return Self.failureReply(failure, version: version)
+        default:
+            preconditionFailure("requestFailed in \(state)")
+        }
     }
 
     /// What to say when the client has not completed its negotiation in time, if this
@@ -262,7 +285,7 @@ public struct SOCKSServerStateMachine: Sendable {
         switch state {
         case .awaitingSOCKS4Request: return Self.failureReply(.generalFailure, version: .socks4)
         case .awaitingSOCKS5Request: return Self.failureReply(.generalFailure, version: .socks5)
-        case .handlingRequest(let version): return Self.failureReply(.timedOut, version: version)
+        case .handlingRequest(let version), .awaitingBindPeer(let version): return Self.failureReply(.timedOut, version: version)
         case .awaitingVersion, .awaitingGreeting, .awaitingCredentials, .checkingCredentials, .finished: return nil
         }
     }

@@ -41,6 +41,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: ArgumentHelp("On SIGINT/SIGTERM, how long running sessions may go on before exit.", valueName: "duration"))
     var shutdownGrace: DurationArgument = "10s"
 
+    @Option(help: ArgumentHelp("BIND: how long to wait for the inbound connection.", valueName: "duration"))
+    var bindTimeout: DurationArgument = "2m"
+
     @Option(
         help: ArgumentHelp(
             "The policy file; SIGHUP re-reads, checks and tests it. Default: the embedded policies/default.policy.",
@@ -95,6 +98,7 @@ struct Run: AsyncParsableCommand {
         var configuration = GatewayConfiguration()
         if !listen.isEmpty { configuration.listen = listen.map(\.endpoint) }
         configuration.negotiationTimeout = negotiateTimeout.amount
+        configuration.bindTimeout = bindTimeout.amount
         configuration.connectTimeout = connectTimeout.amount
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods

@@ -184,17 +184,6 @@ import Testing
         try await gateway.stop()
     }
 
-    @Test func bindAndUDPAreNotSupportedYet() async throws {
-        let gateway = try await TestGateway.start()
-        let bind = try await RawClient.connect(to: gateway.address)
-        try await bind.send([5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80])
-        #expect(try await bind.readToEnd() == [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0])
-        let socks4Bind = try await RawClient.connect(to: gateway.address)
-        try await socks4Bind.send([4, 2, 0, 80, 127, 0, 0, 1, 0])
-        #expect(try await socks4Bind.readToEnd() == [0, 91, 0, 0, 0, 0, 0, 0])
-        try await gateway.stop()
-    }
-
     @Test(arguments: [
         (ECONNREFUSED, SOCKSRequestFailure.connectionRefused),
         (ENETUNREACH, .networkUnreachable), (ENETDOWN, .networkUnreachable),

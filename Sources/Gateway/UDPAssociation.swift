@@ -1,0 +1,227 @@
+import AccessPolicy
+import Logging
+import NIOCore
+import NIOPosix
+import NetAddress
+import SOCKSWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One SOCKS5 UDP ASSOCIATE: a relay socket the client sends SOCKS-wrapped datagrams
+/// to, and one socket per address family toward destinations. Every datagram's
+/// destination is decided by the policy (`udp` rules), once per destination for the
+/// association's life; replies come back only from destinations the client sent to,
+/// wrapped in the RFC 1928 header. Everything runs on the control connection's event
+/// loop; the association ends when that connection closes, or after the idle time-out.
+final class UDPAssociation {
+    private let gateway: GatewayContext
+    /// The request's facts; each datagram's destination is filled in.
+    private let facts: RequestFacts
+    private let expectedSource: IPEndpoint?
+    private let control: any Channel
+    private let logger: Logger
+    private var relay: (any Channel)?
+    private var outbound: [Bool: any Channel] = [:]
+    /// The client's UDP address: as requested, or learnt from its first datagram.
+    private var clientSource: SocketAddress?
+    /// Decided destinations (address and port) and whether each is allowed.
+    private var verdicts: [IPEndpoint: Bool] = [:]
+    private var resolved: [String: IPAddress?] = [:]
+    private var counts = (relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0)
+    private var closed = false
+
+    init(gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, logger: Logger) {
+        self.gateway = gateway
+        self.facts = facts
+        self.expectedSource = expectedSource
+        self.control = control
+        self.logger = logger
+    }
+
+    /// Binds the relay on `address` (the one the client reached) and the outbound
+    /// sockets; returns the relay's address for the reply.
+    func start(on address: IPAddress, eventLoop: any EventLoop) -> EventLoopFuture<IPEndpoint> {
+        // All sockets live on this event loop; the handlers reach the association there.
+        let this = NIOLoopBound(self, eventLoop: eventLoop)
+        let idleTimeout = gateway.configuration.idleTimeout
+        let relayBound = DatagramBootstrap(group: eventLoop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let association = this.value
+                    if let idleTimeout {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        Receiver({ association.fromClient($0) }, idle: { association.close() }))
+                }
+            }
+            .bind(to: SocketAddress(IPEndpoint(address: address, port: 0)))
+        @Sendable func outboundSocket(ipv6: Bool) -> EventLoopFuture<any Channel> {
+            DatagramBootstrap(group: eventLoop)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let association = this.value
+                        try channel.pipeline.syncOperations.addHandler(Receiver({ association.fromDestination($0) }, idle: {}))
+                    }
+                }
+                .bind(to: SocketAddress(IPEndpoint(address: ipv6 ? .v6(.any) : .v4(.any), port: 0)))
+        }
+        return relayBound.assumeIsolated().flatMap { relay in
+            self.relay = relay
+            let v4 = outboundSocket(ipv6: false)
+            // IPv6 may be off on this host: then IPv6 destinations are simply unreachable.
+            let v6 = outboundSocket(ipv6: true).map(Optional.some).recover { _ in nil }
+            return v4.and(v6).assumeIsolated().map { v4, v6 in
+                self.outbound[false] = v4
+                self.outbound[true] = v6
+                if self.closed { self.close() }
+                return relay.localAddress!.ipEndpoint!
+            }.nonisolated()
+        }.flatMapErrorThrowing { error in
+            self.close()
+            throw error
+        }.nonisolated()
+    }
+
+    func close() {
+        let wasOpen = !closed
+        closed = true
+        relay?.close(promise: nil)
+        for channel in outbound.values { channel.close(promise: nil) }
+        if wasOpen, relay != nil {
+            logger.info(
+                "UDP association ended",
+                metadata: [
+                    "relayed": "\(counts.relayed)", "replies": "\(counts.replies)", "fragments dropped": "\(counts.fragments)",
+                    "foreign dropped": "\(counts.foreign)", "denied": "\(counts.denied)", "malformed": "\(counts.malformed)",
+                ])
+        }
+        control.close(promise: nil)
+    }
+
+    // MARK: Client → destination
+
+    private func fromClient(_ envelope: AddressedEnvelope<ByteBuffer>) {
+        guard isFromClient(envelope.remoteAddress) else {
+            counts.foreign += 1
+            return
+        }
+        var datagram = envelope.data
+        guard let header = try? datagram.readSOCKS5UDPHeader() else {
+            counts.malformed += 1
+            return
+        }
+        guard header.fragment == 0 else {
+            // identgate does not reassemble fragments (RFC 1928 makes it optional).
+            counts.fragments += 1
+            logger.debug("UDP fragment dropped", metadata: ["frag": "\(header.fragment)"])
+            return
+        }
+        switch header.host {
+        case .ipv4(let address): forward(datagram, to: IPEndpoint(address: .v4(address), port: header.port), name: nil)
+        case .ipv6(let address): forward(datagram, to: IPEndpoint(address: .v6(address), port: header.port), name: nil)
+        case .domain(let name):
+            if let known = resolved[name] {
+                guard let address = known else { return }
+                forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
+                return
+            }
+            gateway.resolver.resolve(name, on: control.eventLoop).assumeIsolated().whenSuccess { addresses in
+                self.resolved[name] = addresses.first
+                guard let address = addresses.first else { return }
+                self.forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
+            }
+        }
+    }
+
+    /// The client's TCP address, and the port it asked for; zeros in the request mean
+    /// "not known": then the first datagram from the client's address fixes the port.
+    private func isFromClient(_ source: SocketAddress) -> Bool {
+        if let clientSource { return source == clientSource }
+        guard let endpoint = source.ipEndpoint, endpoint.address.unmapped == facts.client.address.unmapped else { return false }
+        if let expectedSource {
+            let anyAddress = expectedSource.address == .v4(.any) || expectedSource.address == .v6(.any)
+            guard anyAddress || expectedSource.address.unmapped == endpoint.address.unmapped else { return false }
+            guard expectedSource.port == 0 || expectedSource.port == endpoint.port else { return false }
+        }
+        clientSource = source
+        return true
+    }
+
+    private func forward(_ payload: ByteBuffer, to destination: IPEndpoint, name: String?) {
+        if let allowed = verdicts[destination] {
+            allowed ? send(payload, to: destination) : (counts.denied += 1)
+            return
+        }
+        var datagramFacts = facts
+        datagramFacts.destination = name.map(RequestFacts.Destination.hostName) ?? .address(destination.address)
+        datagramFacts.resolvedAddress = name == nil ? nil : destination.address
+        datagramFacts.destinationPort = destination.port
+        let decided: (Decision) -> Void = { decision in
+            let allowed = decision.verdict == .allow
+            self.verdicts[destination] = allowed
+            self.logger.debug(
+                "UDP destination decided",
+                metadata: [
+                    "destination": "\(destination)", "verdict": "\(decision.verdict.rawValue)",
+                    "rule": "\(decision.rule?.description ?? "final deny")",
+                ])
+            allowed ? self.send(payload, to: destination) : (self.counts.denied += 1)
+        }
+        if let decision = gateway.policy.decideImmediately(datagramFacts) {
+            decided(decision)
+        } else {
+            let policy = gateway.policy
+            let finalFacts = datagramFacts
+            control.eventLoop.makeFutureWithTask { await policy.decide(finalFacts) }.assumeIsolated().whenSuccess(decided)
+        }
+    }
+
+    private func send(_ payload: ByteBuffer, to destination: IPEndpoint) {
+        guard !closed, let channel = outbound[destination.address.isIPv6] else { return }
+        counts.relayed += 1
+        channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(destination), data: payload), promise: nil)
+    }
+
+    // MARK: Destination → client
+
+    private func fromDestination(_ envelope: AddressedEnvelope<ByteBuffer>) {
+        guard let from = envelope.remoteAddress.ipEndpoint, verdicts[from] == true, let relay, let clientSource else {
+            counts.foreign += 1
+            return
+        }
+        var datagram = relay.allocator.buffer(capacity: envelope.data.readableBytes + 22)
+        datagram.writeSOCKS5UDPHeader(host: SOCKSHost(from.address), port: from.port)
+        var payload = envelope.data
+        datagram.writeBuffer(&payload)
+        counts.replies += 1
+        relay.writeAndFlush(AddressedEnvelope(remoteAddress: clientSource, data: datagram), promise: nil)
+    }
+}
+
+/// Hands each datagram to a closure; an idle event ends the association.
+private final class Receiver: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+
+    let received: (AddressedEnvelope<ByteBuffer>) -> Void
+    let idle: () -> Void
+
+    init(_ received: @escaping (AddressedEnvelope<ByteBuffer>) -> Void, idle: @escaping () -> Void) {
+        self.received = received
+        self.idle = idle
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received(unwrapInboundIn(data))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { idle() }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A datagram socket error (say ICMP port unreachable) ends nothing.
+    }
+}
