@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
         .target(name: "IdentProtocol"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
+        .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
+        .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress"]),
         .target(
             name: "Gateway",
             dependencies: [
@@ -42,11 +44,12 @@ let package = Package(
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire",
+                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),

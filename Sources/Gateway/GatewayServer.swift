@@ -41,12 +41,15 @@ public final class GatewayServer: Sendable {
 
     /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
     /// If one cannot be bound, those already bound are closed and the error is thrown.
-    public func start() async throws -> [IPEndpoint] {
+    ///
+    /// `adopting`: sockets already bound and listening (made while root, before the
+    /// privilege drop), one per `listen` address, in the same order; nil: bind here.
+    public func start(adopting descriptors: [Int32]? = nil) async throws -> [IPEndpoint] {
         var bound: [IPEndpoint] = []
         do {
-            for endpoint in context.configuration.listen {
+            for (index, endpoint) in context.configuration.listen.enumerated() {
                 let quiescing = ServerQuiescingHelper(group: group)
-                let channel = try await bind(endpoint, quiescing: quiescing)
+                let channel = try await bind(endpoint, adopting: descriptors?[index], quiescing: quiescing)
                 listeners.withLockedValue { $0.append((channel, quiescing)) }
                 bound.append(channel.localAddress?.ipEndpoint ?? endpoint)
             }
@@ -57,10 +60,12 @@ public final class GatewayServer: Sendable {
         return bound
     }
 
-    private func bind(_ endpoint: IPEndpoint, quiescing: ServerQuiescingHelper) async throws -> any Channel {
+    private func bind(_ endpoint: IPEndpoint, adopting descriptor: Int32?, quiescing: ServerQuiescingHelper) async throws
+        -> any Channel
+    {
         let gateway = context
         do {
-            return try await ServerBootstrap(group: group)
+            let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in
@@ -74,8 +79,10 @@ public final class GatewayServer: Sendable {
                         try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
                     }
                 }
-                .bind(to: SocketAddress(endpoint))
-                .get()
+            if let descriptor {
+                return try await bootstrap.withBoundSocket(descriptor).get()
+            }
+            return try await bootstrap.bind(to: SocketAddress(endpoint)).get()
         } catch let error as IOError {
             throw ListenError(endpoint: endpoint, reason: String(cString: strerror(error.errnoCode)))
         } catch {

@@ -1,7 +1,7 @@
 import ArgumentParser
 
-@main
-struct Identgate: AsyncParsableCommand {
+/// The root command; `main.swift` dispatches to the subcommands.
+struct Identgate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "identgate",
         abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",

@@ -3,16 +3,18 @@ import ArgumentParser
 import Dispatch
 import Gateway
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
+import Privileges
 import SOCKSWire
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-struct Run: AsyncParsableCommand {
+struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve SOCKS on the listen addresses until SIGINT or SIGTERM.",
         discussion: """
@@ -60,6 +62,15 @@ struct Run: AsyncParsableCommand {
             valueName: "list"))
     var methods: String?
 
+    @Option(help: ArgumentHelp("As root: after binding, run as this user, with no capabilities.", valueName: "name"))
+    var user: String?
+
+    @Option(help: ArgumentHelp("With --user: run with this group and no supplementary groups.", valueName: "name"))
+    var group: String?
+
+    @Flag(help: "Keep running as root (not recommended): without it, root must name --user.")
+    var stayRoot = false
+
     @Option(help: ArgumentHelp("The identd port on clients (RFC 1413: 113). For tests.", visibility: .hidden))
     var identPort: Int = 113
 
@@ -82,7 +93,10 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// Everything that needs root happens here, synchronously, before any other thread
+    /// exists: the policy is compiled, the sockets are bound, then privileges are dropped
+    /// and verified. Only then do the threads of SwiftNIO and Swift concurrency start.
+    func run() throws {
         let level = logLevel.level
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -94,7 +108,6 @@ struct Run: AsyncParsableCommand {
         if let methods, parsedMethods.count != methods.split(separator: ",").count {
             throw ValidationError("--methods: unknown method in '\(methods)'; use none, password")
         }
-
         var configuration = GatewayConfiguration()
         if !listen.isEmpty { configuration.listen = listen.map(\.endpoint) }
         configuration.negotiationTimeout = negotiateTimeout.amount
@@ -104,16 +117,77 @@ struct Run: AsyncParsableCommand {
         configuration.methods = parsedMethods
 
         let credentials: CredentialStore?
+        let compilation: PolicyCompilation
         do {
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
+            compilation = try policy.map(PolicyLoader.compile(file:)) ?? PolicyCompilation(policy: DefaultPolicy.policy, diagnostics: [])
         } catch {
             throw FailedStart(message: "\(error)")
         }
+        if let problem = compileProblem(compilation) { throw FailedStart(message: problem) }
+        for warning in compilation.warnings { logger.warning("\(warning)") }
+
+        let identity = try privilegeTarget()
+        let sockets: [ListeningSocket]
+        do {
+            sockets = try configuration.listen.map { try ListeningSocket.open($0) }
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        var dropped: PrivilegeReport?
+        if let identity {
+            do {
+                dropped = try PrivilegeDrop.drop(to: identity)
+            } catch {
+                throw FailedStart(message: "\(error); not going on")
+            }
+            if let policy, access(policy, R_OK) != 0 {
+                throw FailedStart(
+                    message: "the policy \(policy) is not readable by \(identity.userName): SIGHUP reloads would fail; "
+                        + "make it readable by user \(identity.userName) or group \(identity.groupName)")
+            }
+        }
+        let command = self
+        let settings = configuration
+        let verified = dropped
+        try waitFor {
+            try await command.serve(
+                configuration: settings, policy: compilation.policy!, credentials: credentials,
+                descriptors: sockets.map(\.descriptor), dropped: verified, logger: logger)
+        }
+    }
+
+    /// The user to become, or nil to stay as we are; refuses root without `--user`.
+    private func privilegeTarget() throws -> TargetIdentity? {
+        let root = geteuid() == 0
+        guard let user else {
+            if root, !stayRoot {
+                throw FailedStart(
+                    message: "running as root: pass --user NAME to drop to an unprivileged user after binding "
+                        + "(or --stay-root to keep root, which is not recommended)")
+            }
+            return nil
+        }
+        guard root else { throw FailedStart(message: "--user needs root (started as uid \(geteuid()))") }
+        do {
+            return try TargetIdentity.lookUp(user: user, group: group)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+    }
+
+    private func serve(
+        configuration: GatewayConfiguration, policy compiled: Policy, credentials: CredentialStore?, descriptors: [Int32],
+        dropped: PrivilegeReport?, logger: Logger
+    ) async throws {
+        if let dropped { logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"]) }
+        let report = await ExpectationReport.run(compiled)
+        if let problem = testProblem(report) { throw FailedStart(message: problem) }
 
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let identClient = IdentClient(group: group, port: identPort, logger: logger)
-        let policyStore = PolicyStore(PolicyEngine(policy: try await loadPolicy(logger: logger), identLookup: identClient.lookup))
+        let policyStore = PolicyStore(PolicyEngine(policy: compiled, identLookup: identClient.lookup))
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         let gateway = GatewayServer(
@@ -127,7 +201,7 @@ struct Run: AsyncParsableCommand {
 
         let bound: [IPEndpoint]
         do {
-            bound = try await gateway.start()
+            bound = try await gateway.start(adopting: descriptors)
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -160,30 +234,12 @@ struct Run: AsyncParsableCommand {
 }
 
 extension Run {
-    /// The policy to start with: it must compile and pass its own tests, and its ident
-    /// time-outs must be shorter than the negotiation time-out.
-    private func loadPolicy(logger: Logger) async throws -> Policy {
-        guard let path = policy else { return DefaultPolicy.policy }
-        let loaded: PolicyLoader.Loaded
-        do {
-            loaded = try await PolicyLoader.load(file: path)
-        } catch {
-            throw FailedStart(message: "\(error)")
-        }
-        if let problem = problem(with: loaded) { throw FailedStart(message: problem) }
-        for warning in loaded.compilation.warnings { logger.warning("\(warning)") }
-        return loaded.compilation.policy!
-    }
-
-    /// Why a loaded policy cannot be used, in full; nil if it can.
-    private func problem(with loaded: PolicyLoader.Loaded) -> String? {
+    /// Why a compiled policy cannot be used; nil if it can. Its ident time-outs must be
+    /// shorter than the negotiation time-out.
+    private func compileProblem(_ compilation: PolicyCompilation) -> String? {
         let path = policy ?? DefaultPolicy.fileName
-        guard let compiled = loaded.compilation.policy, let report = loaded.report else {
-            return "\(path) has errors:\n" + loaded.compilation.errors.map(\.description).joined(separator: "\n")
-        }
-        if !report.failures.isEmpty {
-            return "\(path): \(report.failures.count) of its tests failed:\n"
-                + report.failures.map { TestCommand.describe($0) }.joined(separator: "\n")
+        guard let compiled = compilation.policy else {
+            return "\(path) has errors:\n" + compilation.errors.map(\.description).joined(separator: "\n")
         }
         let negotiation = Double(negotiateTimeout.amount.nanoseconds) / 1e9
         if let scope = compiled.identScopes.first(where: { $0.timeoutSeconds >= negotiation }) {
@@ -191,6 +247,13 @@ extension Run {
                 "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout))"
         }
         return nil
+    }
+
+    /// Why a policy whose tests ran cannot be used; nil if every test passed.
+    private func testProblem(_ report: ExpectationReport) -> String? {
+        guard !report.failures.isEmpty else { return nil }
+        return "\(policy ?? DefaultPolicy.fileName): \(report.failures.count) of its tests failed:\n"
+            + report.failures.map { TestCommand.describe($0) }.joined(separator: "\n")
     }
 
     /// SIGHUP: read, check and test the policy file again; swap only if all is well.
@@ -201,7 +264,7 @@ extension Run {
         }
         do {
             let loaded = try await PolicyLoader.load(file: path)
-            if let problem = problem(with: loaded) {
+            if let problem = compileProblem(loaded.compilation) ?? loaded.report.flatMap(testProblem) {
                 logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
                 return
             }
@@ -216,6 +279,23 @@ extension Run {
             logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(error)"])
         }
     }
+}
+
+/// Runs async work to its end from synchronous code (the main thread waits; the work
+/// runs on Swift's concurrency threads, which start only now).
+func waitFor(_ work: @escaping @Sendable () async throws -> Void) throws {
+    let result = NIOLockedValueBox<Result<Void, any Error>>(.success(()))
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        do {
+            try await work()
+        } catch {
+            result.withLockedValue { $0 = .failure(error) }
+        }
+        done.signal()
+    }
+    done.wait()
+    try result.withLockedValue { $0 }.get()
 }
 
 /// Exits with status 1 and a one-line message, without the usage text that a

@@ -14,7 +14,7 @@ import time
 import unittest
 
 from peers import (
-    BINARY, HTTPServer, Gateway, TCPServer, echo, recv_exactly, rss_kib, socks5_connect,
+    BINARY, STAY_ROOT, HTTPServer, Gateway, TCPServer, echo, recv_exactly, rss_kib, socks5_connect,
 )
 
 MIB = 1 << 20
@@ -207,7 +207,7 @@ class StartupErrorTests(unittest.TestCase):
         self.assertIn(b"--listen", result.stderr)
 
     def test_missing_password_file_is_a_clear_error(self):
-        result = run([BINARY, "run", "--listen", "127.0.0.1:0", "--password-file", "/nonexistent/users"])
+        result = run([BINARY, "run", *STAY_ROOT, "--listen", "127.0.0.1:0", "--password-file", "/nonexistent/users"])
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"/nonexistent/users", result.stderr)
 
@@ -216,7 +216,7 @@ class StartupErrorTests(unittest.TestCase):
             holder.bind(("127.0.0.1", 0))
             holder.listen(1)
             port = holder.getsockname()[1]
-            result = run([BINARY, "run", "--listen", f"127.0.0.1:{port}"], timeout=20)
+            result = run([BINARY, "run", *STAY_ROOT, "--listen", f"127.0.0.1:{port}"], timeout=20)
         self.assertEqual(result.returncode, 1)
         self.assertIn(b"cannot listen", result.stderr)
 

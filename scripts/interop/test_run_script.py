@@ -31,6 +31,8 @@ class RunScriptTest(unittest.TestCase):
             output, _ = process.communicate(timeout=30)
         self.assertEqual(process.returncode, 0, output.decode(errors="replace"))
         self.assertIn(b"listen=127.0.0.1:1080", output)
+        if os.geteuid() == 0:
+            self.assertIn(b"privileges dropped", output, "as root, scripts/run drops to the identgate user")
 
 
 if __name__ == "__main__":

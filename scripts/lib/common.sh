@@ -37,5 +37,6 @@ ensure_swift() {
     command -v swift >/dev/null || die "swift not found: install Swift 6 (swift.org) and put it on PATH"
 }
 
-# What building identgate needs from Debian: libxcrypt's headers for crypt(3).
-BUILD_PACKAGES=(libcrypt-dev)
+# What building identgate needs from Debian: libxcrypt's headers for crypt(3), and
+# libcap's for dropping capabilities.
+BUILD_PACKAGES=(libcrypt-dev libcap-dev)

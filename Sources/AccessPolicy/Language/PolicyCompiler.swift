@@ -6,6 +6,11 @@ public struct PolicyCompilation: Sendable {
     public var policy: Policy?
     public var diagnostics: [Diagnostic]
 
+    public init(policy: Policy?, diagnostics: [Diagnostic]) {
+        self.policy = policy
+        self.diagnostics = diagnostics
+    }
+
     public var errors: [Diagnostic] { diagnostics.filter { $0.severity == .error } }
     public var warnings: [Diagnostic] { diagnostics.filter { $0.severity == .warning } }
 }
