@@ -71,3 +71,11 @@ public struct RequestFacts: Hashable, Sendable {
         }
     }
 }
+
+extension Optional {
+    /// A set of enum values as bits in `allCases` order; nil (any value) is all ones.
+    func bitMask<Value: CaseIterable & Hashable>() -> UInt8 where Wrapped == Set<Value> {
+        guard let values = self else { return 0xFF }
+        return Value.allCases.enumerated().reduce(0) { values.contains($1.element) ? $0 | 1 << $1.offset : $0 }
+    }
+}

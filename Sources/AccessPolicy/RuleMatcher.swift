@@ -193,13 +193,9 @@ struct RuleTest: Sendable {
     var minutes: [ClosedRange<Int>]?
 
     init(_ rule: Rule) {
-        func mask<T: CaseIterable & Equatable>(_ values: Set<T>?) -> UInt8 {
-            guard let values else { return 0xFF }
-            return T.allCases.enumerated().reduce(0) { values.contains($1.element) ? $0 | 1 << $1.offset : $0 }
-        }
-        commands = mask(rule.commands)
-        versions = mask(rule.versions)
-        authMethods = mask(rule.authMethods)
+        commands = rule.commands.bitMask()
+        versions = rule.versions.bitMask()
+        authMethods = rule.authMethods.bitMask()
         ports = rule.ports
         users = rule.users
         minutes = rule.times?.flatMap(\.minuteRanges)

@@ -39,3 +39,55 @@ public struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// An endpoint as the socket system calls take it.
+public enum PosixSocketAddress {
+    case v4(sockaddr_in)
+    case v6(sockaddr_in6)
+
+    /// Calls `body` with a pointer to the address and its length, as bind and connect want.
+    public func withSockAddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> Result) rethrows -> Result {
+        switch self {
+        case .v4(var address):
+            return try withUnsafePointer(to: &address) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    try body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        case .v6(var address):
+            return try withUnsafePointer(to: &address) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        }
+    }
+}
+
+extension IPEndpoint {
+    /// Built from the numbers directly: no text round trip, no resolution.
+    public var posixAddress: PosixSocketAddress {
+        switch address {
+        case .v4(let v4):
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = port.bigEndian
+            sin.sin_addr.s_addr = v4.value.bigEndian
+            return .v4(sin)
+        case .v6(let v6):
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { raw in
+                for (index, byte) in v6.octets.enumerated() { raw[index] = byte }
+            }
+            return .v6(sin6)
+        }
+    }
+}

@@ -1,7 +1,7 @@
 import NetAddress
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A TCP socket bound and listening, made with the system calls directly so that it can
@@ -21,27 +21,7 @@ public struct ListeningSocket: Sendable {
             // `[::]` means IPv6 only here; list 0.0.0.0 as well to serve IPv4.
             setsockopt(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
         }
-        let bound: Int32
-        switch endpoint.address {
-        case .v4(let address):
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = endpoint.port.bigEndian
-            sin.sin_addr.s_addr = address.value.bigEndian
-            bound = withUnsafePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-        case .v6(let address):
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = endpoint.port.bigEndian
-            withUnsafeMutableBytes(of: &sin6.sin6_addr) { raw in
-                for (index, byte) in address.octets.enumerated() { raw[index] = byte }
-            }
-            bound = withUnsafePointer(to: &sin6) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
-        }
+        let bound = endpoint.posixAddress.withSockAddr { bind(descriptor, $0, $1) }
         guard bound == 0, listen(descriptor, backlog) == 0 else {
             let error = PrivilegeError.errno("cannot listen on \(endpoint)")
             close(descriptor)

@@ -1,7 +1,7 @@
 import CPrivileges
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A failure of the privilege drop, said plainly; the process must not go on.
@@ -134,18 +134,24 @@ public struct ProcessStatus: Sendable {
             let text = String(cString: line)
             guard let colon = text.firstIndex(of: ":") else { continue }
             // Tabs separate the values (real, effective, saved, filesystem ids): keep one space.
-            fields[String(text[..<colon])] = text[text.index(after: colon)...].split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            fields[String(text[..<colon])] = text[text.index(after: colon)...].split(whereSeparator: \.isWhitespace).joined(
+                separator: " ")
         }
         self.fields = fields
     }
 
     func problems(expecting identity: TargetIdentity) -> [String] {
         var problems: [String] = []
-        func ids(_ field: String) -> [String] { (fields[field] ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init) }
+        func ids(_ field: String) -> [String] {
+            (fields[field] ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        }
         if Set(ids("Uid")) != ["\(identity.uid)"] { problems.append("Uid is \(fields["Uid"] ?? "?")") }
         if Set(ids("Gid")) != ["\(identity.gid)"] { problems.append("Gid is \(fields["Gid"] ?? "?")") }
-        if Set(ids("Groups")) != Set(identity.supplementaryGroups.map { "\($0)" }) { problems.append("Groups is \(fields["Groups"] ?? "?")") }
-        for capability in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] where (fields[capability] ?? "x").contains(where: { $0 != "0" }) {
+        if Set(ids("Groups")) != Set(identity.supplementaryGroups.map { "\($0)" }) {
+            problems.append("Groups is \(fields["Groups"] ?? "?")")
+        }
+        for capability in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"]
+        where (fields[capability] ?? "x").contains(where: { $0 != "0" }) {
             problems.append("\(capability) is \(fields[capability] ?? "missing")")
         }
         if fields["NoNewPrivs"] != "1" { problems.append("NoNewPrivs is \(fields["NoNewPrivs"] ?? "missing")") }

@@ -120,7 +120,8 @@ struct Run: ParsableCommand {
         let compilation: PolicyCompilation
         do {
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
-            compilation = try policy.map(PolicyLoader.compile(file:)) ?? PolicyCompilation(policy: DefaultPolicy.policy, diagnostics: [])
+            compilation =
+                try policy.map(PolicyLoader.compile(file:)) ?? PolicyCompilation(policy: DefaultPolicy.policy, diagnostics: [])
         } catch {
             throw FailedStart(message: "\(error)")
         }

@@ -112,13 +112,9 @@ private struct Shape: Hashable {
     var times: [ClosedRange<Int>]?
 
     init(_ rule: Rule) {
-        func mask<T: CaseIterable & Equatable>(_ values: Set<T>?) -> UInt8 {
-            guard let values else { return 0xFF }
-            return T.allCases.enumerated().reduce(0) { values.contains($1.element) ? $0 | 1 << $1.offset : $0 }
-        }
-        commands = mask(rule.commands)
-        versions = mask(rule.versions)
-        authMethods = mask(rule.authMethods)
+        commands = rule.commands.bitMask()
+        versions = rule.versions.bitMask()
+        authMethods = rule.authMethods.bitMask()
         requiresIdent = rule.requiresIdent
         sources = (rule.sources?.map(Self.range) ?? [0...UInt128.max]).sorted { $0.lowerBound < $1.lowerBound }
         ports = (rule.ports ?? [0...UInt16.max]).sorted { $0.lowerBound < $1.lowerBound }
