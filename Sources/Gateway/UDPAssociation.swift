@@ -152,7 +152,7 @@ final class UDPAssociation {
 
     private func forward(_ payload: ByteBuffer, to destination: IPEndpoint, name: String?) {
         if let allowed = verdicts[destination] {
-            allowed ? send(payload, to: destination) : (counts.denied += 1)
+            if allowed { send(payload, to: destination) } else { counts.denied += 1 }
             return
         }
         var datagramFacts = facts
@@ -168,7 +168,7 @@ final class UDPAssociation {
                     "destination": "\(destination)", "verdict": "\(decision.verdict.rawValue)",
                     "rule": "\(decision.rule?.description ?? "final deny")",
                 ])
-            allowed ? self.send(payload, to: destination) : (self.counts.denied += 1)
+            if allowed { self.send(payload, to: destination) } else { self.counts.denied += 1 }
         }
         if let decision = gateway.policy.decideImmediately(datagramFacts) {
             decided(decision)

@@ -98,10 +98,8 @@ import Testing
     @Test func truncatedRequestThenSilenceTimesOut() async throws {
         let echo = try await EchoServer()
         let gateway = try await TestGateway.start(configure: { $0.negotiationTimeout = .seconds(1) })
-        let socks4 = try await RawClient.connect(to: gateway.address)
-        try await socks4.send([4, 1, 0])
-        let socks5 = try await RawClient.connect(to: gateway.address)
-        try await socks5.send([5, 1])
+        let socks4 = try await RawClient.connect(to: gateway.address, sending: [4, 1, 0])
+        let socks5 = try await RawClient.connect(to: gateway.address, sending: [5, 1])
         let started = ContinuousClock.now
         #expect(try await socks4.readToEnd() == [0, 91, 0, 0, 0, 0, 0, 0])
         #expect(try await socks5.readToEnd() == [], "a half greeting has no reply")

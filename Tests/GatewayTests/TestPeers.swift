@@ -58,8 +58,18 @@ final class RawClient: Sendable {
 
     private final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
         let state: NIOLockedValueBox<State>
-        init(state: NIOLockedValueBox<State>) { self.state = state }
+        let greeting: [UInt8]
+        init(state: NIOLockedValueBox<State>, greeting: [UInt8]) {
+            self.state = state
+            self.greeting = greeting
+        }
+
+        func channelActive(context: ChannelHandlerContext) {
+            if !greeting.isEmpty { context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: greeting)), promise: nil) }
+            context.fireChannelActive()
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let bytes = Array(unwrapInboundIn(data).readableBytesView)
@@ -84,13 +94,15 @@ final class RawClient: Sendable {
         self.state = state
     }
 
-    static func connect(to address: SocketAddress) async throws -> RawClient {
+    /// `sending`: bytes written the moment the connection is up, on the event loop, so
+    /// that no test scheduling delay comes between the connect and them.
+    static func connect(to address: SocketAddress, sending greeting: [UInt8] = []) async throws -> RawClient {
         let state = NIOLockedValueBox(State())
         let channel = try await ClientBootstrap(group: testGroup)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(state: state))
+                    try channel.pipeline.syncOperations.addHandler(Collector(state: state, greeting: greeting))
                 }
             }
             .connect(to: address).get()
