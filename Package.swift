@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         .target(name: "NetAddress"),
@@ -27,13 +28,18 @@ let package = Package(
         ),
         .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
         .target(name: "IdentProtocol"),
+        .target(
+            name: "AuditLog",
+            dependencies: ["AccessPolicy", "NetAddress", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
         .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress"]),
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "CCrypt",
+                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -44,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges",
+                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog", "CZlib",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

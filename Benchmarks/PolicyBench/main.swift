@@ -80,7 +80,7 @@ for size in sizes.isEmpty ? [10, 1_000, 10_000] : sizes {
         print("generated policy has errors: \(compilation.errors.prefix(3))")
         break
     }
-    let engine = PolicyEngine(policy: policy, identLookup: { facts, _ in .userID(facts.claimedUser ?? "nobody") })
+    let engine = PolicyEngine(policy: policy, identLookup: { facts, _ in IdentAnswer(.userID(facts.claimedUser ?? "nobody")) })
     let pool = requests(count: 4096, rules: size, using: &generator)
     let (decided, allowed, elapsed) = await measure(engine, pool, seconds: seconds)
     let perSecond = Double(decided) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)

@@ -57,14 +57,18 @@ public struct Decision: Hashable, Sendable {
     public var rule: RuleReference?
     public var trace: [TraceStep]
     /// The client's identd answer, if a rule needed it (asked at most once).
-    public var ident: IdentOutcome?
+    public var identAnswer: IdentAnswer?
+    /// The policy that decided (SHA-256 of its text), when the decider knows it.
+    public var policySHA256: String?
 
-    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep], ident: IdentOutcome? = nil) {
+    public var ident: IdentOutcome? { identAnswer?.outcome }
+
+    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep], identAnswer: IdentAnswer? = nil) {
         self.verdict = verdict
         self.refusal = refusal
         self.rule = rule
         self.trace = trace
-        self.ident = ident
+        self.identAnswer = identAnswer
     }
 }
 

@@ -34,7 +34,28 @@ public enum IdentFailure: String, Hashable, Sendable, CaseIterable {
     case unavailable
 }
 
+/// An ident outcome with its evidence, for logs and the audit record.
+public struct IdentAnswer: Hashable, Sendable {
+    public var outcome: IdentOutcome
+    /// The reply line as received, if one came.
+    public var rawReply: String?
+    public var opsys: String?
+    /// Why there is no user-id, in words.
+    public var detail: String?
+    public var durationMs: Int?
+
+    public init(
+        _ outcome: IdentOutcome, rawReply: String? = nil, opsys: String? = nil, detail: String? = nil, durationMs: Int? = nil
+    ) {
+        self.outcome = outcome
+        self.rawReply = rawReply
+        self.opsys = opsys
+        self.detail = detail
+        self.durationMs = durationMs
+    }
+}
+
 /// Asks the client's identd about the request's connection, with a time-out. Injected
 /// into the engine, which calls it at most once per request and only when a rule that
 /// could decide the request needs ident.
-public typealias IdentLookup = @Sendable (_ facts: RequestFacts, _ timeoutSeconds: Double) async -> IdentOutcome
+public typealias IdentLookup = @Sendable (_ facts: RequestFacts, _ timeoutSeconds: Double) async -> IdentAnswer

@@ -104,7 +104,7 @@ public struct PolicyEngine: PolicyDecider {
 private struct IdentCheck {
     let policy: Policy
     let lookup: IdentLookup?
-    var outcome: IdentOutcome?
+    var answer: IdentAnswer?
     /// Set when an allow rule failed only on ident: a denial then says why.
     var refusal: Decision.Refusal?
 
@@ -131,21 +131,22 @@ private struct IdentCheck {
     }
 
     private mutating func ask(_ facts: RequestFacts) async -> IdentOutcome {
-        if let outcome { return outcome }
-        let answer: IdentOutcome
+        if let answer { return answer.outcome }
+        let received: IdentAnswer
         if let scope = policy.identScope(for: facts.client.address) {
-            answer = await lookup?(facts, scope.timeoutSeconds) ?? .failure(.unavailable)
+            received = await lookup?(facts, scope.timeoutSeconds) ?? IdentAnswer(.failure(.unavailable))
         } else {
-            answer = .failure(.notAsked)
+            received = IdentAnswer(.failure(.notAsked))
         }
-        outcome = answer
-        return answer
+        answer = received
+        return received.outcome
     }
 
     func decision(rule: Rule?, trace: [Decision.TraceStep]) -> Decision {
         guard let rule, rule.verdict == .allow else {
-            return Decision(verdict: .deny, refusal: refusal ?? .notAllowed, rule: rule?.reference, trace: trace, ident: outcome)
+            return Decision(
+                verdict: .deny, refusal: refusal ?? .notAllowed, rule: rule?.reference, trace: trace, identAnswer: answer)
         }
-        return Decision(verdict: .allow, refusal: nil, rule: rule.reference, trace: trace, ident: outcome)
+        return Decision(verdict: .allow, refusal: nil, rule: rule.reference, trace: trace, identAnswer: answer)
     }
 }

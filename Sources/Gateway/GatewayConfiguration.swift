@@ -38,6 +38,8 @@ struct GatewayContext: Sendable {
     let resolver: HostResolver
     let threadPool: NIOThreadPool
     let logger: Logger
+    /// Where every decision and session end is recorded; nil: no audit log (tests).
+    let audit: AuditWriter?
 
     var offeredMethods: [SOCKS5AuthMethod] {
         if !configuration.methods.isEmpty { return configuration.methods }

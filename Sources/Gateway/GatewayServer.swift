@@ -23,7 +23,8 @@ public final class GatewayServer: Sendable {
         credentials: CredentialStore? = nil,
         group: any EventLoopGroup,
         threadPool: NIOThreadPool,
-        logger: Logger
+        logger: Logger,
+        audit: AuditWriter? = nil
     ) {
         self.group = group
         self.context = GatewayContext(
@@ -32,7 +33,8 @@ public final class GatewayServer: Sendable {
             credentials: credentials,
             resolver: HostResolver(threadPool: threadPool, timeout: configuration.connectTimeout),
             threadPool: threadPool,
-            logger: logger
+            logger: logger,
+            audit: audit
         )
     }
 

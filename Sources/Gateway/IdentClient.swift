@@ -51,7 +51,10 @@ public struct IdentClient: Sendable {
                     "client": "\(facts.client)", "outcome": "\(result.outcome)", "opsys": "\(result.opsys ?? "-")",
                     "reply": "\(result.rawReply ?? "-")", "detail": "\(result.detail ?? "-")", "duration": "\(result.duration)",
                 ])
-            return result.outcome
+            return IdentAnswer(
+                result.outcome, rawReply: result.rawReply, opsys: result.opsys, detail: result.detail,
+                durationMs: Int(
+                    result.duration.components.seconds * 1000 + result.duration.components.attoseconds / 1_000_000_000_000_000))
         }
     }
 

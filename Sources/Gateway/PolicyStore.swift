@@ -4,24 +4,31 @@ import NIOConcurrencyHelpers
 /// The policy in force, swapped whole on reload. Each request reads it once, so a
 /// request already being decided keeps the policy it started with.
 public final class PolicyStore: PolicyDecider {
-    private let current: NIOLockedValueBox<PolicyEngine>
+    private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?)>
 
-    public init(_ engine: PolicyEngine) {
-        current = NIOLockedValueBox(engine)
+    /// `sha256`: of the policy's text, recorded with every decision.
+    public init(_ engine: PolicyEngine, sha256: String? = nil) {
+        current = NIOLockedValueBox((engine, sha256))
     }
 
-    public var engine: PolicyEngine { current.withLockedValue { $0 } }
+    public var engine: PolicyEngine { current.withLockedValue { $0.engine } }
 
-    public func replace(with engine: PolicyEngine) {
-        current.withLockedValue { $0 = engine }
+    public func replace(with engine: PolicyEngine, sha256: String? = nil) {
+        current.withLockedValue { $0 = (engine, sha256) }
     }
 
     public func decide(_ facts: RequestFacts) async -> Decision {
-        await engine.decide(facts)
+        let (engine, sha256) = current.withLockedValue { $0 }
+        var decision = await engine.decide(facts)
+        decision.policySHA256 = sha256
+        return decision
     }
 
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
-        engine.decideImmediately(facts)
+        let (engine, sha256) = current.withLockedValue { $0 }
+        var decision = engine.decideImmediately(facts)
+        decision?.policySHA256 = sha256
+        return decision
     }
 }
 

@@ -21,6 +21,11 @@ final class RelayHandler: ChannelDuplexHandler {
     private var readPending = false
     /// Bytes this side read from its own socket and handed to the partner.
     private(set) var bytesRead: UInt64 = 0
+    /// Bytes the partner read (what this side was sent), while the partner is known.
+    var partnerBytesRead: UInt64 { partner?.bytesRead ?? partnerBytesAtRemoval }
+    private var partnerBytesAtRemoval: UInt64 = 0
+    /// Why the session ended, for the audit log.
+    private(set) var closeReason = "closed"
     private let onClose: ((RelayHandler) -> Void)?
 
     private init(onClose: ((RelayHandler) -> Void)?) {
@@ -42,6 +47,7 @@ final class RelayHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        partnerBytesAtRemoval = partner?.bytesRead ?? partnerBytesAtRemoval
         self.context = nil
         self.partner = nil
     }
@@ -77,6 +83,10 @@ final class RelayHandler: ChannelDuplexHandler {
         let drained = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: drained)
         drained.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    private func noteFailure(_ error: String) {
+        closeReason = "destination error: \(error)"
     }
 
     private func partnerFailed() {
@@ -124,6 +134,7 @@ final class RelayHandler: ChannelDuplexHandler {
             partner?.partnerReachedEOF()
         case is IdleStateHandler.IdleStateEvent:
             // Nothing moved either way for the idle time-out: end the session.
+            closeReason = "idle timeout"
             partner?.partnerFailed()
             context.close(promise: nil)
         case is ChannelShouldQuiesceEvent:
@@ -135,6 +146,8 @@ final class RelayHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        closeReason = "error: \(error)"
+        partner?.noteFailure("\(error)")
         partner?.partnerFailed()
         context.close(promise: nil)
     }

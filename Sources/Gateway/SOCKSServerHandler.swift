@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import Logging
 import NIOCore
 import NIOExtras
@@ -38,11 +39,18 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// UDP ASSOCIATE: the relay, which lives as long as this control connection.
     private var udpAssociation: UDPAssociation?
     private var logger: Logger
+    /// Numbers this connection's records in the audit log.
+    private let session: UInt64
+    /// When the relay started, for the session-end record.
+    private var relayStarted: ContinuousClock.Instant?
+    /// An allowed request whose connect then failed still ends in a session-end record.
+    private var allowed = false
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
         self.machine = SOCKSServerStateMachine(offeredMethods: gateway.offeredMethods, limits: gateway.configuration.limits)
         self.logger = gateway.logger
+        self.session = gateway.audit?.nextSessionID() ?? 0
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -210,6 +218,12 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func handle(_ request: SOCKSRequest, context: ChannelHandlerContext) {
         busy = true
+        if let audit = gateway.audit, !audit.acceptsRequests {
+            // Fail closed: nothing is served that the audit log cannot record.
+            logger.error("request refused: the audit log cannot be written")
+            fail(.generalFailure, context: context)
+            return
+        }
         guard let client = context.channel.remoteAddress?.ipEndpoint,
             let listener = context.channel.localAddress?.ipEndpoint
         else {
@@ -273,6 +287,8 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func logDecision(_ decision: Decision, _ facts: RequestFacts, step: String = "decision") {
+        gateway.audit?.record(.decision(facts, decision, session: session, step: step == "decision" ? nil : step))
+        if decision.verdict == .allow { allowed = true }
         logger.debug(
             "\(step)",
             metadata: [
@@ -353,7 +369,25 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func fail(_ failure: SOCKSRequestFailure, context: ChannelHandlerContext) {
-        sendAndClose(machine.requestFailed(failure), context: context)
+        let reply = machine.requestFailed(failure)
+        if allowed, let audit = gateway.audit {
+            var record = AuditRecord(event: .sessionEnd)
+            record.session = session
+            record.reason = "failed: \(failure)"
+            record.reply = Self.code(of: reply)
+            record.bytesFromClient = 0
+            record.bytesToClient = 0
+            audit.record(record)
+        }
+        sendAndClose(reply, context: context)
+    }
+
+    private static func code(of message: SOCKSServerMessage) -> Int? {
+        switch message {
+        case .socks4Reply(let reply): Int(reply.code.rawValue)
+        case .socks5Reply(let reply): Int(reply.code.rawValue)
+        case .methodSelection, .usernamePasswordReply: nil
+        }
     }
 
     /// Sends the success reply with the outbound socket's local address, then moves both
@@ -461,7 +495,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .domain: expected = nil
         }
         let association = UDPAssociation(
-            gateway: gateway, facts: facts, expectedSource: expected, control: context.channel, logger: logger)
+            gateway: gateway, facts: facts, expectedSource: expected, control: context.channel, session: session, logger: logger)
         association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .failure(let error):
@@ -491,7 +525,20 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let reply = encode(machine.requestGranted(boundAddress: bound), context: context)
         context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
 
-        let (clientSide, destinationSide) = RelayHandler.matchedPair()
+        let started = ContinuousClock.now
+        let session = self.session
+        let audit = gateway.audit
+        let (clientSide, destinationSide) = RelayHandler.matchedPair { client in
+            guard let audit else { return }
+            var record = AuditRecord(event: .sessionEnd)
+            record.session = session
+            record.bytesFromClient = client.bytesRead
+            record.bytesToClient = client.partnerBytesRead
+            let elapsed = ContinuousClock.now - started
+            record.durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+            record.reason = client.closeReason
+            audit.record(record)
+        }
         do {
             try outbound.pipeline.syncOperations.addHandler(destinationSide)
             if let idleTimeout = gateway.configuration.idleTimeout {

@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import Logging
 import NIOCore
 import NIOPosix
@@ -21,6 +22,7 @@ final class UDPAssociation {
     private let facts: RequestFacts
     private let expectedSource: IPEndpoint?
     private let control: any Channel
+    private let session: UInt64
     private let logger: Logger
     private var relay: (any Channel)?
     private var outbound: [Bool: any Channel] = [:]
@@ -32,7 +34,11 @@ final class UDPAssociation {
     private var counts = (relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0)
     private var closed = false
 
-    init(gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, logger: Logger) {
+    init(
+        gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, session: UInt64,
+        logger: Logger
+    ) {
+        self.session = session
         self.gateway = gateway
         self.facts = facts
         self.expectedSource = expectedSource
@@ -91,6 +97,14 @@ final class UDPAssociation {
         relay?.close(promise: nil)
         for channel in outbound.values { channel.close(promise: nil) }
         if wasOpen, relay != nil {
+            if let audit = gateway.audit {
+                var record = AuditRecord(event: .sessionEnd)
+                record.session = session
+                record.reason =
+                    "udp association ended: \(counts.relayed) relayed, \(counts.replies) replies, "
+                    + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped"
+                audit.record(record)
+            }
             logger.info(
                 "UDP association ended",
                 metadata: [
@@ -162,6 +176,7 @@ final class UDPAssociation {
         let decided: (Decision) -> Void = { decision in
             let allowed = decision.verdict == .allow
             self.verdicts[destination] = allowed
+            self.gateway.audit?.record(.decision(datagramFacts, decision, session: self.session, step: "udp destination"))
             self.logger.debug(
                 "UDP destination decided",
                 metadata: [

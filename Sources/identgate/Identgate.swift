@@ -6,7 +6,7 @@ struct Identgate: ParsableCommand {
         commandName: "identgate",
         abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",
         version: "0.1.0",
-        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, Passwd.self],
+        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, Audit.self, Passwd.self],
         defaultSubcommand: nil
     )
 }

@@ -142,7 +142,7 @@ struct Explain: AsyncParsableCommand {
             listener: IPEndpoint(address: client.address.isIPv6 ? IPAddress("::1")! : IPAddress("127.0.0.1")!, port: 1080),
             destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
             authMethod: auth, time: time)
-        let engine = PolicyEngine(policy: policy, identLookup: { _, _ in identOutcome })
+        let engine = PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(identOutcome) })
         let decision = await engine.explain(facts)
         print(Explanation.describe(facts))
         print(Explanation.render(decision, facts: facts, indent: ""))

@@ -1,6 +1,8 @@
 import AccessPolicy
 import ArgumentParser
+import AuditLog
 import Dispatch
+import Foundation
 import Gateway
 import Logging
 import NIOConcurrencyHelpers
@@ -61,6 +63,15 @@ struct Run: ParsableCommand {
             "SOCKS5 methods to offer, preferred first: none, password. Default: none, or password with --password-file.",
             valueName: "list"))
     var methods: String?
+
+    @Option(help: ArgumentHelp("The audit log (JSON lines, hash-chained); - for standard output.", valueName: "file"))
+    var auditLog: String = "identgate-audit.jsonl"
+
+    @Option(help: "When to fsync the audit log: always (every batch), batch (at most once a second), none (at exit only).")
+    var auditSync: AuditWriter.SyncPolicy = .batch
+
+    @Option(help: "If the audit log cannot be written: closed (refuse new requests) or open (go on without it).")
+    var auditFail: AuditFailMode = .closed
 
     @Option(help: ArgumentHelp("As root: after binding, run as this user, with no capabilities.", valueName: "name"))
     var user: String?
@@ -135,6 +146,13 @@ struct Run: ParsableCommand {
         } catch {
             throw FailedStart(message: "\(error)")
         }
+        // The audit log is opened while still privileged, like the sockets.
+        let audit: AuditWriter
+        do {
+            audit = try AuditWriter(path: auditLog, sync: auditSync, failClosed: auditFail == .closed)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
         var dropped: PrivilegeReport?
         if let identity {
             do {
@@ -151,10 +169,11 @@ struct Run: ParsableCommand {
         let command = self
         let settings = configuration
         let verified = dropped
+        let policySHA256 = try policyDigest()
         try waitFor {
             try await command.serve(
-                configuration: settings, policy: compilation.policy!, credentials: credentials,
-                descriptors: sockets.map(\.descriptor), dropped: verified, logger: logger)
+                configuration: settings, policy: compilation.policy!, policySHA256: policySHA256, credentials: credentials,
+                descriptors: sockets.map(\.descriptor), dropped: verified, audit: audit, logger: logger)
         }
     }
 
@@ -177,18 +196,51 @@ struct Run: ParsableCommand {
         }
     }
 
+    /// SHA-256 of the policy's text, recorded with every decision.
+    private func policyDigest() throws -> String {
+        guard let policy else { return AuditChain.hash(Data(DefaultPolicy.text.utf8)) }
+        do {
+            return AuditChain.hash(Data(try TextFile.read(policy).utf8))
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+    }
+
     private func serve(
-        configuration: GatewayConfiguration, policy compiled: Policy, credentials: CredentialStore?, descriptors: [Int32],
-        dropped: PrivilegeReport?, logger: Logger
+        configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
+        descriptors: [Int32], dropped: PrivilegeReport?, audit: AuditWriter, logger: Logger
     ) async throws {
-        if let dropped { logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"]) }
+        audit.start()
+        defer { audit.shutdown() }
+        var privileges = AuditRecord(event: .privileges)
+        if let dropped {
+            logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"])
+            privileges.user = dropped.identity.description
+            privileges.verified = dropped.description
+        } else {
+            privileges.user = "uid \(geteuid())"
+            privileges.verified = geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"
+        }
+        audit.record(privileges)
         let report = await ExpectationReport.run(compiled)
-        if let problem = testProblem(report) { throw FailedStart(message: problem) }
+        if let problem = testProblem(report) {
+            var rejected = AuditRecord(event: .policyReloadRejected)
+            rejected.policyFile = policy ?? DefaultPolicy.fileName
+            rejected.reason = problem
+            audit.record(rejected)
+            throw FailedStart(message: problem)
+        }
+        var loaded = AuditRecord(event: .policyLoad)
+        loaded.policyFile = policy ?? DefaultPolicy.fileName
+        loaded.policySHA256 = policySHA256
+        loaded.rules = compiled.rules.count
+        loaded.tests = report.passed
+        audit.record(loaded)
 
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let identClient = IdentClient(group: group, port: identPort, logger: logger)
-        let policyStore = PolicyStore(PolicyEngine(policy: compiled, identLookup: identClient.lookup))
+        let policyStore = PolicyStore(PolicyEngine(policy: compiled, identLookup: identClient.lookup), sha256: policySHA256)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         let gateway = GatewayServer(
@@ -197,7 +249,8 @@ struct Run: ParsableCommand {
             credentials: credentials,
             group: group,
             threadPool: threadPool,
-            logger: logger
+            logger: logger,
+            audit: audit
         )
 
         let bound: [IPEndpoint]
@@ -206,6 +259,12 @@ struct Run: ParsableCommand {
         } catch {
             throw FailedStart(message: "\(error)")
         }
+        var started = AuditRecord(event: .gatewayStart)
+        started.version = Identgate.configuration.version
+        started.listen = bound.map(\.description)
+        started.policyFile = policy ?? DefaultPolicy.fileName
+        started.policySHA256 = policySHA256
+        audit.record(started)
         logger.info(
             "identgate serving",
             metadata: [
@@ -217,17 +276,27 @@ struct Run: ParsableCommand {
 
         var signal = ""
         for await event in signals.events {
-            if case .shutdown(let name) = event {
+            switch event {
+            case .shutdown(let name):
                 signal = name
-                break
+            case .reload:
+                await reloadPolicy(into: policyStore, identLookup: identClient.lookup, audit: audit, logger: logger)
+                continue
+            case .reopenAuditLog:
+                logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(auditLog)"])
+                audit.reopen()
+                continue
             }
-            await reloadPolicy(into: policyStore, identLookup: identClient.lookup, logger: logger)
+            break
         }
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
         let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
         if !inTime { logger.notice("grace period over; closing the sessions still running") }
+        var stopped = AuditRecord(event: .gatewayStop)
+        stopped.reason = signal
+        audit.record(stopped)
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
         logger.info("stopped")
@@ -258,7 +327,9 @@ extension Run {
     }
 
     /// SIGHUP: read, check and test the policy file again; swap only if all is well.
-    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, logger: Logger) async {
+    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, audit: AuditWriter, logger: Logger)
+        async
+    {
         guard let path = policy else {
             logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
             return
@@ -267,9 +338,20 @@ extension Run {
             let loaded = try await PolicyLoader.load(file: path)
             if let problem = compileProblem(loaded.compilation) ?? loaded.report.flatMap(testProblem) {
                 logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
+                var rejected = AuditRecord(event: .policyReloadRejected)
+                rejected.policyFile = path
+                rejected.reason = problem
+                audit.record(rejected)
                 return
             }
-            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!, identLookup: identLookup))
+            let sha256 = AuditChain.hash(Data(try TextFile.read(path).utf8))
+            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!, identLookup: identLookup), sha256: sha256)
+            var reloaded = AuditRecord(event: .policyReload)
+            reloaded.policyFile = path
+            reloaded.policySHA256 = sha256
+            reloaded.rules = loaded.compilation.policy!.rules.count
+            reloaded.tests = loaded.report!.passed
+            audit.record(reloaded)
             logger.info(
                 "policy reloaded",
                 metadata: [
@@ -278,6 +360,10 @@ extension Run {
                 ])
         } catch {
             logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(error)"])
+            var rejected = AuditRecord(event: .policyReloadRejected)
+            rejected.policyFile = path
+            rejected.reason = "\(error)"
+            audit.record(rejected)
         }
     }
 }
@@ -312,6 +398,7 @@ struct Signals {
     enum Event: Sendable {
         case shutdown(String)
         case reload
+        case reopenAuditLog
     }
 
     let events: AsyncStream<Event>
@@ -320,7 +407,9 @@ struct Signals {
     init() {
         let (events, continuation) = AsyncStream.makeStream(of: Event.self)
         self.events = events
-        let handled: [(Int32, Event)] = [(SIGINT, .shutdown("SIGINT")), (SIGTERM, .shutdown("SIGTERM")), (SIGHUP, .reload)]
+        let handled: [(Int32, Event)] = [
+            (SIGINT, .shutdown("SIGINT")), (SIGTERM, .shutdown("SIGTERM")), (SIGHUP, .reload), (SIGUSR1, .reopenAuditLog),
+        ]
         self.sources = handled.map { number, event in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -330,3 +419,9 @@ struct Signals {
         }
     }
 }
+
+enum AuditFailMode: String, ExpressibleByArgument, CaseIterable {
+    case closed, open
+}
+
+extension AuditWriter.SyncPolicy: ExpressibleByArgument {}

@@ -22,7 +22,7 @@ import Testing
         """)
 
     func decide(_ policy: Policy, _ request: RequestFacts, ident: IdentOutcome = .failure(.unreachable)) async -> Decision {
-        await PolicyEngine(policy: policy, identLookup: { _, _ in ident }).decide(request)
+        await PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(ident) }).decide(request)
     }
 
     @Test func firstMatchWins() async {
@@ -133,7 +133,7 @@ import Testing
     @Test func matcherAgreesWithExplain() async {
         var generator = SystemRandomNumberGenerator()
         let big = Policy(rules: (0..<300).map { _ in Self.randomRule(&generator) })
-        let engine = PolicyEngine(policy: big, identLookup: { _, _ in .userID("u1") })
+        let engine = PolicyEngine(policy: big, identLookup: { _, _ in IdentAnswer(.userID("u1")) })
         for _ in 0..<2000 {
             let request = Self.randomFacts(&generator)
             let fast = await engine.decide(request)

@@ -42,7 +42,7 @@ final class IdentCounter: Sendable {
     var lookup: IdentLookup {
         { _, _ in
             self.count.withLock { $0 += 1 }
-            return self.answer
+            return IdentAnswer(self.answer)
         }
     }
 }

@@ -7,6 +7,7 @@ it stops (the classes are context managers).
 import hashlib
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,12 @@ class Gateway:
         if os.geteuid() == 0 and "--user" not in args:
             args = (*args, "--stay-root")
         self.log = tempfile.NamedTemporaryFile(prefix="identgate-", suffix=".log", delete=False)
+        # Every test gateway writes its own audit log, in a folder nobody may also read.
+        self.audit_folder = tempfile.mkdtemp(prefix="identgate-audit-")
+        os.chmod(self.audit_folder, 0o755)
+        self.audit_log = os.path.join(self.audit_folder, "audit.jsonl")
+        if "--audit-log" not in args:
+            args = (*args, "--audit-log", self.audit_log)
         self.process = subprocess.Popen(
             [BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -91,9 +98,17 @@ class Gateway:
     def __enter__(self):
         return self
 
+    def audit_records(self):
+        import json
+        if not os.path.exists(self.audit_log):
+            return []
+        with open(self.audit_log) as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+
     def __exit__(self, *exc):
         self.stop()
         os.unlink(self.log.name)
+        shutil.rmtree(self.audit_folder, ignore_errors=True)
 
 
 class _EchoHandler(http.server.BaseHTTPRequestHandler):

@@ -27,7 +27,7 @@ public struct Expectation: Sendable {
     /// An engine over `policy` whose identd answers as this expectation says.
     public func engine(for policy: Policy) -> PolicyEngine {
         let answer = ident ?? .failure(.unreachable)
-        return PolicyEngine(policy: policy, identLookup: { _, _ in answer })
+        return PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(answer) })
     }
 
     public func isMet(by decision: Decision) -> Bool {

@@ -1,0 +1,169 @@
+import AccessPolicy
+import Crypto
+import Foundation
+import NetAddress
+
+/// One line of the audit log (schema version 1, docs/audit-log.md). Every event has the
+/// common fields; the rest depend on `event`. Optional fields are left out when absent.
+public struct AuditRecord: Codable, Sendable, Equatable {
+    public static let schemaVersion = 1
+
+    public enum Event: String, Codable, Sendable, CaseIterable {
+        case chainStart = "chain-start"
+        case chainContinue = "chain-continue"
+        case gatewayStart = "gateway-start"
+        case gatewayStop = "gateway-stop"
+        case privileges
+        case policyLoad = "policy-load"
+        case policyReload = "policy-reload"
+        case policyReloadRejected = "policy-reload-rejected"
+        case decision
+        case sessionEnd = "session-end"
+    }
+
+    // Common to every record.
+    public var v: Int = AuditRecord.schemaVersion
+    public var seq: UInt64 = 0
+    /// ISO 8601, UTC, milliseconds.
+    public var time: String = ""
+    public var event: Event
+    /// SHA-256 (hex) of the previous line's bytes; for `chain-start`, the seed.
+    public var prev: String = ""
+
+    // chain-start, chain-continue
+    public var seed: String?
+    public var previousFile: String?
+
+    // gateway-start, policy-*
+    public var version: String?
+    public var listen: [String]?
+    public var policyFile: String?
+    public var policySHA256: String?
+    public var rules: Int?
+    public var tests: Int?
+    public var reason: String?
+
+    // privileges
+    public var user: String?
+    public var verified: String?
+
+    // decision
+    public var session: UInt64?
+    public var client: String?
+    public var listener: String?
+    public var socks: String?
+    public var command: String?
+    public var destination: String?
+    public var destinationPort: UInt16?
+    public var resolved: String?
+    public var claimedUser: String?
+    public var auth: String?
+    public var authOutcome: String?
+    public var ident: IdentRecord?
+    public var ruleLine: Int?
+    public var ruleLabel: String?
+    public var verdict: String?
+    public var reply: Int?
+    /// The request time the policy saw (seconds since 1970), for replay.
+    public var requestTime: Int64?
+
+    // session-end
+    public var bytesFromClient: UInt64?
+    public var bytesToClient: UInt64?
+    public var durationMs: Int?
+
+    public init(event: Event) {
+        self.event = event
+    }
+
+    /// What identd said, with everything needed to decide again.
+    public struct IdentRecord: Codable, Sendable, Equatable {
+        /// `user-id`, or an IdentFailure name (unreachable, timeout, no-user, …).
+        public var outcome: String
+        public var userID: String?
+        public var opsys: String?
+        public var raw: String?
+        public var detail: String?
+        public var durationMs: Int?
+
+        public init(
+            outcome: String, userID: String? = nil, opsys: String? = nil, raw: String? = nil, detail: String? = nil,
+            durationMs: Int? = nil
+        ) {
+            self.outcome = outcome
+            self.userID = userID
+            self.opsys = opsys
+            self.raw = raw
+            self.detail = detail
+            self.durationMs = durationMs
+        }
+
+        public var identOutcome: IdentOutcome {
+            if outcome == "user-id", let userID { return .userID(userID) }
+            return .failure(IdentFailure(rawValue: outcome) ?? .unknownError)
+        }
+    }
+}
+
+extension AuditRecord {
+    /// The facts the policy decided on, rebuilt from a decision record; nil for other
+    /// records or if a field is missing.
+    public var requestFacts: RequestFacts? {
+        guard event == .decision, let socks, let version = RequestFacts.Version(rawValue: socks),
+            let command, let command = RequestFacts.Command(rawValue: command),
+            let client = client.flatMap(IPEndpoint.init), let listener = listener.flatMap(IPEndpoint.init),
+            let destination, let destinationPort, let auth, let authMethod = RequestFacts.AuthMethod(rawValue: auth)
+        else { return nil }
+        let target: RequestFacts.Destination = IPAddress(destination).map { .address($0) } ?? .hostName(destination)
+        return RequestFacts(
+            version: version, command: command, client: client, listener: listener, destination: target,
+            destinationPort: destinationPort, resolvedAddress: resolved.flatMap(IPAddress.init), claimedUser: claimedUser,
+            authMethod: authMethod, time: requestTime)
+    }
+}
+
+/// Encodes records as JSON lines and chains them: each line carries the SHA-256 of the
+/// line before it. Not thread-safe: one writer owns one chain.
+public struct AuditChain: Sendable {
+    public private(set) var lastHash: String
+    public private(set) var nextSequence: UInt64
+    private let encoder: JSONEncoder
+
+    /// A new chain from a random seed.
+    public init() {
+        self.init(lastHash: Self.randomSeed(), nextSequence: 0)
+    }
+
+    /// Continues a chain (after a rotation or a restart that found the last hash).
+    public init(lastHash: String, nextSequence: UInt64) {
+        self.lastHash = lastHash
+        self.nextSequence = nextSequence
+        encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    }
+
+    public static func randomSeed() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+
+    /// The line (without its newline) for `record`, with `seq` and `prev` filled in.
+    public mutating func line(for record: AuditRecord) throws -> Data {
+        var record = record
+        record.seq = nextSequence
+        record.prev = lastHash
+        let line = try encoder.encode(record)
+        lastHash = Self.hash(line)
+        nextSequence += 1
+        return line
+    }
+
+    public static func hash(_ line: Data) -> String {
+        SHA256.hash(data: line).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// `2026-11-29T13:24:07.123Z`.
+    public static func timestamp(_ date: Date = Date()) -> String {
+        Date.ISO8601FormatStyle(includingFractionalSeconds: true).format(date)
+    }
+}

@@ -1,0 +1,57 @@
+import AccessPolicy
+import AuditLog
+import SOCKSWire
+
+extension AuditRecord {
+    /// A decision with every fact the engine used, so `audit replay` can decide it again.
+    static func decision(_ facts: RequestFacts, _ decision: Decision, session: UInt64, step: String? = nil) -> AuditRecord {
+        var record = AuditRecord(event: .decision)
+        record.session = session
+        record.client = facts.client.description
+        record.listener = facts.listener.description
+        record.socks = facts.version.rawValue
+        record.command = facts.command.rawValue
+        record.destination = facts.destination.description
+        record.destinationPort = facts.destinationPort
+        if case .hostName = facts.destination { record.resolved = facts.resolvedAddress?.description }
+        record.claimedUser = facts.claimedUser
+        record.auth = facts.authMethod.rawValue
+        record.authOutcome = facts.authMethod == .password ? "verified" : "none"
+        record.requestTime = facts.time
+        if let answer = decision.identAnswer {
+            var ident = IdentRecord(
+                outcome: "user-id", raw: answer.rawReply, detail: answer.detail, durationMs: answer.durationMs)
+            switch answer.outcome {
+            case .userID(let user): ident.userID = user
+            case .failure(let failure): ident.outcome = failure.rawValue
+            }
+            ident.opsys = answer.opsys
+            record.ident = ident
+        }
+        record.ruleLine = decision.rule?.line
+        record.ruleLabel = decision.rule?.label
+        record.verdict = decision.verdict.rawValue
+        record.reply = Int(decision.replyCode(for: facts.version))
+        record.policySHA256 = decision.policySHA256
+        record.reason = step
+        return record
+    }
+}
+
+extension Decision {
+    /// The reply this decision means for the client: 90/0x00 when allowed, else the
+    /// refusal's code.
+    public func replyCode(for version: RequestFacts.Version) -> UInt8 {
+        let failure: SOCKSRequestFailure? =
+            switch refusal {
+            case nil: nil
+            case .notAllowed: .notAllowed
+            case .identUnreachable: .identUnreachable
+            case .identMismatch: .identMismatch
+            }
+        switch version {
+        case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
+        case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue
+        }
+    }
+}

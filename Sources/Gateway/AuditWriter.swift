@@ -1,0 +1,264 @@
+import AuditLog
+import Foundation
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Writes audit records on a thread of its own, so no event loop ever waits for the
+/// disk. Records are queued (bounded), chained (each carries the SHA-256 of the line
+/// before it) and written in batches; the file is synced by the chosen policy and at
+/// shutdown. If a write fails the writer turns unhealthy: with `failClosed` the gateway
+/// refuses new requests until writes succeed again; nothing queued is dropped.
+public final class AuditWriter: Sendable {
+    public enum SyncPolicy: String, Sendable, CaseIterable {
+        /// fsync after every batch, before the next is taken.
+        case always
+        /// fsync at most once a second (and at shutdown): the default.
+        case batch
+        /// Leave it to the kernel (fsync only at shutdown).
+        case none
+    }
+
+    public struct OpenError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    private struct State {
+        var queue: [AuditRecord] = []
+        var stopping = false
+        var reopenRequested = false
+        var healthy = true
+        var failure: String?
+        var chain: AuditChain
+        var descriptor: Int32
+        var lastSync = ContinuousClock.now
+        var nextSession: UInt64 = 1
+    }
+
+    public let path: String
+    public let sync: SyncPolicy
+    public let failClosed: Bool
+    /// Requests are refused (fail-closed) or records still taken (fail-open) beyond this.
+    public let capacity: Int
+    private let state: NIOLockedValueBox<State>
+    private let wakeUp = ConditionLock(value: 0)
+    private let finished = ConditionLock(value: 0)
+
+    /// Opens (or creates) the file and continues its chain, or starts one. Call while
+    /// still privileged; `start()` later, after the privilege drop, starts the thread.
+    public init(path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536) throws {
+        self.path = path
+        self.sync = sync
+        self.failClosed = failClosed
+        self.capacity = capacity
+        let (descriptor, chain, continuing) = try Self.open(path)
+        state = NIOLockedValueBox(State(chain: chain, descriptor: descriptor))
+        var first = AuditRecord(event: continuing ? .chainContinue : .chainStart)
+        if !continuing { first.seed = chain.lastHash }
+        first.previousFile = continuing ? path : nil
+        enqueue(first)
+    }
+
+    /// stdout for `-`; else the file, appended to. An existing log's last line gives the
+    /// hash and number the chain continues from.
+    private static func open(_ path: String) throws -> (Int32, AuditChain, Bool) {
+        if path == "-" { return (STDOUT_FILENO, AuditChain(), false) }
+        var continuing: AuditChain?
+        if let last = try lastLine(of: path) {
+            guard let record = try? JSONDecoder().decode(AuditRecord.self, from: last) else {
+                throw OpenError(
+                    description:
+                        "\(path) ends in a line that is not an audit record: check it with 'identgate audit verify' and move it away"
+                )
+            }
+            continuing = AuditChain(lastHash: AuditChain.hash(last), nextSequence: record.seq + 1)
+        }
+        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard descriptor >= 0 else {
+            throw OpenError(description: "cannot open the audit log \(path): \(String(cString: strerror(errno)))")
+        }
+        return (descriptor, continuing ?? AuditChain(), continuing != nil)
+    }
+
+    private static func lastLine(of path: String) throws -> Data? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        let size = try handle.seekToEnd()
+        guard size > 0 else { return nil }
+        let window = min(size, 1 << 20)
+        try handle.seek(toOffset: size - window)
+        guard var data = try handle.readToEnd() else { return nil }
+        if data.last == UInt8(ascii: "\n") { data.removeLast() }
+        if let newline = data.lastIndex(of: UInt8(ascii: "\n")) { data = data[(newline + 1)...] }
+        return Data(data)
+    }
+
+    public func start() {
+        let thread = Thread { [self] in self.run() }
+        thread.name = "identgate-audit"
+        thread.start()
+    }
+
+    /// True while records are being written; with fail-closed, new requests are refused
+    /// otherwise.
+    public var acceptsRequests: Bool {
+        state.withLockedValue { !failClosed || ($0.healthy && $0.queue.count < capacity) }
+    }
+
+    public func nextSessionID() -> UInt64 {
+        state.withLockedValue { state in
+            defer { state.nextSession += 1 }
+            return state.nextSession
+        }
+    }
+
+    public func record(_ record: AuditRecord) {
+        var record = record
+        if record.time.isEmpty { record.time = AuditChain.timestamp() }
+        enqueue(record)
+    }
+
+    private func enqueue(_ record: AuditRecord) {
+        var record = record
+        if record.time.isEmpty { record.time = AuditChain.timestamp() }
+        state.withLockedValue { $0.queue.append(record) }
+        wakeUp.lock()
+        wakeUp.unlock(withValue: 1)
+    }
+
+    /// SIGUSR1 (logrotate): close the file and open `path` anew; the chain continues.
+    public func reopen() {
+        state.withLockedValue { $0.reopenRequested = true }
+        wakeUp.lock()
+        wakeUp.unlock(withValue: 1)
+    }
+
+    /// Writes what is queued, syncs and closes. Blocks until done.
+    public func shutdown() {
+        state.withLockedValue { $0.stopping = true }
+        wakeUp.lock()
+        wakeUp.unlock(withValue: 1)
+        finished.lock(whenValue: 1)
+        finished.unlock()
+    }
+
+    private func run() {
+        while true {
+            // Wake on new records, or every second to sync and retry after a failure.
+            if wakeUp.lock(whenValue: 1, timeoutSeconds: 1.0) {
+                wakeUp.unlock(withValue: 0)
+            }
+            let reopening = state.withLockedValue { state in
+                defer { state.reopenRequested = false }
+                return state.reopenRequested
+            }
+            // Reopen first, so the marker it queues is part of the batch taken next.
+            if reopening { reopenFile() }
+            let (batch, stopping) = state.withLockedValue { ($0.queue, $0.stopping) }
+            if !batch.isEmpty { write(batch) }
+            syncIfDue(force: stopping)
+            if stopping, state.withLockedValue({ $0.queue.isEmpty || !$0.healthy }) {
+                state.withLockedValue { state in
+                    if state.descriptor != STDOUT_FILENO { close(state.descriptor) }
+                }
+                finished.lock()
+                finished.unlock(withValue: 1)
+                return
+            }
+        }
+    }
+
+    /// Encodes and writes the batch; on success removes it from the queue.
+    private func write(_ batch: [AuditRecord]) {
+        var chain = state.withLockedValue { $0.chain }
+        var bytes = Data()
+        do {
+            for record in batch {
+                bytes += try chain.line(for: record)
+                bytes.append(UInt8(ascii: "\n"))
+            }
+        } catch {
+            fail("cannot encode an audit record: \(error)")
+            return
+        }
+        let descriptor = state.withLockedValue { $0.descriptor }
+        let written = bytes.withUnsafeBytes { raw -> Int in
+            var offset = 0
+            while offset < raw.count {
+                let result = Glibc.write(descriptor, raw.baseAddress! + offset, raw.count - offset)
+                if result < 0 {
+                    if errno == EINTR { continue }
+                    return -Int(errno)
+                }
+                offset += result
+            }
+            return offset
+        }
+        guard written == bytes.count else {
+            // Part of the batch may be on disk; the chain is not advanced, so `verify`
+            // shows a cut line there. Nothing is dropped: the batch stays queued.
+            fail("cannot write the audit log \(path): \(String(cString: strerror(Int32(-written))))")
+            return
+        }
+        if sync == .always { fsync(descriptor) }
+        state.withLockedValue { state in
+            state.chain = chain
+            state.queue.removeFirst(batch.count)
+            if !state.healthy {
+                state.healthy = true
+                writeToStandardError("identgate: the audit log is writable again; accepting requests\n")
+            }
+        }
+    }
+
+    private func fail(_ reason: String) {
+        let first = state.withLockedValue { state in
+            defer {
+                state.healthy = false
+                state.failure = reason
+            }
+            return state.healthy
+        }
+        if first {
+            writeToStandardError(
+                "identgate: \(reason); "
+                    + (failClosed
+                        ? "refusing new requests until it can be written\n" : "going on without it (--audit-fail open)\n"))
+        }
+    }
+
+    private func syncIfDue(force: Bool) {
+        let (descriptor, due) = state.withLockedValue { state in
+            (state.descriptor, force || (sync == .batch && ContinuousClock.now - state.lastSync >= .seconds(1)))
+        }
+        guard due, sync != .none || force else { return }
+        fsync(descriptor)
+        state.withLockedValue { $0.lastSync = ContinuousClock.now }
+    }
+
+    private func reopenFile() {
+        guard path != "-" else { return }
+        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard descriptor >= 0 else {
+            fail("cannot reopen the audit log \(path): \(String(cString: strerror(errno)))")
+            return
+        }
+        let old = state.withLockedValue { state in
+            defer { state.descriptor = descriptor }
+            return state.descriptor
+        }
+        fsync(old)
+        close(old)
+        var marker = AuditRecord(event: .chainContinue)
+        marker.time = AuditChain.timestamp()
+        marker.previousFile = path + " (before reopen)"
+        state.withLockedValue { $0.queue.insert(marker, at: 0) }
+    }
+}
+
+func writeToStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = Glibc.write(STDERR_FILENO, &bytes, bytes.count)
+}

@@ -1,0 +1,325 @@
+import AccessPolicy
+import ArgumentParser
+import AuditLog
+import Foundation
+import Gateway
+import NetAddress
+
+struct Audit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Review the audit log: verify, show, summary, replay.",
+        discussion: "Give files oldest first (rotated ones before the current one); .gz files are read as they are.",
+        subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self]
+    )
+}
+
+struct AuditVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the hash chain; report the first broken link with its line.",
+        discussion: """
+            Every record carries the SHA-256 of the one before it, so an edited, deleted, \
+            inserted or reordered record breaks the chain where it stands. Records cut from \
+            the end leave no broken link: keep the printed last hash elsewhere and pass it \
+            with --last to detect that.
+            """
+    )
+
+    @Argument(help: "The log files, oldest first.")
+    var files: [String]
+
+    @Option(help: ArgumentHelp("The last hash printed by an earlier verify (or kept elsewhere).", valueName: "sha256"))
+    var last: String?
+
+    func run() throws {
+        var verifier = ChainVerifier()
+        do {
+            try AuditFiles(paths: files).forEachLine { line, file, number in
+                try verifier.check(line, at: "\(file):\(number)")
+                return true
+            }
+        } catch let broken as ChainVerifier.Broken {
+            print(broken.description)
+            throw ExitCode(1)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        if let last, let lastHash = verifier.lastHash, !lastHash.hasPrefix(last.lowercased()) {
+            print("the chain is intact but ends at \(lastHash), not at \(last): records were cut from the end, or added")
+            throw ExitCode(1)
+        }
+        print("\(verifier.records) records, chain intact")
+        print("last hash: \(verifier.lastHash ?? "-")")
+        print("(keep the last hash elsewhere: records cut from the end can only be detected against it)")
+    }
+}
+
+/// The filters of `show`, applied to decision records.
+struct RecordFilter: ParsableArguments {
+    @Option(help: "Claimed user or identd user-id.")
+    var user: String?
+
+    @Option(help: ArgumentHelp("Client network, e.g. 10.0.0.0/8.", valueName: "cidr"))
+    var from: String?
+
+    @Option(help: ArgumentHelp("Destination: a host name, .domain, or a network.", valueName: "host|cidr"))
+    var to: String?
+
+    @Option(help: "Destination port.")
+    var port: UInt16?
+
+    @Option(help: ArgumentHelp("The deciding rule: its line number or label.", valueName: "line|label"))
+    var rule: String?
+
+    @Option(help: "allow or deny.")
+    var verdict: String?
+
+    @Option(help: "The reply code (90-93 for SOCKS4, 0-8 for SOCKS5).")
+    var reply: Int?
+
+    @Option(help: ArgumentHelp("From this time on (UTC, a prefix of 2026-11-29T13:05:00).", valueName: "time"))
+    var since: String?
+
+    @Option(help: ArgumentHelp("Before this time (UTC, a prefix of 2026-11-29T13:05:00).", valueName: "time"))
+    var until: String?
+
+    func matches(_ record: AuditRecord) throws -> Bool {
+        guard record.event == .decision else { return false }
+        if let user, record.claimedUser != user, record.ident?.userID != user { return false }
+        if let from {
+            guard let network = IPNetwork(from) else { throw ValidationError("--from: '\(from)' is not a network") }
+            guard let client = record.client.flatMap(IPEndpoint.init), network.contains(client.address) else { return false }
+        }
+        if let to {
+            if let network = IPNetwork(to) {
+                let address = (record.resolved ?? record.destination).flatMap(IPAddress.init)
+                guard let address, network.contains(address) else { return false }
+            } else {
+                let name = (record.destination ?? "").lowercased()
+                let wanted = to.lowercased()
+                let matched = wanted.hasPrefix(".") ? (name.hasSuffix(wanted) || "." + name == wanted) : name == wanted
+                guard matched else { return false }
+            }
+        }
+        if let port, record.destinationPort != port { return false }
+        if let rule {
+            guard record.ruleLine.map(String.init) == rule || record.ruleLabel == rule else { return false }
+        }
+        if let verdict, record.verdict != verdict { return false }
+        if let reply, record.reply != reply { return false }
+        if let since, record.time < since { return false }
+        if let until, record.time >= until { return false }
+        return true
+    }
+}
+
+/// A key for a session across gateway restarts: session numbers start again at each start.
+struct SessionKey: Hashable {
+    var run: Int
+    var session: UInt64
+}
+
+struct AuditShow: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "Who went where, and which rule let them: decisions as a table, or as JSON lines."
+    )
+
+    @Argument(help: "The log files, oldest first.")
+    var files: [String]
+
+    @OptionGroup var filter: RecordFilter
+
+    @Flag(help: "Print the matching decision records as JSON lines, with the session's bytes.")
+    var json = false
+
+    func run() throws {
+        let decoder = JSONDecoder()
+        let reader = AuditFiles(paths: files)
+        // First pass: the sessions of matching decisions, and their bytes.
+        var wanted: [SessionKey: (up: UInt64, down: UInt64)?] = [:]
+        var run = 0
+        try reader.forEachLine { line, _, _ in
+            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            if record.event == .gatewayStart { run += 1 }
+            if let session = record.session {
+                let key = SessionKey(run: run, session: session)
+                if try filter.matches(record) {
+                    wanted[key] = .some(nil)
+                } else if record.event == .sessionEnd, wanted[key] != nil {
+                    wanted[key] = (record.bytesFromClient ?? 0, record.bytesToClient ?? 0)
+                }
+            }
+            return true
+        }
+        // Second pass: print them in log order.
+        if !json {
+            print(Self.row(["TIME", "USER", "IDENT", "CLIENT", "DESTINATION", "VERDICT", "REPLY", "RULE", "BYTES UP/DOWN"]))
+        }
+        run = 0
+        var shown = 0
+        try reader.forEachLine { line, _, _ in
+            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            if record.event == .gatewayStart { run += 1 }
+            guard record.event == .decision, let session = record.session, try filter.matches(record) else { return true }
+            let bytes = wanted[SessionKey(run: run, session: session)] ?? nil
+            shown += 1
+            if json {
+                var object = try JSONSerialization.jsonObject(with: line) as? [String: Any] ?? [:]
+                if let bytes {
+                    object["bytesFromClient"] = bytes.up
+                    object["bytesToClient"] = bytes.down
+                }
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(
+                            withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+            } else {
+                let ident = record.ident.map { $0.userID ?? $0.outcome } ?? "-"
+                let destination =
+                    "\(record.destination ?? "?"):\(record.destinationPort ?? 0)" + (record.resolved.map { " (\($0))" } ?? "")
+                let rule = record.ruleLine.map { "line \($0)" + (record.ruleLabel.map { " \"\($0)\"" } ?? "") } ?? "final deny"
+                let moved = bytes.map { "\($0.up)/\($0.down)" } ?? "-"
+                print(
+                    Self.row([
+                        String(record.time.prefix(23)), record.claimedUser ?? "-", ident, record.client ?? "?", destination,
+                        record.verdict ?? "?", record.reply.map(String.init) ?? "?", rule, moved,
+                    ]))
+            }
+            return true
+        }
+        if !json { print("\(shown) decisions") }
+    }
+
+    static let widths = [23, 10, 10, 21, 34, 7, 5, 26, 0]
+
+    static func row(_ cells: [String]) -> String {
+        zip(cells, widths).map { cell, width in width == 0 ? cell : cell.padding(width) }.joined(separator: " ")
+    }
+}
+
+struct AuditSummary: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "summary",
+        abstract: "Totals, top users and destinations, denials by rule and reply, ident outcomes, busiest hours."
+    )
+
+    @Argument(help: "The log files, oldest first.")
+    var files: [String]
+
+    @Option(help: "How many entries each top list shows.")
+    var top = 10
+
+    func run() throws {
+        let decoder = JSONDecoder()
+        var records = 0
+        var decisions = 0
+        var allowed = 0
+        var bytes: (up: UInt64, down: UInt64) = (0, 0)
+        var users: [String: Int] = [:]
+        var destinations: [String: Int] = [:]
+        var denials: [String: Int] = [:]
+        var idents: [String: Int] = [:]
+        var hours: [String: Int] = [:]
+        try AuditFiles(paths: files).forEachLine { line, _, _ in
+            records += 1
+            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            switch record.event {
+            case .decision:
+                decisions += 1
+                users[record.claimedUser ?? record.ident?.userID ?? "(none)", default: 0] += 1
+                destinations["\(record.destination ?? "?"):\(record.destinationPort ?? 0)", default: 0] += 1
+                hours[String(record.time.prefix(13)) + ":00", default: 0] += 1
+                if let ident = record.ident { idents[ident.outcome, default: 0] += 1 }
+                if record.verdict == "allow" {
+                    allowed += 1
+                } else {
+                    let rule =
+                        record.ruleLine.map { "line \($0)" + (record.ruleLabel.map { " \"\($0)\"" } ?? "") } ?? "final deny"
+                    denials["\(rule), reply \(record.reply ?? -1)", default: 0] += 1
+                }
+            case .sessionEnd:
+                bytes.up += record.bytesFromClient ?? 0
+                bytes.down += record.bytesToClient ?? 0
+            default:
+                break
+            }
+            return true
+        }
+        print("records: \(records); decisions: \(decisions), allowed \(allowed), denied \(decisions - allowed)")
+        print("bytes relayed: \(bytes.up) from clients, \(bytes.down) to clients")
+        func list(_ title: String, _ counts: [String: Int], byKey: Bool = false) {
+            print("\n\(title):")
+            let sorted = counts.sorted { byKey ? $0.key < $1.key : ($0.value, $1.key) > ($1.value, $0.key) }
+            for (key, count) in sorted.prefix(top) { print("  \(String(count).padding(8)) \(key)") }
+            if counts.isEmpty { print("  (none)") }
+        }
+        list("top users", users)
+        list("top destinations", destinations)
+        list("denials by rule and reply", denials)
+        list("ident outcomes", idents)
+        list("busiest hours (UTC)", hours)
+    }
+}
+
+struct AuditReplay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Decide every recorded request again under another policy; list what would change.",
+        discussion: """
+            Each decision record holds the facts the engine used, and identd's answer when one \
+            was asked. A request the old policy did not ask identd about but the new one would \
+            is decided as if identd were unreachable, and marked so.
+            """
+    )
+
+    @Option(help: ArgumentHelp("The policy to replay under.", valueName: "file"))
+    var policy: String
+
+    @Argument(help: "The log files, oldest first.")
+    var files: [String]
+
+    func run() throws {
+        let compilation = try loadCompilation(policy)
+        guard let newPolicy = compilation.policy else {
+            for error in compilation.errors { print(error) }
+            throw ExitCode(1)
+        }
+        let decoder = JSONDecoder()
+        var replayed = 0
+        var changed = 0
+        // Record by record, so a large log is replayed in bounded memory.
+        try AuditFiles(paths: files).forEachLine { line, _, _ in
+            guard let record = try? decoder.decode(AuditRecord.self, from: line), let facts = record.requestFacts else {
+                return true
+            }
+            let recorded = record.ident?.identOutcome
+            let engine = PolicyEngine(policy: newPolicy, identLookup: { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) })
+            let decision = try engine.decideImmediately(facts) ?? Self.decideWaiting(engine, facts)
+            replayed += 1
+            let newReply = Int(decision.replyCode(for: facts.version))
+            guard decision.verdict.rawValue != record.verdict || newReply != record.reply else { return true }
+            changed += 1
+            let before =
+                "\(record.verdict ?? "?") \(record.reply ?? -1) (\(record.ruleLine.map { "line \($0)" } ?? "final deny"))"
+            let after = "\(decision.verdict.rawValue) \(newReply) (\(decision.rule?.line.map { "line \($0)" } ?? "final deny"))"
+            let unknownIdent = recorded == nil && decision.identAnswer != nil ? " [ident not recorded]" : ""
+            print(
+                "\(record.time.prefix(23)) \(record.client ?? "?") user \(record.claimedUser ?? "-") -> "
+                    + "\(record.destination ?? "?"):\(record.destinationPort ?? 0): \(before) -> \(after)\(unknownIdent)")
+            return true
+        }
+        print("\(replayed) decisions replayed under \(policy); \(changed) would change")
+    }
+
+    /// A decision that needs identd goes through the async path; its answer is canned.
+    private static func decideWaiting(_ engine: PolicyEngine, _ facts: RequestFacts) throws -> Decision {
+        let result = DecisionBox()
+        try waitFor { result.decision = await engine.decide(facts) }
+        return result.decision!
+    }
+}
+
+private final class DecisionBox: @unchecked Sendable {
+    var decision: Decision?
+}

@@ -1,0 +1,136 @@
+import CZlib
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Reads audit log files line by line in bounded memory, plain or gzip-compressed
+/// (rotated logs), in the order given. Lines are handed out with `FILE:LINE`.
+struct AuditFiles {
+    struct ReadError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    let paths: [String]
+
+    /// Calls `body` for every line of every file; `body` returns false to stop.
+    func forEachLine(_ body: (Data, _ file: String, _ line: Int) throws -> Bool) throws {
+        var progress = Progress()
+        for path in paths {
+            guard let file = fopen(path, "rb") else {
+                throw ReadError(description: "\(path): cannot open: \(String(cString: strerror(errno)))")
+            }
+            defer { fclose(file) }
+            var source = try ChunkSource(file: file, path: path)
+            var pending = Data()
+            var number = 0
+            while let chunk = try source.next() {
+                pending += chunk
+                var start = pending.startIndex
+                while let newline = pending[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                    number += 1
+                    progress.tick()
+                    if try !body(Data(pending[start..<newline]), path, number) { return }
+                    start = newline + 1
+                }
+                pending = Data(pending[start...])
+            }
+            if !pending.isEmpty {
+                number += 1
+                if try !body(pending, path, number) { return }
+            }
+        }
+        progress.finish()
+    }
+
+    /// Counts lines on a terminal, every million, so long runs show they are moving.
+    private struct Progress {
+        var lines = 0
+        let visible = isatty(STDERR_FILENO) == 1
+
+        mutating func tick() {
+            lines += 1
+            if visible, lines % 1_000_000 == 0 {
+                var text = Array("\r\(lines / 1_000_000) M lines read…".utf8)
+                _ = write(STDERR_FILENO, &text, text.count)
+            }
+        }
+
+        func finish() {
+            if visible, lines >= 1_000_000 {
+                var text = Array("\r\u{1B}[K".utf8)
+                _ = write(STDERR_FILENO, &text, text.count)
+            }
+        }
+    }
+}
+
+/// Chunks of a file's content, inflated when it starts with the gzip magic. zlib keeps
+/// pointers into its buffers between calls, so they are allocated once, not arrays.
+private struct ChunkSource {
+    static let size = 1 << 16
+    let file: UnsafeMutablePointer<FILE>
+    let path: String
+    let input = UnsafeMutablePointer<UInt8>.allocate(capacity: ChunkSource.size)
+    let output = UnsafeMutablePointer<UInt8>.allocate(capacity: 4 * ChunkSource.size)
+    var gzip: UnsafeMutablePointer<z_stream>?
+    var finished = false
+    /// Octets read to look for the gzip magic, still to be used.
+    var peeked = 0
+
+    init(file: UnsafeMutablePointer<FILE>, path: String) throws {
+        self.file = file
+        self.path = path
+        peeked = fread(input, 1, 2, file)
+        if peeked == 2, input[0] == 0x1f, input[1] == 0x8b {
+            let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+            stream.initialize(to: z_stream())
+            // 16 + MAX_WBITS: a gzip wrapper, not zlib's.
+            guard inflateInit2_(stream, 16 + MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+                throw AuditFiles.ReadError(description: "\(path): cannot start gzip decompression")
+            }
+            stream.pointee.next_in = input
+            stream.pointee.avail_in = uInt(peeked)
+            peeked = 0
+            gzip = stream
+        }
+    }
+
+    mutating func next() throws -> Data? {
+        guard !finished else { return nil }
+        guard let gzip else {
+            let count = peeked + fread(input + peeked, 1, Self.size - peeked, file)
+            peeked = 0
+            guard count > 0 else {
+                finished = true
+                return nil
+            }
+            return Data(bytes: input, count: count)
+        }
+        while true {
+            if gzip.pointee.avail_in == 0 {
+                let count = fread(input, 1, Self.size, file)
+                guard count > 0 else {
+                    finished = true
+                    inflateEnd(gzip)
+                    gzip.deallocate()
+                    return nil
+                }
+                gzip.pointee.next_in = input
+                gzip.pointee.avail_in = uInt(count)
+            }
+            gzip.pointee.next_out = output
+            gzip.pointee.avail_out = uInt(4 * Self.size)
+            let status = inflate(gzip, Z_NO_FLUSH)
+            let produced = 4 * Self.size - Int(gzip.pointee.avail_out)
+            if status == Z_STREAM_END {
+                // Concatenated gzip members follow, or the file ends.
+                inflateReset(gzip)
+            } else if status != Z_OK, status != Z_BUF_ERROR {
+                throw AuditFiles.ReadError(description: "\(path): damaged gzip data (zlib status \(status))")
+            }
+            if produced > 0 { return Data(bytes: output, count: produced) }
+        }
+    }
+}
