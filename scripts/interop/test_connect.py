@@ -207,7 +207,7 @@ class StartupErrorTests(unittest.TestCase):
         self.assertIn(b"--listen", result.stderr)
 
     def test_missing_password_file_is_a_clear_error(self):
-        result = run([BINARY, "run", *STAY_ROOT, "--listen", "127.0.0.1:0", "--password-file", "/nonexistent/users"])
+        result = run([BINARY, "run", *STAY_ROOT, "--audit-log", "-", "--listen", "127.0.0.1:0", "--password-file", "/nonexistent/users"])
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"/nonexistent/users", result.stderr)
 
@@ -216,7 +216,7 @@ class StartupErrorTests(unittest.TestCase):
             holder.bind(("127.0.0.1", 0))
             holder.listen(1)
             port = holder.getsockname()[1]
-            result = run([BINARY, "run", *STAY_ROOT, "--listen", f"127.0.0.1:{port}"], timeout=20)
+            result = run([BINARY, "run", *STAY_ROOT, "--audit-log", "-", "--listen", f"127.0.0.1:{port}"], timeout=20)
         self.assertEqual(result.returncode, 1)
         self.assertIn(b"cannot listen", result.stderr)
 

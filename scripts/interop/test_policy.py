@@ -83,7 +83,7 @@ class PolicyReloadTest(unittest.TestCase):
         for text, message in ((BROKEN, b"error: '127.0.0.0/33' is not an address"),
                               (FAILING_TESTS, b"1 of its tests failed")):
             self.write(text)
-            result = subprocess.run([BINARY, "run", *STAY_ROOT, "--listen", f"127.0.0.1:{free_port()}", "--policy", self.policy],
+            result = subprocess.run([BINARY, "run", *STAY_ROOT, "--audit-log", "-", "--listen", f"127.0.0.1:{free_port()}", "--policy", self.policy],
                                     capture_output=True, timeout=30)
             self.assertEqual(result.returncode, 1)
             self.assertIn(message, result.stderr)

@@ -112,7 +112,7 @@ class PrivilegeDropTest(unittest.TestCase):
             self.assertEqual(gateway.stop(), 0)
 
     def run_identgate(self, *args):
-        return subprocess.run([BINARY, "run", "--listen", f"127.0.0.1:{free_port()}", *args],
+        return subprocess.run([BINARY, "run", "--audit-log", "-", "--listen", f"127.0.0.1:{free_port()}", *args],
                               capture_output=True, timeout=30)
 
     def test_unknown_user_is_refused_before_binding(self):
