@@ -19,6 +19,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         case policyReloadRejected = "policy-reload-rejected"
         case decision
         case sessionEnd = "session-end"
+        /// The log could not be written for a while; requests were refused meanwhile.
+        case auditGap = "audit-gap"
     }
 
     // Common to every record.

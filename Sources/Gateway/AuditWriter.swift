@@ -1,6 +1,7 @@
 import AuditLog
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 
 #if canImport(Glibc)
     import Glibc
@@ -9,8 +10,11 @@ import NIOConcurrencyHelpers
 /// Writes audit records on a thread of its own, so no event loop ever waits for the
 /// disk. Records are queued (bounded), chained (each carries the SHA-256 of the line
 /// before it) and written in batches; the file is synced by the chosen policy and at
-/// shutdown. If a write fails the writer turns unhealthy: with `failClosed` the gateway
-/// refuses new requests until writes succeed again; nothing queued is dropped.
+/// shutdown. A record can carry a promise that is fulfilled once its line is written:
+/// the gateway waits for it before relaying anything, so nothing is relayed unlogged.
+/// If a write fails the writer turns unhealthy: with `failClosed` the waiting requests
+/// and new ones are refused (their decisions are taken out of the queue: those
+/// requests never happen), everything else stays queued until writes succeed again.
 public final class AuditWriter: Sendable {
     public enum SyncPolicy: String, Sendable, CaseIterable {
         /// fsync after every batch, before the next is taken.
@@ -25,8 +29,17 @@ public final class AuditWriter: Sendable {
         public var description: String
     }
 
+    private struct Entry {
+        var record: AuditRecord
+        var written: EventLoopPromise<Void>?
+    }
+
+    public struct NotWritten: Error, CustomStringConvertible {
+        public var description: String
+    }
+
     private struct State {
-        var queue: [AuditRecord] = []
+        var queue: [Entry] = []
         var stopping = false
         var reopenRequested = false
         var healthy = true
@@ -114,16 +127,17 @@ public final class AuditWriter: Sendable {
         }
     }
 
-    public func record(_ record: AuditRecord) {
-        var record = record
-        if record.time.isEmpty { record.time = AuditChain.timestamp() }
-        enqueue(record)
+    /// Queues a record. `written`, if given, is succeeded once the line is written (or,
+    /// with fail-open, once writing has failed), and failed if it cannot be written.
+    public func record(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {
+        enqueue(record, written: written)
     }
 
-    private func enqueue(_ record: AuditRecord) {
+    private func enqueue(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {
         var record = record
         if record.time.isEmpty { record.time = AuditChain.timestamp() }
-        state.withLockedValue { $0.queue.append(record) }
+        let entry = Entry(record: record, written: written)
+        state.withLockedValue { $0.queue.append(entry) }
         wakeUp.lock()
         wakeUp.unlock(withValue: 1)
     }
@@ -171,19 +185,22 @@ public final class AuditWriter: Sendable {
     }
 
     /// Encodes and writes the batch; on success removes it from the queue.
-    private func write(_ batch: [AuditRecord]) {
+    private func write(_ batch: [Entry]) {
         var chain = state.withLockedValue { $0.chain }
         var bytes = Data()
         do {
-            for record in batch {
-                bytes += try chain.line(for: record)
+            for entry in batch {
+                bytes += try chain.line(for: entry.record)
                 bytes.append(UInt8(ascii: "\n"))
             }
         } catch {
-            fail("cannot encode an audit record: \(error)")
+            fail("cannot encode an audit record: \(error)", batch: batch)
             return
         }
         let descriptor = state.withLockedValue { $0.descriptor }
+        // Where the batch starts, so a write cut short (a full disk) can be taken back:
+        // the file then never holds a partial line.
+        let sizeBefore = descriptor == STDOUT_FILENO ? -1 : lseek(descriptor, 0, SEEK_END)
         let written = bytes.withUnsafeBytes { raw -> Int in
             var offset = 0
             while offset < raw.count {
@@ -197,12 +214,12 @@ public final class AuditWriter: Sendable {
             return offset
         }
         guard written == bytes.count else {
-            // Part of the batch may be on disk; the chain is not advanced, so `verify`
-            // shows a cut line there. Nothing is dropped: the batch stays queued.
-            fail("cannot write the audit log \(path): \(String(cString: strerror(Int32(-written))))")
+            if sizeBefore >= 0 { _ = ftruncate(descriptor, sizeBefore) }
+            fail("cannot write the audit log \(path): \(String(cString: strerror(Int32(-written))))", batch: batch)
             return
         }
         if sync == .always { fsync(descriptor) }
+        for entry in batch { entry.written?.succeed(()) }
         state.withLockedValue { state in
             state.chain = chain
             state.queue.removeFirst(batch.count)
@@ -213,13 +230,32 @@ public final class AuditWriter: Sendable {
         }
     }
 
-    private func fail(_ reason: String) {
+    private func fail(_ reason: String, batch: [Entry] = []) {
         let first = state.withLockedValue { state in
             defer {
                 state.healthy = false
                 state.failure = reason
             }
+            if state.healthy {
+                // Says in the log itself that it had a gap; as long as it is queued the
+                // writer keeps trying, and its write is what makes the log healthy again.
+                var gap = AuditRecord(event: .auditGap)
+                gap.time = AuditChain.timestamp()
+                gap.reason = "\(reason), since \(gap.time); new requests were refused meanwhile"
+                state.queue.append(Entry(record: gap, written: nil))
+            }
             return state.healthy
+        }
+        // Requests waiting for their decision to be written: refused (fail-closed), their
+        // records dropped since they will not happen; or let through (fail-open).
+        let waiting = batch.filter { $0.written != nil }
+        if !waiting.isEmpty {
+            for entry in waiting {
+                if failClosed { entry.written?.fail(NotWritten(description: reason)) } else { entry.written?.succeed(()) }
+            }
+            state.withLockedValue { state in
+                state.queue.removeAll { entry in entry.written != nil && waiting.contains { $0.written?.futureResult === entry.written?.futureResult } }
+            }
         }
         if first {
             writeToStandardError(
@@ -254,7 +290,7 @@ public final class AuditWriter: Sendable {
         var marker = AuditRecord(event: .chainContinue)
         marker.time = AuditChain.timestamp()
         marker.previousFile = path + " (before reopen)"
-        state.withLockedValue { $0.queue.insert(marker, at: 0) }
+        state.withLockedValue { $0.queue.insert(Entry(record: marker, written: nil), at: 0) }
     }
 }
 

@@ -272,22 +272,51 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Decides on the event loop when no identd must be asked; else in a task.
-    private func decide(_ facts: RequestFacts, context: ChannelHandlerContext, then act: @escaping (Decision) -> Void) {
+    /// Decides on the event loop when no identd must be asked, else in a task; records
+    /// the decision, and goes on with an allowed request only once its record is
+    /// written: nothing is relayed that the audit log does not hold.
+    private func decide(
+        _ facts: RequestFacts, step: String = "decision", context: ChannelHandlerContext, then act: @escaping (Decision) -> Void
+    ) {
         let policy = gateway.policy
+        let decided: (Decision) -> Void = { decision in
+            self.logDecision(decision, facts, step: step)
+            guard let audit = self.gateway.audit else {
+                act(decision)
+                return
+            }
+            let record = AuditRecord.decision(facts, decision, session: self.session, step: step == "decision" ? nil : step)
+            guard decision.verdict == .allow else {
+                audit.record(record)
+                act(decision)
+                return
+            }
+            let written = context.eventLoop.makePromise(of: Void.self)
+            audit.record(record, written: written)
+            written.futureResult.assumeIsolated().whenComplete { result in
+                guard !self.removed else { return }
+                switch result {
+                case .success:
+                    act(decision)
+                case .failure(let error):
+                    self.logger.error("request refused: its decision could not be logged", metadata: ["error": "\(error)"])
+                    self.allowed = false
+                    self.fail(.generalFailure, context: context)
+                }
+            }
+        }
         if let decision = policy.decideImmediately(facts) {
-            act(decision)
+            decided(decision)
             return
         }
         context.eventLoop.makeFutureWithTask { await policy.decide(facts) }
             .assumeIsolated().whenSuccess { decision in
                 guard !self.removed else { return }
-                act(decision)
+                decided(decision)
             }
     }
 
     private func logDecision(_ decision: Decision, _ facts: RequestFacts, step: String = "decision") {
-        gateway.audit?.record(.decision(facts, decision, session: session, step: step == "decision" ? nil : step))
         if decision.verdict == .allow { allowed = true }
         logger.debug(
             "\(step)",
@@ -324,7 +353,6 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         on decision: Decision, facts: RequestFacts, candidates: ArraySlice<IPAddress>, context: ChannelHandlerContext,
         previousFailure: SOCKSRequestFailure?
     ) {
-        logDecision(decision, facts)
         guard decision.verdict == .allow else {
             // After a failed attempt, a later address the policy refuses ends the
             // search; the client hears why the allowed attempt failed.
@@ -396,7 +424,6 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func decideAndBind(_ facts: RequestFacts, request: SOCKSRequest, context: ChannelHandlerContext) {
         decide(facts, context: context) { decision in
-            self.logDecision(decision, facts)
             guard decision.verdict == .allow else {
                 self.fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)
                 return
@@ -464,8 +491,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var peerFacts = facts
         peerFacts.destination = .address(from.address)
         peerFacts.resolvedAddress = nil
-        decide(peerFacts, context: context) { decision in
-            self.logDecision(decision, peerFacts, step: "BIND peer decision")
+        decide(peerFacts, step: "BIND peer decision", context: context) { decision in
             guard decision.verdict == .allow else {
                 peer.close(promise: nil)
                 self.fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed), context: context)

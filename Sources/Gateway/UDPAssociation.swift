@@ -176,7 +176,26 @@ final class UDPAssociation {
         let decided: (Decision) -> Void = { decision in
             let allowed = decision.verdict == .allow
             self.verdicts[destination] = allowed
-            self.gateway.audit?.record(.decision(datagramFacts, decision, session: self.session, step: "udp destination"))
+            if let audit = self.gateway.audit {
+                let record = AuditRecord.decision(datagramFacts, decision, session: self.session, step: "udp destination")
+                guard allowed else {
+                    audit.record(record)
+                    self.counts.denied += 1
+                    return
+                }
+                // The first datagram to a destination waits until its decision is logged.
+                let written = self.control.eventLoop.makePromise(of: Void.self)
+                audit.record(record, written: written)
+                written.futureResult.assumeIsolated().whenComplete { result in
+                    switch result {
+                    case .success: self.send(payload, to: destination)
+                    case .failure:
+                        self.verdicts[destination] = nil
+                        self.counts.denied += 1
+                    }
+                }
+                return
+            }
             self.logger.debug(
                 "UDP destination decided",
                 metadata: [
