@@ -62,6 +62,7 @@ let package = Package(
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
+        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
@@ -81,4 +82,5 @@ if Context.environment["IDENTGATE_BENCH"] != nil {
     package.targets.append(
         .executableTarget(
             name: "policy-bench", dependencies: ["AccessPolicy", "NetAddress"], path: "Benchmarks/PolicyBench"))
+    package.targets.append(.executableTarget(name: "audit-bench", dependencies: ["AuditLog"], path: "Benchmarks/AuditBench"))
 }

@@ -3,6 +3,10 @@ import Crypto
 import Foundation
 import NetAddress
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// One line of the audit log (schema version 1, docs/audit-log.md). Every event has the
 /// common fields; the rest depend on `event`. Optional fields are left out when absent.
 public struct AuditRecord: Codable, Sendable, Equatable {
@@ -129,7 +133,6 @@ extension AuditRecord {
 public struct AuditChain: Sendable {
     public private(set) var lastHash: String
     public private(set) var nextSequence: UInt64
-    private let encoder: JSONEncoder
 
     /// A new chain from a random seed.
     public init() {
@@ -140,13 +143,11 @@ public struct AuditChain: Sendable {
     public init(lastHash: String, nextSequence: UInt64) {
         self.lastHash = lastHash
         self.nextSequence = nextSequence
-        encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     }
 
     public static func randomSeed() -> String {
         var generator = SystemRandomNumberGenerator()
-        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        return hex((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
 
     /// The line (without its newline) for `record`, with `seq` and `prev` filled in.
@@ -154,18 +155,42 @@ public struct AuditChain: Sendable {
         var record = record
         record.seq = nextSequence
         record.prev = lastHash
-        let line = try encoder.encode(record)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(512)
+        record.writeJSON(to: &bytes)
+        let line = Data(bytes)
         lastHash = Self.hash(line)
         nextSequence += 1
         return line
     }
 
     public static func hash(_ line: Data) -> String {
-        SHA256.hash(data: line).map { String(format: "%02x", $0) }.joined()
+        hex(Array(SHA256.hash(data: line)))
     }
 
-    /// `2026-11-29T13:24:07.123Z`.
-    public static func timestamp(_ date: Date = Date()) -> String {
-        Date.ISO8601FormatStyle(includingFractionalSeconds: true).format(date)
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        var text = [UInt8]()
+        text.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// `2026-11-29T13:24:07.123Z`, from the clock directly (this runs for every record).
+    public static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var parts = tm()
+        var seconds = now.tv_sec
+        gmtime_r(&seconds, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let milliseconds = Int(now.tv_nsec / 1_000_000)
+        let fraction = milliseconds < 10 ? "00\(milliseconds)" : milliseconds < 100 ? "0\(milliseconds)" : "\(milliseconds)"
+        return
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(fraction)Z"
     }
 }

@@ -254,7 +254,9 @@ public final class AuditWriter: Sendable {
                 if failClosed { entry.written?.fail(NotWritten(description: reason)) } else { entry.written?.succeed(()) }
             }
             state.withLockedValue { state in
-                state.queue.removeAll { entry in entry.written != nil && waiting.contains { $0.written?.futureResult === entry.written?.futureResult } }
+                state.queue.removeAll { entry in
+                    entry.written != nil && waiting.contains { $0.written?.futureResult === entry.written?.futureResult }
+                }
             }
         }
         if first {

@@ -64,7 +64,9 @@ struct Run: ParsableCommand {
             valueName: "list"))
     var methods: String?
 
-    @Option(help: ArgumentHelp("The audit log (JSON lines, hash-chained); - for standard output.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "The audit log (JSON lines, hash-chained); - for standard output; off for none (benchmarks).", valueName: "file"))
     var auditLog: String = "identgate-audit.jsonl"
 
     @Option(help: "When to fsync the audit log: always (every batch), batch (at most once a second), none (at exit only).")
@@ -147,12 +149,13 @@ struct Run: ParsableCommand {
             throw FailedStart(message: "\(error)")
         }
         // The audit log is opened while still privileged, like the sockets.
-        let audit: AuditWriter
+        let audit: AuditWriter?
         do {
-            audit = try AuditWriter(path: auditLog, sync: auditSync, failClosed: auditFail == .closed)
+            audit = auditLog == "off" ? nil : try AuditWriter(path: auditLog, sync: auditSync, failClosed: auditFail == .closed)
         } catch {
             throw FailedStart(message: "\(error)")
         }
+        if audit == nil { logger.warning("--audit-log off: no audit log is written") }
         var dropped: PrivilegeReport?
         if let identity {
             do {
@@ -208,10 +211,10 @@ struct Run: ParsableCommand {
 
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
-        descriptors: [Int32], dropped: PrivilegeReport?, audit: AuditWriter, logger: Logger
+        descriptors: [Int32], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
     ) async throws {
-        audit.start()
-        defer { audit.shutdown() }
+        audit?.start()
+        defer { audit?.shutdown() }
         var privileges = AuditRecord(event: .privileges)
         if let dropped {
             logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"])
@@ -221,13 +224,13 @@ struct Run: ParsableCommand {
             privileges.user = "uid \(geteuid())"
             privileges.verified = geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"
         }
-        audit.record(privileges)
+        audit?.record(privileges)
         let report = await ExpectationReport.run(compiled)
         if let problem = testProblem(report) {
             var rejected = AuditRecord(event: .policyReloadRejected)
             rejected.policyFile = policy ?? DefaultPolicy.fileName
             rejected.reason = problem
-            audit.record(rejected)
+            audit?.record(rejected)
             throw FailedStart(message: problem)
         }
         var loaded = AuditRecord(event: .policyLoad)
@@ -235,7 +238,7 @@ struct Run: ParsableCommand {
         loaded.policySHA256 = policySHA256
         loaded.rules = compiled.rules.count
         loaded.tests = report.passed
-        audit.record(loaded)
+        audit?.record(loaded)
 
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
@@ -264,7 +267,7 @@ struct Run: ParsableCommand {
         started.listen = bound.map(\.description)
         started.policyFile = policy ?? DefaultPolicy.fileName
         started.policySHA256 = policySHA256
-        audit.record(started)
+        audit?.record(started)
         logger.info(
             "identgate serving",
             metadata: [
@@ -284,7 +287,7 @@ struct Run: ParsableCommand {
                 continue
             case .reopenAuditLog:
                 logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(auditLog)"])
-                audit.reopen()
+                audit?.reopen()
                 continue
             }
             break
@@ -296,7 +299,7 @@ struct Run: ParsableCommand {
         if !inTime { logger.notice("grace period over; closing the sessions still running") }
         var stopped = AuditRecord(event: .gatewayStop)
         stopped.reason = signal
-        audit.record(stopped)
+        audit?.record(stopped)
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
         logger.info("stopped")
@@ -327,7 +330,7 @@ extension Run {
     }
 
     /// SIGHUP: read, check and test the policy file again; swap only if all is well.
-    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, audit: AuditWriter, logger: Logger)
+    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, audit: AuditWriter?, logger: Logger)
         async
     {
         guard let path = policy else {
@@ -341,7 +344,7 @@ extension Run {
                 var rejected = AuditRecord(event: .policyReloadRejected)
                 rejected.policyFile = path
                 rejected.reason = problem
-                audit.record(rejected)
+                audit?.record(rejected)
                 return
             }
             let sha256 = AuditChain.hash(Data(try TextFile.read(path).utf8))
@@ -351,7 +354,7 @@ extension Run {
             reloaded.policySHA256 = sha256
             reloaded.rules = loaded.compilation.policy!.rules.count
             reloaded.tests = loaded.report!.passed
-            audit.record(reloaded)
+            audit?.record(reloaded)
             logger.info(
                 "policy reloaded",
                 metadata: [
@@ -363,7 +366,7 @@ extension Run {
             var rejected = AuditRecord(event: .policyReloadRejected)
             rejected.policyFile = path
             rejected.reason = "\(error)"
-            audit.record(rejected)
+            audit?.record(rejected)
         }
     }
 }

@@ -1,0 +1,184 @@
+// A small, single-process, event-driven load generator for scripts/bench.
+//
+//   loadgen echo PORT                      a 127.0.0.1 TCP echo server (runs until killed)
+//   loadgen rate MODE PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS
+//        MODE: socks5 | socks4 | direct. Each connection: connect, (SOCKS request and
+//        reply), 64-byte request, 64-byte echo, close. Stops after COUNT connections or
+//        SECONDS, whichever comes first. Prints: connections, seconds, conns/s, p50 and
+//        p99 latency in microseconds, failures.
+//
+// Every loop is bounded in count and time; every socket is non-blocking under epoll.
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 4096)) { perror("listen"); exit(1); }
+    return fd;
+}
+
+static int echo_server(int port) {
+    int listener = listen_on(port), ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener}, events[256];
+    epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev);
+    char buffer[65536];
+    for (;;) {
+        int n = epoll_wait(ep, events, 256, 1000);
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd == listener) {
+                for (int k = 0; k < 256; k++) {
+                    int c = accept4(listener, NULL, NULL, SOCK_NONBLOCK);
+                    if (c < 0) break;
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            ssize_t r = read(fd, buffer, sizeof buffer);
+            if (r <= 0) { close(fd); continue; }
+            ssize_t off = 0;
+            for (int tries = 0; off < r && tries < 1000; tries++) {
+                ssize_t w = write(fd, buffer + off, r - off);
+                if (w > 0) off += w;
+                else if (errno != EAGAIN) break;
+            }
+        }
+    }
+}
+
+enum mode { SOCKS5, SOCKS4, DIRECT };
+enum phase { CONNECTING, NEGOTIATING, EXCHANGING };
+
+struct conn {
+    int fd;
+    enum phase phase;
+    double started;
+    int have;  // bytes of the current expected reply received
+};
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, long count, double seconds) {
+    int ep = epoll_create1(0);
+    struct conn *conns = calloc(concurrency, sizeof *conns);
+    double *latencies = calloc(count, sizeof *latencies);
+    long started = 0, finished = 0, failures = 0;
+    unsigned char payload[64];
+    memset(payload, 'x', sizeof payload);
+    unsigned char request[32];
+    int request_length = 0, reply_length = 0;
+    if (mode == SOCKS5) {
+        unsigned char r[] = {5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
+        memcpy(request, r, sizeof r);
+        request_length = sizeof r;
+        reply_length = 2 + 10;
+    } else if (mode == SOCKS4) {
+        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 127, 0, 0, 1, 'b', 0};
+        memcpy(request, r, sizeof r);
+        request_length = sizeof r;
+        reply_length = 8;
+    }
+    int target = mode == DIRECT ? dest_port : proxy_port;
+    double begin = now(), deadline = begin + seconds;
+
+    void open_one(int slot) {
+        struct conn *c = &conns[slot];
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(target), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        c->started = now();
+        c->have = 0;
+        c->phase = CONNECTING;
+        connect(c->fd, (struct sockaddr *)&a, sizeof a);
+        struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = slot};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+        started++;
+    }
+    void close_one(int slot, int ok) {
+        struct conn *c = &conns[slot];
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+        if (ok) latencies[finished++] = now() - c->started;
+        else failures++;
+        if (started < count && now() < deadline) open_one(slot);
+    }
+
+    for (int i = 0; i < concurrency && started < count; i++) open_one(i);
+    struct epoll_event events[1024];
+    unsigned char buffer[4096];
+    while (finished + failures < started && now() < deadline + 5) {
+        int n = epoll_wait(ep, events, 1024, 100);
+        for (int i = 0; i < n; i++) {
+            int slot = events[i].data.u32;
+            struct conn *c = &conns[slot];
+            if (c->fd < 0) continue;
+            if (events[i].events & (EPOLLERR | EPOLLHUP) && c->phase == CONNECTING) { close_one(slot, 0); continue; }
+            if (c->phase == CONNECTING && (events[i].events & EPOLLOUT)) {
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = slot};
+                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                if (mode == DIRECT) {
+                    c->phase = EXCHANGING;
+                    if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
+                } else {
+                    c->phase = NEGOTIATING;
+                    if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }
+                }
+                continue;
+            }
+            if (!(events[i].events & EPOLLIN)) continue;
+            ssize_t r = read(c->fd, buffer, sizeof buffer);
+            if (r <= 0) { close_one(slot, 0); continue; }
+            c->have += r;
+            if (c->phase == NEGOTIATING && c->have >= reply_length) {
+                int granted = mode == SOCKS5 ? (buffer[reply_length - 10 + 1 - (r - c->have + reply_length > 0 ? 0 : 0)] == 0) : 1;
+                (void)granted;
+                c->have -= reply_length;
+                c->phase = EXCHANGING;
+                if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
+            }
+            if (c->phase == EXCHANGING && c->have >= 64) close_one(slot, 1);
+        }
+    }
+    double elapsed = now() - begin;
+    qsort(latencies, finished, sizeof *latencies, compare);
+    double p50 = finished ? latencies[finished / 2] * 1e6 : 0, p99 = finished ? latencies[(long)(finished * 0.99)] * 1e6 : 0;
+    printf("%ld\t%.3f\t%.0f\t%.0f\t%.0f\t%ld\n", finished, elapsed, finished / elapsed, p50, p99, failures);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "echo")) return echo_server(atoi(argv[2]));
+    if (argc == 9 - 1 && !strcmp(argv[1], "rate")) {
+        enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
+        return rate(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atof(argv[7]));
+    }
+    fprintf(stderr, "usage: loadgen echo PORT | loadgen rate socks5|socks4|direct PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS\n");
+    return 2;
+}

@@ -1,0 +1,126 @@
+/// A hand-written JSON encoder for audit records: the writer encodes every record, and
+/// Foundation's JSONEncoder costs several times more per record. Keys are written in
+/// sorted order, absent optionals left out, strings escaped as RFC 8259 requires.
+/// `JSONDecoder` reads the result; a test checks the two agree.
+extension AuditRecord {
+    func writeJSON(to out: inout [UInt8]) {
+        var writer = JSONObjectWriter(out: out)
+        writer.field("auth", auth)
+        writer.field("authOutcome", authOutcome)
+        writer.field("bytesFromClient", bytesFromClient)
+        writer.field("bytesToClient", bytesToClient)
+        writer.field("claimedUser", claimedUser)
+        writer.field("client", client)
+        writer.field("command", command)
+        writer.field("destination", destination)
+        writer.field("destinationPort", destinationPort.map(UInt64.init))
+        writer.field("durationMs", durationMs.map(Int64.init))
+        writer.field("event", event.rawValue)
+        if let ident {
+            writer.key("ident")
+            var inner = JSONObjectWriter(out: writer.out)
+            inner.field("detail", ident.detail)
+            inner.field("durationMs", ident.durationMs.map(Int64.init))
+            inner.field("opsys", ident.opsys)
+            inner.field("outcome", ident.outcome)
+            inner.field("raw", ident.raw)
+            inner.field("userID", ident.userID)
+            writer.out = inner.finish()
+        }
+        writer.field("listen", listen)
+        writer.field("listener", listener)
+        writer.field("policyFile", policyFile)
+        writer.field("policySHA256", policySHA256)
+        writer.field("prev", prev)
+        writer.field("previousFile", previousFile)
+        writer.field("reason", reason)
+        writer.field("reply", reply.map(Int64.init))
+        writer.field("requestTime", requestTime)
+        writer.field("resolved", resolved)
+        writer.field("ruleLabel", ruleLabel)
+        writer.field("ruleLine", ruleLine.map(Int64.init))
+        writer.field("rules", rules.map(Int64.init))
+        writer.field("seed", seed)
+        writer.field("seq", seq)
+        writer.field("session", session)
+        writer.field("socks", socks)
+        writer.field("tests", tests.map(Int64.init))
+        writer.field("time", time)
+        writer.field("user", user)
+        writer.field("v", Int64(v))
+        writer.field("verdict", verdict)
+        writer.field("verified", verified)
+        writer.field("version", version)
+        out = writer.finish()
+    }
+}
+
+private struct JSONObjectWriter {
+    var out: [UInt8]
+    private var first = true
+
+    init(out: [UInt8]) {
+        self.out = out
+        self.out.append(UInt8(ascii: "{"))
+    }
+
+    mutating func finish() -> [UInt8] {
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    mutating func key(_ name: String) {
+        if !first { out.append(UInt8(ascii: ",")) }
+        first = false
+        string(name)
+        out.append(UInt8(ascii: ":"))
+    }
+
+    mutating func field(_ name: String, _ value: String?) {
+        guard let value else { return }
+        key(name)
+        string(value)
+    }
+
+    mutating func field(_ name: String, _ value: UInt64?) {
+        guard let value else { return }
+        key(name)
+        out += Array(String(value).utf8)
+    }
+
+    mutating func field(_ name: String, _ value: Int64?) {
+        guard let value else { return }
+        key(name)
+        out += Array(String(value).utf8)
+    }
+
+    mutating func field(_ name: String, _ values: [String]?) {
+        guard let values else { return }
+        key(name)
+        out.append(UInt8(ascii: "["))
+        for (index, value) in values.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            string(value)
+        }
+        out.append(UInt8(ascii: "]"))
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    private mutating func string(_ value: String) {
+        out.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case 0x0A: out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
+            case 0x0D: out += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
+            case 0x09: out += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
+            case 0x00..<0x20, 0x7F:
+                out += Array("\\u00".utf8) + [Self.hex[Int(byte >> 4)], Self.hex[Int(byte & 0x0f)]]
+            default: out.append(byte)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+}
