@@ -1,3 +1,4 @@
+import AccessPolicy
 import AuditLog
 import Foundation
 import NIOConcurrencyHelpers
@@ -29,9 +30,37 @@ public final class AuditWriter: Sendable {
         public var description: String
     }
 
+    /// What an event loop hands over: a finished record, or a decision's facts, turned
+    /// into a record on the writer thread so that the event loops do less per request.
+    public enum Item: Sendable {
+        case record(AuditRecord)
+        case decision(RequestFacts, Decision, session: UInt64, step: String?, time: String)
+
+        var record: AuditRecord {
+            switch self {
+            case .record(let record):
+                return record
+            case .decision(let facts, let decision, let session, let step, let time):
+                var record = AuditRecord.decision(facts, decision, session: session, step: step)
+                record.time = time
+                return record
+            }
+        }
+    }
+
     private struct Entry {
-        var record: AuditRecord
+        var item: Item
         var written: EventLoopPromise<Void>?
+
+        init(record: AuditRecord, written: EventLoopPromise<Void>?) {
+            self.item = .record(record)
+            self.written = written
+        }
+
+        init(item: Item, written: EventLoopPromise<Void>?) {
+            self.item = item
+            self.written = written
+        }
     }
 
     public struct NotWritten: Error, CustomStringConvertible {
@@ -49,6 +78,9 @@ public final class AuditWriter: Sendable {
         var lastSync = ContinuousClock.now
         var nextSession: UInt64 = 1
     }
+
+    /// The longest a record nobody waits for stays queued.
+    static let idleRound = 0.05
 
     public let path: String
     public let sync: SyncPolicy
@@ -133,13 +165,32 @@ public final class AuditWriter: Sendable {
         enqueue(record, written: written)
     }
 
+    /// Queues a decision; the writer thread makes the record.
+    public func recordDecision(
+        _ facts: RequestFacts, _ decision: Decision, session: UInt64, step: String?, written: EventLoopPromise<Void>? = nil
+    ) {
+        enqueue(item: .decision(facts, decision, session: session, step: step, time: AuditChain.timestamp()), written: written)
+    }
+
     private func enqueue(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {
         var record = record
         if record.time.isEmpty { record.time = AuditChain.timestamp() }
-        let entry = Entry(record: record, written: written)
-        state.withLockedValue { $0.queue.append(entry) }
-        wakeUp.lock()
-        wakeUp.unlock(withValue: 1)
+        enqueue(item: .record(record), written: written)
+    }
+
+    private func enqueue(item: Item, written: EventLoopPromise<Void>?) {
+        let entry = Entry(item: item, written: written)
+        let queued = state.withLockedValue { state in
+            state.queue.append(entry)
+            return state.queue.count
+        }
+        // Someone waits for this record, or much is queued: write now. Otherwise the
+        // writer's next round (at most `idleRound` away) takes it, which saves a wake-up
+        // per record.
+        if written != nil || queued >= 256 {
+            wakeUp.lock()
+            wakeUp.unlock(withValue: 1)
+        }
     }
 
     /// SIGUSR1 (logrotate): close the file and open `path` anew; the chain continues.
@@ -160,8 +211,9 @@ public final class AuditWriter: Sendable {
 
     private func run() {
         while true {
-            // Wake on new records, or every second to sync and retry after a failure.
-            if wakeUp.lock(whenValue: 1, timeoutSeconds: 1.0) {
+            // Wake when a record is waited for, or every round to write the rest, sync
+            // and retry after a failure.
+            if wakeUp.lock(whenValue: 1, timeoutSeconds: Self.idleRound) {
                 wakeUp.unlock(withValue: 0)
             }
             let reopening = state.withLockedValue { state in
@@ -190,7 +242,7 @@ public final class AuditWriter: Sendable {
         var bytes = Data()
         do {
             for entry in batch {
-                bytes += try chain.line(for: entry.record)
+                bytes += try chain.line(for: entry.item.record)
                 bytes.append(UInt8(ascii: "\n"))
             }
         } catch {

@@ -45,6 +45,8 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var relayStarted: ContinuousClock.Instant?
     /// An allowed request whose connect then failed still ends in a session-end record.
     private var allowed = false
+    /// The write of the last allowed decision's audit record; the relay waits for it.
+    private var auditWritten: EventLoopFuture<Void>?
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
@@ -272,9 +274,10 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Decides on the event loop when no identd must be asked, else in a task; records
-    /// the decision, and goes on with an allowed request only once its record is
-    /// written: nothing is relayed that the audit log does not hold.
+    /// Decides on the event loop when no identd must be asked, else in a task, and
+    /// records the decision. An allowed request goes on at once, but its relay starts
+    /// only once the record is written (`auditWritten`): nothing is relayed that the
+    /// audit log does not hold.
     private func decide(
         _ facts: RequestFacts, step: String = "decision", context: ChannelHandlerContext, then act: @escaping (Decision) -> Void
     ) {
@@ -285,25 +288,18 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 act(decision)
                 return
             }
-            let record = AuditRecord.decision(facts, decision, session: self.session, step: step == "decision" ? nil : step)
+            let stepName = step == "decision" ? nil : step
             guard decision.verdict == .allow else {
-                audit.record(record)
+                audit.recordDecision(facts, decision, session: self.session, step: stepName)
                 act(decision)
                 return
             }
+            // The connect (or the BIND listener) starts while the record is written;
+            // the relay waits for both.
             let written = context.eventLoop.makePromise(of: Void.self)
-            audit.record(record, written: written)
-            written.futureResult.assumeIsolated().whenComplete { result in
-                guard !self.removed else { return }
-                switch result {
-                case .success:
-                    act(decision)
-                case .failure(let error):
-                    self.logger.error("request refused: its decision could not be logged", metadata: ["error": "\(error)"])
-                    self.allowed = false
-                    self.fail(.generalFailure, context: context)
-                }
-            }
+            audit.recordDecision(facts, decision, session: self.session, step: stepName, written: written)
+            self.auditWritten = written.futureResult
+            act(decision)
         }
         if let decision = policy.decideImmediately(facts) {
             decided(decision)
@@ -543,6 +539,24 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// `replyAddress`: what the success reply carries; by default the outbound socket's
     /// local address (CONNECT). BIND's second reply carries the peer's address.
     private func startRelay(to outbound: any Channel, context: ChannelHandlerContext, replyAddress: IPEndpoint? = nil) {
+        if let written = auditWritten {
+            auditWritten = nil
+            written.assumeIsolated().whenComplete { result in
+                switch result {
+                case .success where self.removed:
+                    outbound.close(promise: nil)
+                case .success:
+                    self.startRelay(to: outbound, context: context, replyAddress: replyAddress)
+                case .failure(let error):
+                    self.logger.error("request refused: its decision could not be logged", metadata: ["error": "\(error)"])
+                    outbound.close(promise: nil)
+                    self.allowed = false
+                    guard !self.removed else { return }
+                    self.fail(.generalFailure, context: context)
+                }
+            }
+            return
+        }
         guard context.channel.isActive, let bound = replyAddress ?? outbound.localAddress?.ipEndpoint else {
             outbound.close(promise: nil)
             context.close(promise: nil)

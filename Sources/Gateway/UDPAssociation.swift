@@ -177,15 +177,14 @@ final class UDPAssociation {
             let allowed = decision.verdict == .allow
             self.verdicts[destination] = allowed
             if let audit = self.gateway.audit {
-                let record = AuditRecord.decision(datagramFacts, decision, session: self.session, step: "udp destination")
                 guard allowed else {
-                    audit.record(record)
+                    audit.recordDecision(datagramFacts, decision, session: self.session, step: "udp destination")
                     self.counts.denied += 1
                     return
                 }
                 // The first datagram to a destination waits until its decision is logged.
                 let written = self.control.eventLoop.makePromise(of: Void.self)
-                audit.record(record, written: written)
+                audit.recordDecision(datagramFacts, decision, session: self.session, step: "udp destination", written: written)
                 written.futureResult.assumeIsolated().whenComplete { result in
                     switch result {
                     case .success: self.send(payload, to: destination)
