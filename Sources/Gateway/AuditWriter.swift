@@ -79,6 +79,12 @@ public final class AuditWriter: Sendable {
         var nextSession: UInt64 = 1
     }
 
+    /// With `always`, an allowed request's relay waits until its decision record is
+    /// written and synced; otherwise it goes on once the record is queued (queued
+    /// records are never dropped: they wait for the disk, and new requests are refused
+    /// meanwhile).
+    public var relayWaitsForWrite: Bool { sync == .always }
+
     /// The longest a record nobody waits for stays queued.
     static let idleRound = 0.05
 
@@ -271,7 +277,7 @@ public final class AuditWriter: Sendable {
             return
         }
         if sync == .always { fsync(descriptor) }
-        for entry in batch { entry.written?.succeed(()) }
+        for entry in batch { entry.written?.succeed(()) }  // written, and synced with `always`
         state.withLockedValue { state in
             state.chain = chain
             state.queue.removeFirst(batch.count)

@@ -275,9 +275,9 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Decides on the event loop when no identd must be asked, else in a task, and
-    /// records the decision. An allowed request goes on at once, but its relay starts
-    /// only once the record is written (`auditWritten`): nothing is relayed that the
-    /// audit log does not hold.
+    /// records the decision. An allowed request goes on once its record is queued (the
+    /// writer never drops one); with `--audit-sync always` its relay starts only once
+    /// the record is written and synced (`auditWritten`).
     private func decide(
         _ facts: RequestFacts, step: String = "decision", context: ChannelHandlerContext, then act: @escaping (Decision) -> Void
     ) {
@@ -289,13 +289,13 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             let stepName = step == "decision" ? nil : step
-            guard decision.verdict == .allow else {
+            guard decision.verdict == .allow, audit.relayWaitsForWrite else {
                 audit.recordDecision(facts, decision, session: self.session, step: stepName)
                 act(decision)
                 return
             }
-            // The connect (or the BIND listener) starts while the record is written;
-            // the relay waits for both.
+            // `--audit-sync always`: the connect (or the BIND listener) starts while the
+            // record is written and synced; the relay waits for both.
             let written = context.eventLoop.makePromise(of: Void.self)
             audit.recordDecision(facts, decision, session: self.session, step: stepName, written: written)
             self.auditWritten = written.futureResult
@@ -375,6 +375,9 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(gateway.configuration.connectTimeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            // Nothing is read from the destination until the relay is in place (it may
+            // wait for the audit record): bytes read earlier would be lost.
+            .channelOption(.autoRead, value: false)
             .connect(to: SocketAddress(destination))
             .assumeIsolated()
             .whenComplete { result in
@@ -600,8 +603,8 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         received = nil
         busy = false
-        // A BIND peer was accepted without reading, so that nothing it sent early was
-        // lost before the relay was in place; it reads from here on.
+        // The destination (or BIND peer) was connected without reading, so that nothing
+        // it sent early was lost before the relay was in place; it reads from here on.
         try? outbound.syncOptions?.setOption(.autoRead, value: true)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         // The read held back during negotiation now goes to the relay.

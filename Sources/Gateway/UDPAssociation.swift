@@ -177,8 +177,12 @@ final class UDPAssociation {
             let allowed = decision.verdict == .allow
             self.verdicts[destination] = allowed
             if let audit = self.gateway.audit {
-                guard allowed else {
+                guard allowed, audit.relayWaitsForWrite else {
                     audit.recordDecision(datagramFacts, decision, session: self.session, step: "udp destination")
+                    if allowed {
+                        self.send(payload, to: destination)
+                        return
+                    }
                     self.counts.denied += 1
                     return
                 }
