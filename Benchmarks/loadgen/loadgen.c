@@ -1,6 +1,14 @@
 // A small, single-process, event-driven load generator for scripts/bench.
 //
 //   loadgen echo PORT                      a 127.0.0.1 TCP echo server (runs until killed)
+//   loadgen sink PORT                      a 127.0.0.1 TCP server that discards what it reads
+//   loadgen bulk MODE PROXY_PORT DEST_PORT MEBIBYTES SECONDS
+//        one stream through the proxy to the sink: writes MEBIBYTES (or for SECONDS),
+//        shuts down its sending side and waits for the close; prints bytes sent, 0,
+//        seconds, MB/s.
+//   loadgen idle MODE PROXY_PORT DEST_PORT COUNT SECONDS
+//        opens COUNT relayed connections (handshake done, one byte echoed), holds
+//        them idle for SECONDS, prints how many were up, then closes them.
 //   loadgen rate MODE PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS
 //        MODE: socks5 | socks4 | direct. Each connection: connect, (SOCKS request and
 //        reply), 64-byte request, 64-byte echo, close. Stops after COUNT connections or
@@ -19,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,7 +48,8 @@ static int listen_on(int port) {
     return fd;
 }
 
-static int echo_server(int port) {
+static int echo_server(int port, int discard) __attribute__((noreturn));
+static int echo_server(int port, int discard) {
     int listener = listen_on(port), ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener}, events[256];
     epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev);
@@ -58,6 +69,7 @@ static int echo_server(int port) {
             }
             ssize_t r = read(fd, buffer, sizeof buffer);
             if (r <= 0) { close(fd); continue; }
+            if (discard) continue;
             ssize_t off = 0;
             for (int tries = 0; off < r && tries < 1000; tries++) {
                 ssize_t w = write(fd, buffer + off, r - off);
@@ -69,7 +81,7 @@ static int echo_server(int port) {
 }
 
 enum mode { SOCKS5, SOCKS4, DIRECT };
-enum phase { CONNECTING, NEGOTIATING, EXCHANGING };
+enum phase { CONNECTING, GREETING, NEGOTIATING, EXCHANGING };
 
 struct conn {
     int fd;
@@ -92,11 +104,13 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
     memset(payload, 'x', sizeof payload);
     unsigned char request[32];
     int request_length = 0, reply_length = 0;
+    // SOCKS5 as clients like curl do it: greeting, wait for the method, then the request
+    // (microsocks cannot take both in one segment).
     if (mode == SOCKS5) {
-        unsigned char r[] = {5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
+        unsigned char r[] = {5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
         memcpy(request, r, sizeof r);
         request_length = sizeof r;
-        reply_length = 2 + 10;
+        reply_length = 10;
     } else if (mode == SOCKS4) {
         unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 127, 0, 0, 1, 'b', 0};
         memcpy(request, r, sizeof r);
@@ -146,6 +160,10 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                 if (mode == DIRECT) {
                     c->phase = EXCHANGING;
                     if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
+                } else if (mode == SOCKS5) {
+                    static const unsigned char greeting[] = {5, 1, 0};
+                    c->phase = GREETING;
+                    if (write(c->fd, greeting, 3) != 3) { close_one(slot, 0); continue; }
                 } else {
                     c->phase = NEGOTIATING;
                     if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }
@@ -156,6 +174,11 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
             ssize_t r = read(c->fd, buffer, sizeof buffer);
             if (r <= 0) { close_one(slot, 0); continue; }
             c->have += r;
+            if (c->phase == GREETING && c->have >= 2) {
+                c->have -= 2;
+                c->phase = NEGOTIATING;
+                if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }
+            }
             if (c->phase == NEGOTIATING && c->have >= reply_length) {
                 int granted = mode == SOCKS5 ? (buffer[reply_length - 10 + 1 - (r - c->have + reply_length > 0 ? 0 : 0)] == 0) : 1;
                 (void)granted;
@@ -173,12 +196,78 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
     return 0;
 }
 
+/// Connects and, for a proxy, completes the SOCKS handshake; blocking, for bulk and idle.
+static int open_relayed(enum mode mode, int proxy_port, int dest_port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval timeout = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(mode == DIRECT ? dest_port : proxy_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) { close(fd); return -1; }
+    unsigned char reply[16];
+    if (mode == SOCKS5) {
+        unsigned char greeting[] = {5, 1, 0}, r[] = {5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
+        if (write(fd, greeting, 3) != 3 || recv(fd, reply, 2, MSG_WAITALL) != 2 || write(fd, r, sizeof r) != sizeof r
+            || recv(fd, reply, 10, MSG_WAITALL) != 10 || reply[1] != 0) { close(fd); return -1; }
+    } else if (mode == SOCKS4) {
+        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 127, 0, 0, 1, 'b', 0};
+        if (write(fd, r, sizeof r) != sizeof r || recv(fd, reply, 8, MSG_WAITALL) != 8 || reply[1] != 90) { close(fd); return -1; }
+    }
+    return fd;
+}
+
+static int bulk(enum mode mode, int proxy_port, int dest_port, long mebibytes, double seconds) {
+    int fd = open_relayed(mode, proxy_port, dest_port);
+    if (fd < 0) { printf("0\t0\t0\t0\n"); return 1; }
+    long total = mebibytes << 20, sent = 0;
+    static char out[1 << 16];
+    memset(out, 'b', sizeof out);
+    double begin = now(), deadline = begin + seconds;
+    while (sent < total && now() < deadline) {
+        ssize_t w = write(fd, out, sizeof out);
+        if (w <= 0) break;
+        sent += w;
+    }
+    shutdown(fd, SHUT_WR);
+    char in[256];
+    struct timeval timeout = {.tv_sec = 20};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    while (read(fd, in, sizeof in) > 0) {}
+    double elapsed = now() - begin;
+    close(fd);
+    printf("%ld\t0\t%.3f\t%.1f\n", sent, elapsed, sent / elapsed / 1e6);
+    return 0;
+}
+
+static int idle(enum mode mode, int proxy_port, int dest_port, int count, double seconds) {
+    int *fds = calloc(count, sizeof *fds), up = 0;
+    double give_up = now() + 30;  // a proxy that cannot hold them all gets 30 s
+    for (int i = 0; i < count; i++) {
+        fds[i] = now() < give_up ? open_relayed(mode, proxy_port, dest_port) : -1;
+        if (fds[i] < 0) continue;
+        char byte = 'i';
+        if (write(fds[i], &byte, 1) == 1 && recv(fds[i], &byte, 1, MSG_WAITALL) == 1) up++;
+    }
+    printf("%d\n", up);
+    fflush(stdout);
+    double until = now() + seconds;
+    while (now() < until) usleep(100000);
+    for (int i = 0; i < count; i++) if (fds[i] >= 0) close(fds[i]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc == 3 && !strcmp(argv[1], "echo")) return echo_server(atoi(argv[2]));
+    if (argc == 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]), 0);
+    if (argc == 3 && !strcmp(argv[1], "sink")) echo_server(atoi(argv[2]), 1);
     if (argc == 9 - 1 && !strcmp(argv[1], "rate")) {
         enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
         return rate(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atof(argv[7]));
     }
-    fprintf(stderr, "usage: loadgen echo PORT | loadgen rate socks5|socks4|direct PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS\n");
+    if (argc == 7 && (!strcmp(argv[1], "bulk") || !strcmp(argv[1], "idle"))) {
+        enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
+        if (!strcmp(argv[1], "bulk")) return bulk(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
+        return idle(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]));
+    }
+    fprintf(stderr, "usage: loadgen echo PORT | loadgen rate|bulk|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
     return 2;
 }
