@@ -52,19 +52,9 @@ public struct PolicyEngine: PolicyDecider {
     }
 
     public func decide(_ facts: RequestFacts) async -> Decision {
-        var ident = IdentCheck(policy: policy, lookup: identLookup)
-        var trace: [Decision.TraceStep] = []
-        var candidates = matcher.candidates(for: facts)
-        while let index = candidates.next() {
-            let rule = policy.rules[index]
-            if rule.requiresIdent, let failure = await ident.failure(for: facts, rule: rule) {
-                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: failure))
-                continue
-            }
-            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
-            return ident.decision(rule: rule, trace: trace)
-        }
-        return ident.decision(rule: nil, trace: trace)
+        let candidates = sequence(state: matcher.candidates(for: facts)) { $0.next() }.lazy.map { policy.rules[$0] }
+        // The matcher yields only rules whose conditions other than ident hold.
+        return await walk(candidates, facts) { _ in nil }
     }
 
     /// `decide` up to the first candidate rule that needs ident; nil from there on.
@@ -81,11 +71,17 @@ public struct PolicyEngine: PolicyDecider {
     }
 
     public func explain(_ facts: RequestFacts) async -> Decision {
+        await walk(policy.rules, facts) { $0.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds) }
+    }
+
+    /// Rules in order: the first whose conditions hold (`mismatch` nil) and whose ident
+    /// check passes decides; every rule passed over is in the trace with the reason.
+    private func walk(_ rules: some Sequence<Rule>, _ facts: RequestFacts, mismatch: (Rule) -> String?) async -> Decision {
         var ident = IdentCheck(policy: policy, lookup: identLookup)
         var trace: [Decision.TraceStep] = []
-        for rule in policy.rules {
-            if let mismatch = rule.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds) {
-                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: mismatch))
+        for rule in rules {
+            if let reason = mismatch(rule) {
+                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: reason))
                 continue
             }
             if rule.requiresIdent, let failure = await ident.failure(for: facts, rule: rule) {
