@@ -44,10 +44,6 @@ public enum PolicyLoader {
         public var isUsable: Bool { compilation.policy != nil && (report?.failures.isEmpty ?? false) }
     }
 
-    public struct ReadError: Error, CustomStringConvertible {
-        public var description: String
-    }
-
     public static func compile(file path: String) throws -> PolicyCompilation {
         let text = try TextFile.read(path)
         let testsPath = path + ".tests"
