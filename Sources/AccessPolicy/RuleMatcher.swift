@@ -37,23 +37,8 @@ struct RuleMatcher: Sendable {
 
         tests = rules.map(RuleTest.init)
 
-        func v4Ranges(_ networks: [IPNetwork]) -> [ClosedRange<UInt32>] {
-            networks.compactMap { network in
-                guard case .v4(let address) = network.address else { return nil }
-                let hostBits = UInt32(32 - network.prefixLength)
-                let span: UInt32 = hostBits == 32 ? .max : (1 << hostBits) - 1
-                return address.value...(address.value | span)
-            }
-        }
-        func v6Ranges(_ networks: [IPNetwork]) -> [ClosedRange<UInt128>] {
-            networks.compactMap { network in
-                guard case .v6(let address) = network.address else { return nil }
-                let low = UInt128(address.high) << 64 | UInt128(address.low)
-                let hostBits = 128 - network.prefixLength
-                let span: UInt128 = hostBits == 128 ? .max : (1 << UInt128(hostBits)) - 1
-                return low...(low | span)
-            }
-        }
+        func v4Ranges(_ networks: [IPNetwork]) -> [ClosedRange<UInt32>] { networks.compactMap(\.v4Range) }
+        func v6Ranges(_ networks: [IPNetwork]) -> [ClosedRange<UInt128>] { networks.compactMap(\.v6Range) }
         clientV4 = IntervalTable(rules.map { $0.sources.map(v4Ranges) })
         clientV6 = IntervalTable(rules.map { $0.sources.map(v6Ranges) })
 
@@ -89,7 +74,7 @@ struct RuleMatcher: Sendable {
         let client: DimensionMatch
         switch facts.client.address.unmapped {
         case .v4(let address): client = clientV4.lookup(address.value)
-        case .v6(let address): client = clientV6.lookup(UInt128(address.high) << 64 | UInt128(address.low))
+        case .v6(let address): client = clientV6.lookup(address.value)
         }
 
         // Rules naming the destination: by the address to be connected to, by the exact
@@ -97,7 +82,7 @@ struct RuleMatcher: Sendable {
         var destination: DimensionMatch
         switch facts.destinationAddress?.unmapped {
         case .v4(let address)?: destination = destinationV4.lookup(address.value)
-        case .v6(let address)?: destination = destinationV6.lookup(UInt128(address.high) << 64 | UInt128(address.low))
+        case .v6(let address)?: destination = destinationV6.lookup(address.value)
         case nil: destination = destinationV4.wildcardOnly
         }
         if case .hostName(let requested) = facts.destination, !(exactNames.isEmpty && suffixNames.isEmpty) {

@@ -69,6 +69,9 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
 
     public static let any = IPv6Address(high: 0, low: 0)
 
+    /// The address as one 128-bit number, for range arithmetic.
+    public var value: UInt128 { UInt128(high) << 64 | UInt128(low) }
+
     public var octets: [UInt8] {
         (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) }
             + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
@@ -181,6 +184,30 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(address)/\(prefixLength)" }
+
+    /// First to last address of an IPv4 network; nil for IPv6.
+    public var v4Range: ClosedRange<UInt32>? {
+        guard case .v4(let base) = address else { return nil }
+        return base.value...(base.value | ~Self.mask32(prefixLength))
+    }
+
+    /// First to last address of an IPv6 network; nil for IPv4.
+    public var v6Range: ClosedRange<UInt128>? {
+        guard case .v6(let base) = address else { return nil }
+        let hostBits = 128 - prefixLength
+        let span: UInt128 = hostBits == 128 ? .max : (1 << UInt128(hostBits)) - 1
+        return base.value...(base.value | span)
+    }
+
+    /// The network in one 128-bit space for both families, IPv4 as IPv4-mapped IPv6
+    /// (`::ffff:0:0/96`), so that networks of either family compare as ranges.
+    public var mappedRange: ClosedRange<UInt128> {
+        if let v4 = v4Range {
+            let prefix = UInt128(0xFFFF) << 32
+            return (prefix | UInt128(v4.lowerBound))...(prefix | UInt128(v4.upperBound))
+        }
+        return v6Range!
+    }
 
     private static func mask32(_ length: Int) -> UInt32 {
         length == 0 ? 0 : UInt32.max << (32 - length)

@@ -34,6 +34,18 @@ import Testing
         #expect(IPNetwork("10.0.0.0/x") == nil)
     }
 
+    @Test func ranges() throws {
+        #expect(IPNetwork("10.0.0.0/8")?.v4Range == IPv4Address(10, 0, 0, 0).value...IPv4Address(10, 255, 255, 255).value)
+        #expect(IPNetwork("0.0.0.0/0")?.v4Range == 0...UInt32.max)
+        #expect(IPNetwork("10.0.0.0/8")?.v6Range == nil)
+        let v6 = try #require(IPNetwork("2001:db8::/126")?.v6Range)
+        #expect(v6.lowerBound == IPv6Address("2001:db8::")!.value)
+        #expect(v6.upperBound == IPv6Address("2001:db8::3")!.value)
+        #expect(IPNetwork("::/0")?.v6Range == 0...UInt128.max)
+        #expect(
+            IPNetwork("127.0.0.1")?.mappedRange == IPNetwork("::ffff:127.0.0.1")?.mappedRange, "IPv4 lies in the mapped space")
+    }
+
     @Test func endpoints() {
         #expect(IPEndpoint("127.0.0.1:1080")?.port == 1080)
         #expect(IPEndpoint("[::1]:1080")?.address == IPAddress("::1"))

@@ -89,7 +89,7 @@ struct Linter {
     }
 
     private static func overlap(_ a: IPNetwork, _ b: IPNetwork) -> Bool {
-        let (a, b) = (Shape.range(a), Shape.range(b))
+        let (a, b) = (a.mappedRange, b.mappedRange)
         return a.lowerBound <= b.upperBound && b.lowerBound <= a.upperBound
     }
 }
@@ -116,14 +116,14 @@ private struct Shape: Hashable {
         versions = rule.versions.bitMask()
         authMethods = rule.authMethods.bitMask()
         requiresIdent = rule.requiresIdent
-        sources = (rule.sources?.map(Self.range) ?? [0...UInt128.max]).sorted { $0.lowerBound < $1.lowerBound }
+        sources = (rule.sources?.map(\.mappedRange) ?? [0...UInt128.max]).sorted { $0.lowerBound < $1.lowerBound }
         ports = (rule.ports ?? [0...UInt16.max]).sorted { $0.lowerBound < $1.lowerBound }
         var networks: [ClosedRange<UInt128>] = []
         var names: [String] = []
         var suffixes: [String] = []
         for pattern in rule.destinations ?? [] {
             switch pattern {
-            case .network(let network): networks.append(Self.range(network))
+            case .network(let network): networks.append(network.mappedRange)
             case .hostName(let name): names.append(name)
             case .domainSuffix(let domain): suffixes.append(domain)
             }
@@ -133,16 +133,6 @@ private struct Shape: Hashable {
         destinationSuffixes = suffixes.sorted()
         users = rule.users?.sorted()
         times = rule.times?.flatMap(\.minuteRanges).sorted { $0.lowerBound < $1.lowerBound }
-    }
-
-    static func range(_ network: IPNetwork) -> ClosedRange<UInt128> {
-        let (base, length): (UInt128, Int) =
-            switch network.address {
-            case .v4(let v4): (UInt128(0xFFFF) << 32 | UInt128(v4.value), 96 + network.prefixLength)
-            case .v6(let v6): (UInt128(v6.high) << 64 | UInt128(v6.low), network.prefixLength)
-            }
-        let span: UInt128 = length == 0 ? .max : (length == 128 ? 0 : (1 << UInt128(128 - length)) - 1)
-        return base...(base | span)
     }
 
     /// Every request `later` matches, `self` matches too. Conservative: false when unsure.
