@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt",
+                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt", "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog", "CZlib",
+                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

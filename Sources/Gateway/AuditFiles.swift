@@ -7,15 +7,19 @@ import Foundation
 
 /// Reads audit log files line by line in bounded memory, plain or gzip-compressed
 /// (rotated logs), in the order given. Lines are handed out with `FILE:LINE`.
-struct AuditFiles {
-    struct ReadError: Error, CustomStringConvertible {
-        var description: String
+public struct AuditFiles {
+    public struct ReadError: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    let paths: [String]
+    public let paths: [String]
+
+    public init(paths: [String]) {
+        self.paths = paths
+    }
 
     /// Calls `body` for every line of every file; `body` returns false to stop.
-    func forEachLine(_ body: (Data, _ file: String, _ line: Int) throws -> Bool) throws {
+    public func forEachLine(_ body: (Data, _ file: String, _ line: Int) throws -> Bool) throws {
         var progress = Progress()
         for path in paths {
             guard let file = fopen(path, "rb") else {
@@ -23,6 +27,7 @@ struct AuditFiles {
             }
             defer { fclose(file) }
             var source = try ChunkSource(file: file, path: path)
+            defer { source.release() }
             var pending = Data()
             var number = 0
             while let chunk = try source.next() {
@@ -97,6 +102,17 @@ private struct ChunkSource {
         }
     }
 
+    /// Frees the buffers (and zlib's state, if the file ended early).
+    mutating func release() {
+        input.deallocate()
+        output.deallocate()
+        if let gzip {
+            inflateEnd(gzip)
+            gzip.deallocate()
+            self.gzip = nil
+        }
+    }
+
     mutating func next() throws -> Data? {
         guard !finished else { return nil }
         guard let gzip else {
@@ -113,8 +129,6 @@ private struct ChunkSource {
                 let count = fread(input, 1, Self.size, file)
                 guard count > 0 else {
                     finished = true
-                    inflateEnd(gzip)
-                    gzip.deallocate()
                     return nil
                 }
                 gzip.pointee.next_in = input
