@@ -38,17 +38,22 @@ extension AuditRecord {
     }
 }
 
+extension SOCKSRequestFailure {
+    /// The policy's refusal in the gateway's terms.
+    public init(_ refusal: Decision.Refusal) {
+        switch refusal {
+        case .notAllowed: self = .notAllowed
+        case .identUnreachable: self = .identUnreachable
+        case .identMismatch: self = .identMismatch
+        }
+    }
+}
+
 extension Decision {
     /// The reply this decision means for the client: 90/0x00 when allowed, else the
-    /// refusal's code.
+    /// refusal's code. The gateway, `explain`, the audit log and `replay` all use it.
     public func replyCode(for version: RequestFacts.Version) -> UInt8 {
-        let failure: SOCKSRequestFailure? =
-            switch refusal {
-            case nil: nil
-            case .notAllowed: .notAllowed
-            case .identUnreachable: .identUnreachable
-            case .identMismatch: .identMismatch
-            }
+        let failure = refusal.map(SOCKSRequestFailure.init)
         switch version {
         case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
         case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue

@@ -631,13 +631,3 @@ extension RequestFacts.Version {
         }
     }
 }
-
-extension SOCKSRequestFailure {
-    init(_ refusal: Decision.Refusal) {
-        switch refusal {
-        case .notAllowed: self = .notAllowed
-        case .identUnreachable: self = .identUnreachable
-        case .identMismatch: self = .identMismatch
-        }
-    }
-}

@@ -189,23 +189,13 @@ enum Explanation {
 
     /// `allow, reply 0x00` or `deny, reply 93`: the exact reply the client would get.
     static func outcome(_ decision: Decision, facts: RequestFacts) -> String {
-        switch (decision.verdict, facts.version) {
-        case (.allow, .socks5): return "allow (reply 0x00 succeeded)"
-        case (.allow, _): return "allow (reply 90 granted)"
-        case (.deny, let version):
-            let failure: SOCKSRequestFailure =
-                switch decision.refusal ?? .notAllowed {
-                case .notAllowed: .notAllowed
-                case .identUnreachable: .identUnreachable
-                case .identMismatch: .identMismatch
-                }
-            if version == .socks5 {
-                return "deny (reply 0x0\(failure.socks5Code.rawValue) not allowed by ruleset)"
-            }
-            let reasons: [UInt8: String] = [91: "rejected", 92: "identd not reachable", 93: "user-ids differ"]
-            let code = failure.socks4Code.rawValue
-            return "deny (reply \(code) \(reasons[code] ?? ""))"
-        }
+        let code = decision.replyCode(for: facts.version)
+        let meanings: [UInt8: String] =
+            facts.version == .socks5
+            ? [0: "succeeded", 2: "not allowed by ruleset"]
+            : [90: "granted", 91: "rejected", 92: "identd not reachable", 93: "user-ids differ"]
+        let shown = facts.version == .socks5 ? "0x0\(code)" : "\(code)"
+        return "\(decision.verdict.rawValue) (reply \(shown) \(meanings[code] ?? ""))"
     }
 }
 
