@@ -66,31 +66,13 @@ private final class ActivationHandler: ChannelInboundHandler, RemovableChannelHa
 /// (which sends nothing) and read its name. For BIND, the gateway's "outside" address.
 enum RouteSource {
     static func address(toward destination: IPAddress) -> IPAddress? {
-        let target = SocketAddress(IPEndpoint(address: destination, port: 9))
+        let target = IPEndpoint(address: destination, port: 9).posixAddress
         let family = destination.isIPv6 ? AF_INET6 : AF_INET
         let socket = Glibc.socket(family, Int32(SOCK_DGRAM.rawValue), 0)
         guard socket >= 0 else { return nil }
         defer { close(socket) }
-        let connected = target.withSockAddr { address, length in connect(socket, address, socklen_t(length)) }
+        let connected = target.withSockAddr { connect(socket, $0, $1) }
         guard connected == 0 else { return nil }
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let named = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
-        }
-        guard named == 0 else { return nil }
-        let local: SocketAddress? =
-            switch Int32(storage.ss_family) {
-            case AF_INET:
-                withUnsafePointer(to: &storage) {
-                    $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress($0.pointee, host: "") }
-                }
-            case AF_INET6:
-                withUnsafePointer(to: &storage) {
-                    $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { SocketAddress($0.pointee, host: "") }
-                }
-            default: nil
-            }
-        return local?.ipEndpoint?.address
+        return IPEndpoint.local(of: socket)?.address
     }
 }

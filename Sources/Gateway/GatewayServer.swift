@@ -44,16 +44,29 @@ public final class GatewayServer: Sendable {
     /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
     /// If one cannot be bound, those already bound are closed and the error is thrown.
     ///
+    /// Each address gets one listening socket per event loop (SO_REUSEPORT), and a
+    /// loop's connections stay on that loop: no connection is handed between threads.
+    ///
     /// `adopting`: sockets already bound and listening (made while root, before the
-    /// privilege drop), one per `listen` address, in the same order; nil: bind here.
-    public func start(adopting descriptors: [Int32]? = nil) async throws -> [IPEndpoint] {
+    /// privilege drop), for each `listen` address in the same order, one per event loop
+    /// (`ListeningSocket.open(_:count:)`); nil: bind here.
+    public func start(adopting descriptors: [[Int32]]? = nil) async throws -> [IPEndpoint] {
+        let loops = Array(group.makeIterator())
         var bound: [IPEndpoint] = []
         do {
             for (index, endpoint) in context.configuration.listen.enumerated() {
-                let quiescing = ServerQuiescingHelper(group: group)
-                let channel = try await bind(endpoint, adopting: descriptors?[index], quiescing: quiescing)
-                listeners.withLockedValue { $0.append((channel, quiescing)) }
-                bound.append(channel.localAddress?.ipEndpoint ?? endpoint)
+                var target = endpoint
+                let sockets: [Int32?] = descriptors?[index] ?? Array(repeating: nil, count: loops.count)
+                for (number, descriptor) in sockets.enumerated() {
+                    let loop = loops[number % loops.count]
+                    let quiescing = ServerQuiescingHelper(group: loop)
+                    let channel = try await bind(
+                        target, on: loop, reusePort: sockets.count > 1, adopting: descriptor, quiescing: quiescing)
+                    listeners.withLockedValue { $0.append((channel, quiescing)) }
+                    // Port 0: the other sockets of the group join the port the first got.
+                    target = channel.localAddress?.ipEndpoint ?? target
+                }
+                bound.append(target)
             }
         } catch {
             _ = try? await shutdown(grace: .zero)
@@ -62,22 +75,27 @@ public final class GatewayServer: Sendable {
         return bound
     }
 
-    private func bind(_ endpoint: IPEndpoint, adopting descriptor: Int32?, quiescing: ServerQuiescingHelper) async throws
-        -> any Channel
-    {
+    private func bind(
+        _ endpoint: IPEndpoint, on loop: any EventLoop, reusePort: Bool, adopting descriptor: Int32?,
+        quiescing: ServerQuiescingHelper
+    ) async throws -> any Channel {
         let gateway = context
         do {
-            let bootstrap = ServerBootstrap(group: group)
+            let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: reusePort ? 1 : 0)
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
                     }
                 }
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // Set here rather than with `childChannelOption`, which applies
+                        // each option through a future of its own on every connection.
+                        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+                        try channel.syncOptions?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
                         try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
                     }
                 }

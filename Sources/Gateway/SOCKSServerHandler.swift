@@ -15,8 +15,8 @@ import SOCKSWire
 /// SOCKS state machine, carries out what it asks (check credentials, decide, resolve,
 /// connect), and finally hands the channel to a `RelayHandler` pair and removes itself.
 ///
-/// While the gateway works on a request it stops reading from the client, so a client
-/// that sends data early cannot make it buffer more than one read.
+/// While the gateway works on a request it keeps what the client sends early, up to
+/// `earlyDataLimit`, then stops reading: a client cannot make it buffer more.
 final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -38,7 +38,8 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var bindDeadline: Scheduled<Void>?
     /// UDP ASSOCIATE: the relay, which lives as long as this control connection.
     private var udpAssociation: UDPAssociation?
-    private var logger: Logger
+    /// The client's address, as accepted.
+    private var client: IPEndpoint?
     /// Numbers this connection's records in the audit log.
     private let session: UInt64
     /// When the relay started, for the session-end record.
@@ -51,14 +52,19 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     init(gateway: GatewayContext) {
         self.gateway = gateway
         self.machine = SOCKSServerStateMachine(offeredMethods: gateway.offeredMethods, limits: gateway.configuration.limits)
-        self.logger = gateway.logger
         self.session = gateway.audit?.nextSessionID() ?? 0
     }
 
+    /// The gateway's logger with this client's address: made when something is logged,
+    /// not for every connection.
+    private var logger: Logger {
+        var logger = gateway.logger
+        if let client { logger[metadataKey: "client"] = "\(client)" }
+        return logger
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
-        if let remote = context.channel.remoteAddress?.ipEndpoint {
-            logger[metadataKey: "client"] = "\(remote)"
-        }
+        client = context.channel.remoteAddress?.ipEndpoint
         negotiationDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.configuration.negotiationTimeout) {
             self.negotiationTimedOut(context: context)
         }
@@ -88,11 +94,21 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if udpAssociation != nil {
             context.read()
         } else if busy || machine.isNegotiationComplete {
-            readPending = true
+            // While a request is worked on, what the client sends early is kept for the
+            // relay, up to a bound; only then is reading held back. (Holding it back at
+            // once would cost two epoll changes on every connection.)
+            if (received?.readableBytes ?? 0) < Self.earlyDataLimit {
+                context.read()
+            } else {
+                readPending = true
+            }
         } else {
             context.read()
         }
     }
+
+    /// The most a client's early bytes (sent before its request is answered) are kept.
+    static let earlyDataLimit = 64 * 1024
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
@@ -226,7 +242,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             fail(.generalFailure, context: context)
             return
         }
-        guard let client = context.channel.remoteAddress?.ipEndpoint,
+        guard let client,
             let listener = context.channel.localAddress?.ipEndpoint
         else {
             context.close(promise: nil)
@@ -314,6 +330,7 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func logDecision(_ decision: Decision, _ facts: RequestFacts, step: String = "decision") {
         if decision.verdict == .allow { allowed = true }
+        guard gateway.logger.logLevel <= .debug else { return }
         logger.debug(
             "\(step)",
             metadata: [
@@ -374,10 +391,18 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
     ) {
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(gateway.configuration.connectTimeout)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            // Nothing is read from the destination until the relay is in place (it may
-            // wait for the audit record): bytes read earlier would be lost.
-            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                // Set here rather than with `channelOption`, which applies each option
+                // through a future of its own: this is on every connection's path.
+                channel.eventLoop.makeCompletedFuture {
+                    let options = channel.syncOptions
+                    try options?.setOption(.allowRemoteHalfClosure, value: true)
+                    try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
+                    // Nothing is read from the destination until the relay is in place
+                    // (it may wait for the audit record): bytes read earlier would be lost.
+                    try options?.setOption(.autoRead, value: false)
+                }
+            }
             .connect(to: SocketAddress(destination))
             .assumeIsolated()
             .whenComplete { result in

@@ -91,3 +91,32 @@ extension IPEndpoint {
         }
     }
 }
+
+extension IPEndpoint {
+    /// The endpoint a system call filled in (getsockname, accept); nil for a family
+    /// other than IPv4 and IPv6.
+    public init?(_ storage: sockaddr_storage) {
+        var storage = storage
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let sin = withUnsafeBytes(of: &storage) { $0.loadUnaligned(as: sockaddr_in.self) }
+            self.init(address: .v4(IPv4Address(UInt32(bigEndian: sin.sin_addr.s_addr))), port: UInt16(bigEndian: sin.sin_port))
+        case AF_INET6:
+            let sin6 = withUnsafeBytes(of: &storage) { $0.loadUnaligned(as: sockaddr_in6.self) }
+            let address = withUnsafeBytes(of: sin6.sin6_addr) { IPv6Address(octets: $0) }
+            self.init(address: .v6(address), port: UInt16(bigEndian: sin6.sin6_port))
+        default:
+            return nil
+        }
+    }
+
+    /// The local endpoint of a socket, from getsockname(2).
+    public static func local(of descriptor: Int32) -> IPEndpoint? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return named == 0 ? IPEndpoint(storage) : nil
+    }
+}

@@ -11,12 +11,36 @@ public struct ListeningSocket: Sendable {
     public var descriptor: Int32
     public var endpoint: IPEndpoint
 
-    public static func open(_ endpoint: IPEndpoint, backlog: Int32 = 1024) throws -> ListeningSocket {
+    /// `count` sockets on one address with SO_REUSEPORT, one per event loop: the kernel
+    /// spreads new connections over them, and each loop accepts its own, so no
+    /// connection is handed from one thread to another (docs/architecture.md). Port 0
+    /// becomes the port the first socket got. Only sockets of the same user (root,
+    /// before the drop) can join the group.
+    public static func open(_ endpoint: IPEndpoint, count: Int, backlog: Int32 = 1024) throws -> [ListeningSocket] {
+        var sockets: [ListeningSocket] = []
+        do {
+            var target = endpoint
+            for _ in 0..<max(count, 1) {
+                let socket = try open(target, reusePort: count > 1, backlog: backlog)
+                sockets.append(socket)
+                target = socket.endpoint
+            }
+        } catch {
+            for socket in sockets { close(socket.descriptor) }
+            throw error
+        }
+        return sockets
+    }
+
+    public static func open(_ endpoint: IPEndpoint, reusePort: Bool = false, backlog: Int32 = 1024) throws -> ListeningSocket {
         let family = endpoint.address.isIPv6 ? AF_INET6 : AF_INET
         let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { throw PrivilegeError.errno("socket for \(endpoint)") }
         var one: Int32 = 1
         setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if reusePort {
+            setsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
         if family == AF_INET6 {
             // `[::]` means IPv6 only here; list 0.0.0.0 as well to serve IPv4.
             setsockopt(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -27,6 +51,7 @@ public struct ListeningSocket: Sendable {
             close(descriptor)
             throw error
         }
-        return ListeningSocket(descriptor: descriptor, endpoint: endpoint)
+        return ListeningSocket(descriptor: descriptor, endpoint: IPEndpoint.local(of: descriptor) ?? endpoint)
     }
+
 }

@@ -142,9 +142,11 @@ struct Run: ParsableCommand {
         for warning in compilation.warnings { logger.warning("\(warning)") }
 
         let identity = try privilegeTarget()
-        let sockets: [ListeningSocket]
+        let sockets: [[ListeningSocket]]
         do {
-            sockets = try configuration.listen.map { try ListeningSocket.open($0) }
+            sockets = try configuration.listen.map {
+                try ListeningSocket.open($0, count: eventLoops)
+            }
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -176,9 +178,12 @@ struct Run: ParsableCommand {
         try waitFor {
             try await command.serve(
                 configuration: settings, policy: compilation.policy!, policySHA256: policySHA256, credentials: credentials,
-                descriptors: sockets.map(\.descriptor), dropped: verified, audit: audit, logger: logger)
+                descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit, logger: logger)
         }
     }
+
+    /// One event loop per core; each listen address has one listening socket per loop.
+    private var eventLoops: Int { System.coreCount }
 
     /// The user to become, or nil to stay as we are; refuses root without `--user`.
     private func privilegeTarget() throws -> TargetIdentity? {
@@ -211,7 +216,7 @@ struct Run: ParsableCommand {
 
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
-        descriptors: [Int32], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
+        descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
     ) async throws {
         audit?.start()
         defer { audit?.shutdown() }
@@ -241,7 +246,7 @@ struct Run: ParsableCommand {
         audit?.record(loaded)
 
         let signals = Signals()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
         let identClient = IdentClient(group: group, port: identPort, logger: logger)
         let policyStore = PolicyStore(PolicyEngine(policy: compiled, identLookup: identClient.lookup), sha256: policySHA256)
         let threadPool = NIOThreadPool(numberOfThreads: 8)

@@ -14,7 +14,7 @@ import Testing
         record.command = "connect"
         record.destination = "www.example.com"
         record.destinationPort = 443
-        record.claimedUser = "o\"brien\\\n\t\u{1}ü𝄞"
+        record.claimedUser = "o\"brien\\\n\t\u{1}ü𝄞\u{7F}\r"
         record.auth = "none"
         record.authOutcome = "none"
         record.ident = .init(outcome: "user-id", userID: "alice:x", opsys: "UNIX", raw: "1,2:USERID:UNIX:alice:x", durationMs: 3)
