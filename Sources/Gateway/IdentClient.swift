@@ -91,6 +91,9 @@ private final class IdentExchange {
         self.started = started
     }
 
+    /// IP_BIND_ADDRESS_NO_PORT (Linux 4.2; <linux/in.h>, not in glibc's headers).
+    private static let bindAddressNoPort = ChannelOptions.socket(SocketOptionLevel(IPPROTO_IP), 24)
+
     func start(on eventLoop: any EventLoop, from local: IPAddress, to identd: IPEndpoint, timeout: TimeAmount) {
         let deadline = eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             // Before the connect completed, identd was not reachable; after, it said nothing.
@@ -100,6 +103,10 @@ private final class IdentExchange {
         ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            // Bound to an address with port 0, a socket would take a source port for
+            // itself alone at bind time, and under load (the port range full of
+            // TIME_WAIT) bind fails; this leaves the port to connect, which may share it.
+            .channelOption(Self.bindAddressNoPort, value: 1)
             .bind(to: SocketAddress(IPEndpoint(address: local, port: 0)))
             .connect(to: SocketAddress(identd))
             .assumeIsolated()
