@@ -60,8 +60,14 @@ public final class GatewayServer: Sendable {
                 for (number, descriptor) in sockets.enumerated() {
                     let loop = loops[number % loops.count]
                     let quiescing = ServerQuiescingHelper(group: loop)
-                    let channel = try await bind(
-                        target, on: loop, reusePort: sockets.count > 1, adopting: descriptor, quiescing: quiescing)
+                    let channel: any Channel
+                    do {
+                        channel = try await bind(
+                            target, on: loop, reusePort: sockets.count > 1, adopting: descriptor, quiescing: quiescing)
+                    } catch  where number > 0 && descriptor == nil {
+                        // The first socket is bound; the others are only an optimization.
+                        break
+                    }
                     listeners.withLockedValue { $0.append((channel, quiescing)) }
                     // Port 0: the other sockets of the group join the port the first got.
                     target = channel.localAddress?.ipEndpoint ?? target

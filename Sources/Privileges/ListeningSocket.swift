@@ -11,23 +11,18 @@ public struct ListeningSocket: Sendable {
     public var descriptor: Int32
     public var endpoint: IPEndpoint
 
-    /// `count` sockets on one address with SO_REUSEPORT, one per event loop: the kernel
-    /// spreads new connections over them, and each loop accepts its own, so no
+    /// Up to `count` sockets on one address with SO_REUSEPORT, one per event loop: the
+    /// kernel spreads new connections over them, and each loop accepts its own, so no
     /// connection is handed from one thread to another (docs/architecture.md). Port 0
     /// becomes the port the first socket got. Only sockets of the same user (root,
-    /// before the drop) can join the group.
+    /// before the drop) can join the group. If the first cannot be bound, that is the
+    /// error; if a later one cannot (the port is shared with a socket that does not allow
+    /// it), the gateway serves with those it has.
     public static func open(_ endpoint: IPEndpoint, count: Int, backlog: Int32 = 1024) throws -> [ListeningSocket] {
-        var sockets: [ListeningSocket] = []
-        do {
-            var target = endpoint
-            for _ in 0..<max(count, 1) {
-                let socket = try open(target, reusePort: count > 1, backlog: backlog)
-                sockets.append(socket)
-                target = socket.endpoint
-            }
-        } catch {
-            for socket in sockets { close(socket.descriptor) }
-            throw error
+        let first = try open(endpoint, reusePort: count > 1, backlog: backlog)
+        var sockets = [first]
+        while sockets.count < count, let more = try? open(first.endpoint, reusePort: true, backlog: backlog) {
+            sockets.append(more)
         }
         return sockets
     }
