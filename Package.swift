@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Counts allocations for the allocation guard (Tests/AllocationGuard) only.
+        .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
     targets: [
         .target(name: "NetAddress"),
@@ -57,6 +59,20 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
+        ),
+        // The allocation guard: allocations per decision and per relayed connection
+        // against recorded bounds (run with the interposer preloaded; scripts/test).
+        .target(name: "CRelayProbe", path: "Tests/CRelayProbe"),
+        .executableTarget(
+            name: "allocation-guard",
+            dependencies: [
+                "Gateway", "AccessPolicy", "NetAddress", "CRelayProbe",
+                .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AllocationGuard"
         ),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
