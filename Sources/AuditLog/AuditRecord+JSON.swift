@@ -4,7 +4,10 @@
 /// `JSONDecoder` reads the result; a test checks the two agree.
 extension AuditRecord {
     func writeJSON(to out: inout [UInt8]) {
-        var writer = JSONObjectWriter(out: out)
+        // The writer takes the caller's buffer (not a copy of it) and gives it back.
+        var writer = JSONObjectWriter()
+        swap(&writer.out, &out)
+        writer.openObject()
         writer.field("auth", auth)
         writer.field("authOutcome", authOutcome)
         writer.field("bytesFromClient", bytesFromClient)
@@ -18,14 +21,14 @@ extension AuditRecord {
         writer.field("event", event.rawValue)
         if let ident {
             writer.key("ident")
-            var inner = JSONObjectWriter(out: writer.out)
-            inner.field("detail", ident.detail)
-            inner.field("durationMs", ident.durationMs.map(Int64.init))
-            inner.field("opsys", ident.opsys)
-            inner.field("outcome", ident.outcome)
-            inner.field("raw", ident.raw)
-            inner.field("userID", ident.userID)
-            writer.out = inner.finish()
+            writer.openObject()
+            writer.field("detail", ident.detail)
+            writer.field("durationMs", ident.durationMs.map(Int64.init))
+            writer.field("opsys", ident.opsys)
+            writer.field("outcome", ident.outcome)
+            writer.field("raw", ident.raw)
+            writer.field("userID", ident.userID)
+            writer.closeObject()
         }
         writer.field("listen", listen)
         writer.field("listener", listener)
@@ -51,22 +54,24 @@ extension AuditRecord {
         writer.field("verdict", verdict)
         writer.field("verified", verified)
         writer.field("version", version)
-        out = writer.finish()
+        writer.closeObject()
+        swap(&writer.out, &out)
     }
 }
 
 private struct JSONObjectWriter {
-    var out: [UInt8]
+    var out: [UInt8] = []
+    /// No field written yet in the object being written (no comma before the next key).
     private var first = true
 
-    init(out: [UInt8]) {
-        self.out = out
-        self.out.append(UInt8(ascii: "{"))
+    mutating func openObject() {
+        out.append(UInt8(ascii: "{"))
+        first = true
     }
 
-    mutating func finish() -> [UInt8] {
+    mutating func closeObject() {
         out.append(UInt8(ascii: "}"))
-        return out
+        first = false
     }
 
     mutating func key(_ name: String) {
@@ -85,13 +90,13 @@ private struct JSONObjectWriter {
     mutating func field(_ name: String, _ value: UInt64?) {
         guard let value else { return }
         key(name)
-        out += Array(String(value).utf8)
+        out.append(contentsOf: String(value).utf8)
     }
 
     mutating func field(_ name: String, _ value: Int64?) {
         guard let value else { return }
         key(name)
-        out += Array(String(value).utf8)
+        out.append(contentsOf: String(value).utf8)
     }
 
     mutating func field(_ name: String, _ values: [String]?) {

@@ -147,7 +147,7 @@ public struct AuditChain: Sendable {
 
     public static func randomSeed() -> String {
         var generator = SystemRandomNumberGenerator()
-        return hex((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }.withUnsafeBytes(hex)
     }
 
     /// The line (without its newline) for `record`, with `seq` and `prev` filled in.
@@ -165,19 +165,19 @@ public struct AuditChain: Sendable {
     }
 
     public static func hash(_ line: Data) -> String {
-        hex(Array(SHA256.hash(data: line)))
+        SHA256.hash(data: line).withUnsafeBytes(hex)
     }
 
     private static let digits = Array("0123456789abcdef".utf8)
 
-    static func hex(_ bytes: [UInt8]) -> String {
-        var text = [UInt8]()
-        text.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0x0f)])
+    static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
+        String(unsafeUninitializedCapacity: bytes.count * 2) { text in
+            for (index, byte) in bytes.enumerated() {
+                text[2 * index] = digits[Int(byte >> 4)]
+                text[2 * index + 1] = digits[Int(byte & 0x0f)]
+            }
+            return bytes.count * 2
         }
-        return String(decoding: text, as: UTF8.self)
     }
 
     /// `2026-11-29T13:24:07.123Z`, from the clock directly (this runs for every record).
@@ -187,10 +187,28 @@ public struct AuditChain: Sendable {
         var parts = tm()
         var seconds = now.tv_sec
         gmtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let milliseconds = Int(now.tv_nsec / 1_000_000)
-        let fraction = milliseconds < 10 ? "00\(milliseconds)" : milliseconds < 100 ? "0\(milliseconds)" : "\(milliseconds)"
-        return
-            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(fraction)Z"
+        return String(unsafeUninitializedCapacity: 24) { text in
+            var position = 0
+            func put(_ value: Int, digits count: Int, then separator: UInt8?) {
+                var remaining = value
+                for offset in stride(from: count - 1, through: 0, by: -1) {
+                    text[position + offset] = UInt8(ascii: "0") + UInt8(remaining % 10)
+                    remaining /= 10
+                }
+                position += count
+                if let separator {
+                    text[position] = separator
+                    position += 1
+                }
+            }
+            put(Int(parts.tm_year) + 1900, digits: 4, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mon) + 1, digits: 2, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mday), digits: 2, then: UInt8(ascii: "T"))
+            put(Int(parts.tm_hour), digits: 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_min), digits: 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_sec), digits: 2, then: UInt8(ascii: "."))
+            put(Int(now.tv_nsec / 1_000_000), digits: 3, then: UInt8(ascii: "Z"))
+            return position
+        }
     }
 }
