@@ -2,6 +2,12 @@
 //
 //   loadgen echo PORT                      a 127.0.0.1 TCP echo server (runs until killed)
 //   loadgen sink PORT                      a 127.0.0.1 TCP server that discards what it reads
+//   loadgen reply PORT                     a 127.0.0.1 TCP server that echoes the first read
+//        and closes, like an HTTP/1.0 server: the destination closes first, so the
+//        TIME_WAIT is on its side. (With the client or the proxy closing first, the
+//        connection rate tests leave tens of thousands of TIME_WAIT sockets on ephemeral
+//        ports, and a proxy that binds its outgoing sockets before connecting, as Dante
+//        does, then fails with EADDRINUSE: measured here, it ruined Dante's later rows.)
 //   loadgen bulk MODE PROXY_PORT DEST_PORT MEBIBYTES SECONDS
 //        one stream through the proxy to the sink: writes MEBIBYTES (or for SECONDS),
 //        shuts down its sending side and waits for the close; prints bytes sent, 0,
@@ -11,7 +17,8 @@
 //        them idle for SECONDS, prints how many were up, then closes them.
 //   loadgen rate MODE PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS
 //        MODE: socks5 | socks4 | direct. Each connection: connect, (SOCKS request and
-//        reply), 64-byte request, 64-byte echo, close. Stops after COUNT connections or
+//        reply), 64-byte request, 64-byte reply, the destination's close (DEST_PORT is
+//        a `loadgen reply` server), close. Stops after COUNT connections or
 //        SECONDS, whichever comes first. Prints: connections, seconds, conns/s, p50 and
 //        p99 latency in microseconds, failures.
 //
@@ -48,8 +55,10 @@ static int listen_on(int port) {
     return fd;
 }
 
-static int echo_server(int port, int discard) __attribute__((noreturn));
-static int echo_server(int port, int discard) {
+enum server { ECHO, SINK, REPLY };
+
+static int echo_server(int port, enum server kind) __attribute__((noreturn));
+static int echo_server(int port, enum server kind) {
     int listener = listen_on(port), ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener}, events[256];
     epoll_ctl(ep, EPOLL_CTL_ADD, listener, &ev);
@@ -69,19 +78,20 @@ static int echo_server(int port, int discard) {
             }
             ssize_t r = read(fd, buffer, sizeof buffer);
             if (r <= 0) { close(fd); continue; }
-            if (discard) continue;
+            if (kind == SINK) continue;
             ssize_t off = 0;
             for (int tries = 0; off < r && tries < 1000; tries++) {
                 ssize_t w = write(fd, buffer + off, r - off);
                 if (w > 0) off += w;
                 else if (errno != EAGAIN) break;
             }
+            if (kind == REPLY) close(fd);
         }
     }
 }
 
 enum mode { SOCKS5, SOCKS4, DIRECT };
-enum phase { CONNECTING, GREETING, NEGOTIATING, EXCHANGING };
+enum phase { CONNECTING, GREETING, NEGOTIATING, EXCHANGING, CLOSING };
 
 struct conn {
     int fd;
@@ -172,6 +182,7 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
             }
             if (!(events[i].events & EPOLLIN)) continue;
             ssize_t r = read(c->fd, buffer, sizeof buffer);
+            if (r == 0 && c->phase == CLOSING) { close_one(slot, 1); continue; }
             if (r <= 0) { close_one(slot, 0); continue; }
             c->have += r;
             if (c->phase == GREETING && c->have >= 2) {
@@ -186,7 +197,9 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                 c->phase = EXCHANGING;
                 if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
             }
-            if (c->phase == EXCHANGING && c->have >= 64) close_one(slot, 1);
+            // The reply server closes first; the client waits for that close, so neither
+            // it nor the proxy holds a TIME_WAIT socket on an ephemeral port.
+            if (c->phase == EXCHANGING && c->have >= 64) c->phase = CLOSING;
         }
     }
     double elapsed = now() - begin;
@@ -257,8 +270,9 @@ static int idle(enum mode mode, int proxy_port, int dest_port, int count, double
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]), 0);
-    if (argc == 3 && !strcmp(argv[1], "sink")) echo_server(atoi(argv[2]), 1);
+    if (argc == 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]), ECHO);
+    if (argc == 3 && !strcmp(argv[1], "sink")) echo_server(atoi(argv[2]), SINK);
+    if (argc == 3 && !strcmp(argv[1], "reply")) echo_server(atoi(argv[2]), REPLY);
     if (argc == 9 - 1 && !strcmp(argv[1], "rate")) {
         enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
         return rate(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atof(argv[7]));
@@ -268,6 +282,6 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[1], "bulk")) return bulk(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
         return idle(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]));
     }
-    fprintf(stderr, "usage: loadgen echo PORT | loadgen rate|bulk|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
+    fprintf(stderr, "usage: loadgen echo|sink|reply PORT | loadgen rate|bulk|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
     return 2;
 }
