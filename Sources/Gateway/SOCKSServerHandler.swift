@@ -249,17 +249,10 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let destination: RequestFacts.Destination
-        let addresses: EventLoopFuture<[IPAddress]>
         switch request.host {
-        case .ipv4(let address):
-            destination = .address(.v4(address))
-            addresses = context.eventLoop.makeSucceededFuture([.v4(address)])
-        case .ipv6(let address):
-            destination = .address(.v6(address))
-            addresses = context.eventLoop.makeSucceededFuture([.v6(address)])
-        case .domain(let name):
-            destination = .hostName(name)
-            addresses = gateway.resolver.resolve(name, on: context.eventLoop)
+        case .ipv4(let address): destination = .address(.v4(address))
+        case .ipv6(let address): destination = .address(.v6(address))
+        case .domain(let name): destination = .hostName(name)
         }
         let facts = RequestFacts(
             version: RequestFacts.Version(request.version),
@@ -272,21 +265,28 @@ final class SOCKSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
             authMethod: request.authMethod == .usernamePassword ? .password : .none,
             time: Int64(Glibc.time(nil))
         )
-        switch request.command {
-        case .connect:
-            addresses.assumeIsolated().whenSuccess { addresses in
+        switch (request.command, destination) {
+        case (.udpAssociate, _):
+            associate(facts, request: request, context: context)
+        case (.connect, .address(let address)):
+            // An address needs no resolver: decided at once, with no future in between.
+            decideAndConnect(facts, candidates: [address][...], context: context)
+        case (.bind, .address(let address)):
+            var facts = facts
+            facts.resolvedAddress = address
+            decideAndBind(facts, request: request, context: context)
+        case (.connect, .hostName(let name)):
+            gateway.resolver.resolve(name, on: context.eventLoop).assumeIsolated().whenSuccess { addresses in
                 guard !self.removed else { return }
                 self.decideAndConnect(facts, candidates: addresses.prefix(Self.maxAddressesTried), context: context)
             }
-        case .bind:
-            addresses.assumeIsolated().whenSuccess { addresses in
+        case (.bind, .hostName(let name)):
+            gateway.resolver.resolve(name, on: context.eventLoop).assumeIsolated().whenSuccess { addresses in
                 guard !self.removed else { return }
                 var facts = facts
                 facts.resolvedAddress = addresses.first
                 self.decideAndBind(facts, request: request, context: context)
             }
-        case .udpAssociate:
-            associate(facts, request: request, context: context)
         }
     }
 
