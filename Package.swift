@@ -79,6 +79,7 @@ let package = Package(
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
+        .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress"]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [

@@ -2,6 +2,10 @@ import Testing
 
 @testable import NetAddress
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @Suite struct NetAddressTests {
     @Test func ipv4RoundTrip() {
         #expect(IPv4Address("10.1.2.3") == IPv4Address(10, 1, 2, 3))
@@ -53,5 +57,20 @@ import Testing
         for bad in ["::1:1080", "127.0.0.1", "127.0.0.1:", "127.0.0.1:70000", "localhost:80", "[::1]1080"] {
             #expect(IPEndpoint(bad) == nil, "\(bad)")
         }
+    }
+
+    @Test func socketAddressesRoundTrip() {
+        for text in ["127.0.0.1:1080", "255.255.255.255:65535", "0.0.0.0:0", "[::1]:1080", "[2001:db8::7]:443"] {
+            let endpoint = IPEndpoint(text)!
+            var storage = sockaddr_storage()
+            endpoint.posixAddress.withSockAddr { address, length in
+                withUnsafeMutableBytes(of: &storage) {
+                    $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length)))
+                }
+            }
+            #expect(IPEndpoint(storage) == endpoint, "\(text)")
+            #expect(IPEndpoint(storage)?.description == text)
+        }
+        #expect(IPEndpoint(sockaddr_storage()) == nil, "AF_UNSPEC is no IP endpoint")
     }
 }
