@@ -10,7 +10,10 @@ guard arguments.count == 3, let count = Int(arguments[2]) else {
     print("usage: audit-bench FILE RECORDS")
     exit(2)
 }
-FileManager.default.createFile(atPath: arguments[1], contents: nil)
+guard FileManager.default.createFile(atPath: arguments[1], contents: nil) else {
+    print("audit-bench: cannot create \(arguments[1])")
+    exit(1)
+}
 guard let handle = FileHandle(forWritingAtPath: arguments[1]) else { exit(1) }
 var chain = AuditChain()
 var start = AuditRecord(event: .chainStart)

@@ -140,7 +140,7 @@ struct AuditShow: ParsableCommand {
         var wanted: [SessionKey: (up: UInt64, down: UInt64)?] = [:]
         var run = 0
         try reader.forEachLine { line, _, _ in
-            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
             if record.event == .gatewayStart { run += 1 }
             if let session = record.session {
                 let key = SessionKey(run: run, session: session)
@@ -159,7 +159,7 @@ struct AuditShow: ParsableCommand {
         run = 0
         var shown = 0
         try reader.forEachLine { line, _, _ in
-            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
             if record.event == .gatewayStart { run += 1 }
             guard record.event == .decision, let session = record.session, try filter.matches(record) else { return true }
             let bytes = wanted[SessionKey(run: run, session: session)] ?? nil
@@ -223,7 +223,7 @@ struct AuditSummary: ParsableCommand {
         var hours: [String: Int] = [:]
         try AuditFiles(paths: files).forEachLine { line, _, _ in
             records += 1
-            guard let record = try? decoder.decode(AuditRecord.self, from: line) else { return true }
+            guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
             switch record.event {
             case .decision:
                 decisions += 1
@@ -290,7 +290,7 @@ struct AuditReplay: ParsableCommand {
         var changed = 0
         // Record by record, so a large log is replayed in bounded memory.
         try AuditFiles(paths: files).forEachLine { line, _, _ in
-            guard let record = try? decoder.decode(AuditRecord.self, from: line), let facts = record.requestFacts else {
+            guard let record = AuditRecord.decode(line: line, fallback: decoder), let facts = record.requestFacts else {
                 return true
             }
             let recorded = record.ident?.identOutcome
