@@ -2,6 +2,11 @@
 //
 //   loadgen echo PORT                      a 127.0.0.1 TCP echo server (runs until killed)
 //   loadgen sink PORT                      a 127.0.0.1 TCP server that discards what it reads
+//   loadgen source PORT                    a 127.0.0.1 TCP server that reads an 8-byte count
+//        (big-endian) and sends that many bytes, then closes; one connection at a time
+//   loadgen download MODE PROXY_PORT DEST_PORT MEBIBYTES SECONDS
+//        one stream from the source through the proxy: asks for MEBIBYTES and reads
+//        until the close (or SECONDS); prints bytes received, 0, seconds, MB/s.
 //   loadgen reply PORT                     a 127.0.0.1 TCP server that echoes the first read
 //        and closes, like an HTTP/1.0 server: the destination closes first, so the
 //        TIME_WAIT is on its side. (With the client or the proxy closing first, the
@@ -269,19 +274,75 @@ static int idle(enum mode mode, int proxy_port, int dest_port, int count, double
     return 0;
 }
 
+static int source_server(int port) __attribute__((noreturn));
+static int source_server(int port) {
+    int listener = listen_on(port);
+    int flags = 0;
+    ioctl(listener, FIONBIO, &flags);  // blocking: one stream at a time
+    static char out[1 << 16];
+    memset(out, 's', sizeof out);
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0) continue;
+        struct timeval timeout = {.tv_sec = 30};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+        unsigned char count[8];
+        if (recv(fd, count, 8, MSG_WAITALL) == 8) {
+            uint64_t total = 0;
+            for (int i = 0; i < 8; i++) total = total << 8 | count[i];
+            if (total > (64ULL << 30)) total = 64ULL << 30;
+            uint64_t sent = 0;
+            while (sent < total) {
+                size_t chunk = total - sent < sizeof out ? total - sent : sizeof out;
+                ssize_t w = write(fd, out, chunk);
+                if (w <= 0) break;
+                sent += w;
+            }
+        }
+        close(fd);
+    }
+}
+
+static int download(enum mode mode, int proxy_port, int dest_port, long mebibytes, double seconds) {
+    int fd = open_relayed(mode, proxy_port, dest_port);
+    if (fd < 0) { printf("0\t0\t0\t0\n"); return 1; }
+    uint64_t total = (uint64_t)mebibytes << 20;
+    unsigned char count[8];
+    for (int i = 0; i < 8; i++) count[i] = total >> (56 - 8 * i);
+    struct timeval timeout = {.tv_sec = 20};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    double begin = now(), deadline = begin + seconds;
+    long received = 0;
+    if (write(fd, count, 8) == 8) {
+        static char in[1 << 16];
+        while (now() < deadline) {
+            ssize_t r = read(fd, in, sizeof in);
+            if (r <= 0) break;
+            received += r;
+        }
+    }
+    double elapsed = now() - begin;
+    close(fd);
+    printf("%ld\t0\t%.3f\t%.1f\n", received, elapsed, received / elapsed / 1e6);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]), ECHO);
     if (argc == 3 && !strcmp(argv[1], "sink")) echo_server(atoi(argv[2]), SINK);
     if (argc == 3 && !strcmp(argv[1], "reply")) echo_server(atoi(argv[2]), REPLY);
+    if (argc == 3 && !strcmp(argv[1], "source")) source_server(atoi(argv[2]));
     if (argc == 9 - 1 && !strcmp(argv[1], "rate")) {
         enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
         return rate(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atof(argv[7]));
     }
-    if (argc == 7 && (!strcmp(argv[1], "bulk") || !strcmp(argv[1], "idle"))) {
+    if (argc == 7 && (!strcmp(argv[1], "bulk") || !strcmp(argv[1], "download") || !strcmp(argv[1], "idle"))) {
         enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
         if (!strcmp(argv[1], "bulk")) return bulk(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
+        if (!strcmp(argv[1], "download")) return download(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
         return idle(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]));
     }
-    fprintf(stderr, "usage: loadgen echo|sink|reply PORT | loadgen rate|bulk|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
+    fprintf(stderr, "usage: loadgen echo|sink|reply|source PORT | loadgen rate|bulk|download|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
     return 2;
 }
