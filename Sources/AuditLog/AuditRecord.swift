@@ -152,19 +152,31 @@ public struct AuditChain: Sendable {
 
     /// The line (without its newline) for `record`, with `seq` and `prev` filled in.
     public mutating func line(for record: AuditRecord) throws -> Data {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(512)
+        append(record, to: &bytes)
+        bytes.removeLast()
+        return Data(bytes)
+    }
+
+    /// Writes `record`'s line and its newline at the end of `buffer`, with `seq` and
+    /// `prev` filled in: the writer encodes a whole batch into one buffer this way.
+    public mutating func append(_ record: AuditRecord, to buffer: inout [UInt8]) {
         var record = record
         record.seq = nextSequence
         record.prev = lastHash
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(512)
-        record.writeJSON(to: &bytes)
-        let line = Data(bytes)
-        lastHash = Self.hash(line)
+        let start = buffer.count
+        record.writeJSON(to: &buffer)
+        lastHash = buffer.withUnsafeBytes { Self.hash(UnsafeRawBufferPointer(rebasing: $0[start...])) }
+        buffer.append(UInt8(ascii: "\n"))
         nextSequence += 1
-        return line
     }
 
     public static func hash(_ line: Data) -> String {
+        SHA256.hash(data: line).withUnsafeBytes(hex)
+    }
+
+    static func hash(_ line: UnsafeRawBufferPointer) -> String {
         SHA256.hash(data: line).withUnsafeBytes(hex)
     }
 

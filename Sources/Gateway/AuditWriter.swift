@@ -69,6 +69,9 @@ public final class AuditWriter: Sendable {
 
     private struct State {
         var queue: [Entry] = []
+        /// Taken from the queue by the writer and not yet written: they still count
+        /// against the capacity, and go back to the front of the queue if writing fails.
+        var writing = 0
         var stopping = false
         var reopenRequested = false
         var healthy = true
@@ -155,7 +158,7 @@ public final class AuditWriter: Sendable {
     /// True while records are being written; with fail-closed, new requests are refused
     /// otherwise.
     public var acceptsRequests: Bool {
-        state.withLockedValue { !failClosed || ($0.healthy && $0.queue.count < capacity) }
+        state.withLockedValue { !failClosed || ($0.healthy && $0.queue.count + $0.writing < capacity) }
     }
 
     public func nextSessionID() -> UInt64 {
@@ -228,7 +231,14 @@ public final class AuditWriter: Sendable {
             }
             // Reopen first, so the marker it queues is part of the batch taken next.
             if reopening { reopenFile() }
-            let (batch, stopping) = state.withLockedValue { ($0.queue, $0.stopping) }
+            // The batch is moved out of the queue, not copied: records are large.
+            let (batch, stopping) = state.withLockedValue { state in
+                defer {
+                    state.writing = state.queue.count
+                    state.queue = []
+                }
+                return (state.queue, state.stopping)
+            }
             if !batch.isEmpty { write(batch) }
             syncIfDue(force: stopping)
             if stopping, state.withLockedValue({ $0.queue.isEmpty || !$0.healthy }) {
@@ -242,18 +252,14 @@ public final class AuditWriter: Sendable {
         }
     }
 
-    /// Encodes and writes the batch; on success removes it from the queue.
+    /// Encodes and writes the batch (taken from the queue); if it cannot be written, it
+    /// goes back to the front of the queue.
     private func write(_ batch: [Entry]) {
         var chain = state.withLockedValue { $0.chain }
-        var bytes = Data()
-        do {
-            for entry in batch {
-                bytes += try chain.line(for: entry.item.record)
-                bytes.append(UInt8(ascii: "\n"))
-            }
-        } catch {
-            fail("cannot encode an audit record: \(error)", batch: batch)
-            return
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(batch.count * 768)
+        for entry in batch {
+            chain.append(entry.item.record, to: &bytes)
         }
         let descriptor = state.withLockedValue { $0.descriptor }
         // Where the batch starts, so a write cut short (a full disk) can be taken back:
@@ -273,6 +279,10 @@ public final class AuditWriter: Sendable {
         }
         guard written == bytes.count else {
             if sizeBefore >= 0 { _ = ftruncate(descriptor, sizeBefore) }
+            state.withLockedValue { state in
+                state.queue.insert(contentsOf: batch, at: 0)
+                state.writing = 0
+            }
             fail("cannot write the audit log \(path): \(String(cString: strerror(Int32(-written))))", batch: batch)
             return
         }
@@ -280,7 +290,7 @@ public final class AuditWriter: Sendable {
         for entry in batch { entry.written?.succeed(()) }  // written, and synced with `always`
         state.withLockedValue { state in
             state.chain = chain
-            state.queue.removeFirst(batch.count)
+            state.writing = 0
             if !state.healthy {
                 state.healthy = true
                 writeToStandardError("identgate: the audit log is writable again; accepting requests\n")
