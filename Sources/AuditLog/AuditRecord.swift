@@ -172,11 +172,8 @@ public struct AuditChain: Sendable {
         nextSequence += 1
     }
 
-    public static func hash(_ line: Data) -> String {
-        SHA256.hash(data: line).withUnsafeBytes(hex)
-    }
-
-    static func hash(_ line: UnsafeRawBufferPointer) -> String {
+    /// SHA-256 of a line's bytes (a file's, or a slice of the writer's buffer), in hex.
+    public static func hash(_ line: some DataProtocol) -> String {
         SHA256.hash(data: line).withUnsafeBytes(hex)
     }
 
