@@ -9,7 +9,6 @@ import PackageDescription
 //   identgate    the command line
 let package = Package(
     name: "identgate",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "identgate", targets: ["identgate"])
     ],
@@ -29,6 +28,7 @@ let package = Package(
             dependencies: ["NetAddress", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
+        .target(name: "SOCKSSession", dependencies: ["NetAddress", "SOCKSWire", "AccessPolicy"]),
         .target(name: "IdentProtocol"),
         .target(
             name: "AuditLog",
@@ -41,7 +41,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt", "CZlib",
+                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt", "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -52,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
+                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "SOCKSSession", "Privileges", "AuditLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -77,14 +77,16 @@ let package = Package(
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
+        .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress"]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "SOCKSWire", "AccessPolicy", "NetAddress",
+                "Gateway", "SOCKSWire", "SOCKSSession", "AccessPolicy", "NetAddress",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]

@@ -1,13 +1,10 @@
 import NIOCore
+import SOCKSSession
 import SOCKSWire
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 extension SOCKSRequestFailure {
-    /// The truthful reply for an outbound connect that failed: the errno decides.
-    /// Errors with no SOCKS meaning are general failures.
+    /// The truthful reply for an outbound connect that failed: the errno decides
+    /// (`SOCKSRequestFailure(errno:)`, the one mapping); NIO's own time-out is a time-out.
     init(connectError error: any Error) {
         switch error {
         case ChannelError.connectTimeout:
@@ -16,16 +13,6 @@ extension SOCKSRequestFailure {
             self = SOCKSRequestFailure(errno: error.errnoCode)
         default:
             self = .generalFailure
-        }
-    }
-
-    init(errno code: Int32) {
-        switch code {
-        case ECONNREFUSED: self = .connectionRefused
-        case ENETUNREACH, ENETDOWN: self = .networkUnreachable
-        case EHOSTUNREACH, EHOSTDOWN: self = .hostUnreachable
-        case ETIMEDOUT: self = .timedOut
-        default: self = .generalFailure
         }
     }
 }

@@ -11,7 +11,7 @@ import NetAddress
 #endif
 
 /// The SOCKS gateway: one listening channel per `--listen` address, each accepted
-/// connection negotiated by a `SOCKSServerHandler` and relayed by `RelayHandler`s.
+/// connection negotiated by a `NegotiationHandler`, carried by its command's session handler and relayed by `RelayHandler`s.
 public final class GatewayServer: Sendable {
     private let context: GatewayContext
     private let group: any EventLoopGroup
@@ -102,7 +102,7 @@ public final class GatewayServer: Sendable {
                         // each option through a future of its own on every connection.
                         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                         try channel.syncOptions?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
-                        try channel.pipeline.syncOperations.addHandler(SOCKSServerHandler(gateway: gateway))
+                        try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))
                     }
                 }
             if let descriptor {

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NetAddress
+import SOCKSSession
 import SOCKSWire
 
 #if canImport(Glibc)
@@ -23,6 +24,7 @@ final class UDPAssociation {
     private let expectedSource: IPEndpoint?
     private let control: any Channel
     private let session: UInt64
+    private let decider: RequestDecider
     private let logger: Logger
     private var relay: (any Channel)?
     private var outbound: [Bool: any Channel] = [:]
@@ -39,6 +41,7 @@ final class UDPAssociation {
         logger: Logger
     ) {
         self.session = session
+        self.decider = RequestDecider(gateway: gateway, session: session)
         self.gateway = gateway
         self.facts = facts
         self.expectedSource = expectedSource
@@ -79,11 +82,12 @@ final class UDPAssociation {
             let v4 = outboundSocket(ipv6: false)
             // IPv6 may be off on this host: then IPv6 destinations are simply unreachable.
             let v6 = outboundSocket(ipv6: true).map(Optional.some).recover { _ in nil }
-            return v4.and(v6).assumeIsolated().map { v4, v6 in
+            return v4.and(v6).assumeIsolated().flatMapThrowing { v4, v6 in
                 self.outbound[false] = v4
                 self.outbound[true] = v6
                 if self.closed { self.close() }
-                return relay.localAddress!.ipEndpoint!
+                guard let address = relay.localAddress?.ipEndpoint else { throw ChannelError.ioOnClosedChannel }
+                return address
             }.nonisolated()
         }.flatMapErrorThrowing { error in
             self.close()
@@ -173,46 +177,27 @@ final class UDPAssociation {
         datagramFacts.destination = name.map(RequestFacts.Destination.hostName) ?? .address(destination.address)
         datagramFacts.resolvedAddress = name == nil ? nil : destination.address
         datagramFacts.destinationPort = destination.port
-        let decided: (Decision) -> Void = { decision in
-            let allowed = decision.verdict == .allow
-            self.verdicts[destination] = allowed
-            if let audit = self.gateway.audit {
-                guard allowed, audit.relayWaitsForWrite else {
-                    audit.recordDecision(datagramFacts, decision, session: self.session, step: "udp destination")
-                    if allowed {
-                        self.send(payload, to: destination)
-                        return
-                    }
-                    self.counts.denied += 1
-                    return
-                }
-                // The first datagram to a destination waits until its decision is logged.
-                let written = self.control.eventLoop.makePromise(of: Void.self)
-                audit.recordDecision(datagramFacts, decision, session: self.session, step: "udp destination", written: written)
-                written.futureResult.assumeIsolated().whenComplete { result in
-                    switch result {
-                    case .success: self.send(payload, to: destination)
-                    case .failure:
-                        self.verdicts[destination] = nil
-                        self.counts.denied += 1
-                    }
-                }
+        decider.decide(datagramFacts, step: "udp destination", on: control.eventLoop) { outcome in
+            guard case .decided(let decision, let written) = outcome, decision.verdict == .allow else {
+                // Refused, or not decided in time (then not remembered: a later datagram asks again).
+                if case .decided = outcome { self.verdicts[destination] = false }
+                self.counts.denied += 1
                 return
             }
-            self.logger.debug(
-                "UDP destination decided",
-                metadata: [
-                    "destination": "\(destination)", "verdict": "\(decision.verdict.rawValue)",
-                    "rule": "\(decision.rule?.description ?? "final deny")",
-                ])
-            if allowed { self.send(payload, to: destination) } else { self.counts.denied += 1 }
-        }
-        if let decision = gateway.policy.decideImmediately(datagramFacts) {
-            decided(decision)
-        } else {
-            let policy = gateway.policy
-            let finalFacts = datagramFacts
-            control.eventLoop.makeFutureWithTask { await policy.decide(finalFacts) }.assumeIsolated().whenSuccess(decided)
+            self.verdicts[destination] = true
+            guard let written else {
+                self.send(payload, to: destination)
+                return
+            }
+            // The first datagram to a destination waits until its decision is logged.
+            written.assumeIsolated().whenComplete { result in
+                switch result {
+                case .success: self.send(payload, to: destination)
+                case .failure:
+                    self.verdicts[destination] = nil
+                    self.counts.denied += 1
+                }
+            }
         }
     }
 
@@ -260,5 +245,69 @@ private final class Receiver: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A datagram socket error (say ICMP port unreachable) ends nothing.
+    }
+}
+
+/// The control connection of a UDP ASSOCIATE: sets up the association, answers with the
+/// relay's address, and ends the association when the connection closes. Bytes the
+/// client sends on it mean nothing and are dropped.
+final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let setup: SessionSetup
+    private let facts: RequestFacts
+    private let request: SOCKSRequest
+    private var association: UDPAssociation?
+
+    init(_ setup: SessionSetup, facts: RequestFacts, request: SOCKSRequest) {
+        self.setup = setup
+        self.facts = facts
+        self.request = request
+    }
+
+    /// The request's address is where the client will send from (zeros: not known yet).
+    func handlerAdded(context: ChannelHandlerContext) {
+        let expected: IPEndpoint? =
+            switch request.host {
+            case .ipv4(let address): IPEndpoint(address: .v4(address), port: request.port)
+            case .ipv6(let address): IPEndpoint(address: .v6(address), port: request.port)
+            case .domain: nil
+            }
+        var logger = setup.gateway.logger
+        logger[metadataKey: "client"] = "\(facts.client)"
+        let association = UDPAssociation(
+            gateway: setup.gateway, facts: facts, expectedSource: expected, control: context.channel, session: setup.id,
+            logger: logger)
+        self.association = association
+        association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .failure(let error):
+                logger.notice("UDP ASSOCIATE cannot bind a relay", metadata: ["error": "\(error)"])
+                context.sendAndClose(.failed(.generalFailure, version: self.setup.version))
+            case .success(let relay):
+                context.write(.granted(version: self.setup.version, boundAddress: relay))
+                context.flush()
+            }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        association?.close()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case ChannelEvent.inputClosed, is ChannelShouldQuiesceEvent:
+            // The control connection closed: the association ends with it.
+            context.close(promise: nil)
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

@@ -1,101 +1,6 @@
 import NIOCore
 import NetAddress
 
-public enum SOCKSVersion: String, Hashable, Sendable {
-    case socks4, socks4a, socks5
-}
-
-public enum SOCKSCommand: String, Hashable, Sendable {
-    case connect, bind
-    case udpAssociate = "udp"
-}
-
-/// A complete, well-formed request of any version, as the gateway acts on it.
-public struct SOCKSRequest: Hashable, Sendable {
-    public var version: SOCKSVersion
-    public var command: SOCKSCommand
-    public var host: SOCKSHost
-    public var port: UInt16
-    /// The SOCKS4 USERID (nil when empty) or the RFC 1929 username.
-    public var claimedUser: String?
-    /// The SOCKS5 method the server chose; nil for SOCKS4.
-    public var authMethod: SOCKS5AuthMethod?
-
-    public init(
-        version: SOCKSVersion, command: SOCKSCommand, host: SOCKSHost, port: UInt16,
-        claimedUser: String? = nil, authMethod: SOCKS5AuthMethod? = nil
-    ) {
-        self.version = version
-        self.command = command
-        self.host = host
-        self.port = port
-        self.claimedUser = claimedUser
-        self.authMethod = authMethod
-    }
-}
-
-/// Why a request is refused, in the gateway's terms; the state machine turns it into
-/// each protocol's reply code.
-public enum SOCKSRequestFailure: Hashable, Sendable {
-    case notAllowed
-    case identUnreachable
-    case identMismatch
-    case generalFailure
-    case networkUnreachable
-    case hostUnreachable
-    case connectionRefused
-    case timedOut
-    case commandNotSupported
-    case addressTypeNotSupported
-
-    /// SOCKS4 has one failure code besides the two ident codes.
-    public var socks4Code: SOCKS4ReplyCode {
-        switch self {
-        case .identUnreachable: .identUnreachable
-        case .identMismatch: .identMismatch
-        case .notAllowed, .generalFailure, .networkUnreachable, .hostUnreachable, .connectionRefused, .timedOut,
-            .commandNotSupported, .addressTypeNotSupported:
-            .rejected
-        }
-    }
-
-    /// SOCKS5 has no ident codes: an ident failure is "not allowed by ruleset". A
-    /// connect time-out is 0x06 ("TTL expired"), the code servers commonly give for
-    /// ETIMEDOUT; RFC 1928 has no closer one.
-    public var socks5Code: SOCKS5ReplyCode {
-        switch self {
-        case .notAllowed, .identUnreachable, .identMismatch: .notAllowedByRuleset
-        case .generalFailure: .generalFailure
-        case .networkUnreachable: .networkUnreachable
-        case .hostUnreachable: .hostUnreachable
-        case .connectionRefused: .connectionRefused
-        case .timedOut: .ttlExpired
-        case .commandNotSupported: .commandNotSupported
-        case .addressTypeNotSupported: .addressTypeNotSupported
-        }
-    }
-}
-
-/// Anything the server sends during negotiation.
-public enum SOCKSServerMessage: Hashable, Sendable {
-    case socks4Reply(SOCKS4Reply)
-    case methodSelection(SOCKS5AuthMethod)
-    case usernamePasswordReply(success: Bool)
-    case socks5Reply(SOCKS5Reply)
-}
-
-extension ByteBuffer {
-    @discardableResult
-    public mutating func writeSOCKSServerMessage(_ message: SOCKSServerMessage) -> Int {
-        switch message {
-        case .socks4Reply(let reply): writeSOCKS4Reply(reply)
-        case .methodSelection(let method): writeSOCKS5MethodSelection(method)
-        case .usernamePasswordReply(let success): writeUsernamePasswordReply(success: success)
-        case .socks5Reply(let reply): writeSOCKS5Reply(reply)
-        }
-    }
-}
-
 /// The server side of a SOCKS negotiation, from the first octet to the reply that starts
 /// (or refuses) the relay. Pure: the caller feeds it bytes and outcomes and carries out
 /// the actions it returns; it does no I/O and keeps no time.
@@ -111,7 +16,8 @@ public struct SOCKSServerStateMachine: Sendable {
         case close
         /// Check these credentials, then call `credentialsChecked(valid:)`.
         case checkCredentials(UsernamePasswordRequest)
-        /// Decide and carry out this request, then call `requestGranted` or `requestFailed`.
+        /// The negotiation is over: the session takes this request (and the bytes still
+        /// buffered) from here, with `SOCKSServerMessage.granted`/`failed` for its replies.
         case handleRequest(SOCKSRequest)
     }
 
@@ -122,10 +28,8 @@ public struct SOCKSServerStateMachine: Sendable {
         case awaitingCredentials
         case checkingCredentials(username: String)
         case awaitingSOCKS5Request(username: String?, method: SOCKS5AuthMethod)
-        case handlingRequest(SOCKSVersion)
-        /// BIND: the first reply (the listening address) is out; the second waits for
-        /// the inbound connection.
-        case awaitingBindPeer(SOCKSVersion)
+        /// The request was handed out; the session owns the connection from here.
+        case requestHandedOut(SOCKSVersion)
         case finished
     }
 
@@ -143,7 +47,7 @@ public struct SOCKSServerStateMachine: Sendable {
     /// bytes belong to the negotiation.
     public var isNegotiationComplete: Bool {
         switch state {
-        case .handlingRequest, .awaitingBindPeer, .finished: true
+        case .requestHandedOut, .finished: true
         case .awaitingVersion, .awaitingSOCKS4Request, .awaitingGreeting, .awaitingCredentials,
             .checkingCredentials, .awaitingSOCKS5Request:
             false
@@ -156,7 +60,9 @@ public struct SOCKSServerStateMachine: Sendable {
         } catch let error as SOCKSWireError {
             return fail(error)
         } catch {
-            preconditionFailure("readers throw only SOCKSWireError, got \(error)")
+            // The readers throw only SOCKSWireError; anything else still ends only this session.
+            state = .finished
+            return .close
         }
     }
 
@@ -176,7 +82,7 @@ public struct SOCKSServerStateMachine: Sendable {
         case .awaitingSOCKS4Request:
             guard let request = try buffer.readSOCKS4Request(limits: limits) else { return .waitForMoreBytes }
             let version: SOCKSVersion = request.hostName == nil ? .socks4 : .socks4a
-            state = .handlingRequest(version)
+            state = .requestHandedOut(version)
             return .handleRequest(
                 SOCKSRequest(
                     version: version,
@@ -202,13 +108,13 @@ public struct SOCKSServerStateMachine: Sendable {
             state = .checkingCredentials(username: credentials.username)
             return .checkCredentials(credentials)
 
-        case .checkingCredentials, .handlingRequest, .awaitingBindPeer, .finished:
+        case .checkingCredentials, .requestHandedOut, .finished:
             // Bytes that arrive while the gateway works belong to the relay; keep them.
             return .waitForMoreBytes
 
         case .awaitingSOCKS5Request(let username, let method):
             guard let request = try buffer.readSOCKS5Request() else { return .waitForMoreBytes }
-            state = .handlingRequest(.socks5)
+            state = .requestHandedOut(.socks5)
             let command: SOCKSCommand =
                 switch request.command {
                 case .bind: .bind
@@ -224,9 +130,12 @@ public struct SOCKSServerStateMachine: Sendable {
         }
     }
 
+    /// The outcome of `.checkCredentials`. A result that comes when the machine no longer
+    /// waits for it (the deadline ended the negotiation first) closes the connection.
     public mutating func credentialsChecked(valid: Bool) -> Action {
         guard case .checkingCredentials(let username) = state else {
-            preconditionFailure("credentialsChecked in \(state)")
+            state = .finished
+            return .close
         }
         guard valid else {
             state = .finished
@@ -236,57 +145,15 @@ public struct SOCKSServerStateMachine: Sendable {
         return .send(.usernamePasswordReply(success: true))
     }
 
-    /// The success reply, carrying the address the gateway bound: for CONNECT, the
-    /// outbound socket's local address; for UDP ASSOCIATE, the relay's address; for
-    /// BIND's second reply, the peer's address. SOCKS4 cannot carry IPv6: it gets 0.0.0.0.
-    public mutating func requestGranted(boundAddress: IPEndpoint) -> SOCKSServerMessage {
-        switch state {
-        case .handlingRequest(let version), .awaitingBindPeer(let version):
-            state = .finished
-            return Self.grantedReply(version: version, address: boundAddress)
-        default:
-            preconditionFailure("requestGranted in \(state)")
-        }
-    }
-
-    /// BIND's first reply: the address the gateway listens on for the inbound connection.
-    public mutating func bindListening(at address: IPEndpoint) -> SOCKSServerMessage {
-        guard case .handlingRequest(let version) = state else { preconditionFailure("bindListening in \(state)") }
-        state = .awaitingBindPeer(version)
-        return Self.grantedReply(version: version, address: address)
-    }
-
-    private static func grantedReply(version: SOCKSVersion, address boundAddress: IPEndpoint) -> SOCKSServerMessage {
-        switch version {
-        case .socks4, .socks4a:
-            let address: IPv4Address =
-                if case .v4(let v4) = boundAddress.address.unmapped { v4 } else { .any }
-            return .socks4Reply(SOCKS4Reply(code: .granted, port: boundAddress.port, address: address))
-        case .socks5:
-            return .socks5Reply(SOCKS5Reply(code: .succeeded, host: SOCKSHost(boundAddress.address), port: boundAddress.port))
-        }
-    }
-
-    /// The failure reply; the caller closes after sending it.
-    public mutating func requestFailed(_ failure: SOCKSRequestFailure) -> SOCKSServerMessage {
-        switch state {
-        case .handlingRequest(let version), .awaitingBindPeer(let version):
-            state = .finished
-            return Self.failureReply(failure, version: version)
-        default:
-            preconditionFailure("requestFailed in \(state)")
-        }
-    }
-
     /// What to say when the client has not completed its negotiation in time, if this
     /// protocol state has a reply for it. The caller closes afterwards.
     public mutating func negotiationTimedOut() -> SOCKSServerMessage? {
         defer { state = .finished }
         switch state {
-        case .awaitingSOCKS4Request: return Self.failureReply(.generalFailure, version: .socks4)
-        case .awaitingSOCKS5Request: return Self.failureReply(.generalFailure, version: .socks5)
-        case .handlingRequest(let version), .awaitingBindPeer(let version): return Self.failureReply(.timedOut, version: version)
-        case .awaitingVersion, .awaitingGreeting, .awaitingCredentials, .checkingCredentials, .finished: return nil
+        case .awaitingSOCKS4Request: return .failed(.generalFailure, version: .socks4)
+        case .awaitingSOCKS5Request: return .failed(.generalFailure, version: .socks5)
+        case .awaitingVersion, .awaitingGreeting, .awaitingCredentials, .checkingCredentials, .requestHandedOut, .finished:
+            return nil
         }
     }
 
@@ -298,33 +165,26 @@ public struct SOCKSServerStateMachine: Sendable {
             // No reply exists for a version we do not speak. A SOCKS5 request with a
             // wrong VER still gets a SOCKS5 reply.
             if case .awaitingSOCKS5Request = failedState {
-                return .sendAndClose(Self.failureReply(.generalFailure, version: .socks5))
+                return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks5))
             }
             return .close
         case .unsupportedSOCKS4Command, .userIDTooLong, .userIDNotUTF8:
-            return .sendAndClose(Self.failureReply(.generalFailure, version: .socks4))
+            return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks4))
         case .hostNameTooLong, .invalidHostName:
             if case .awaitingSOCKS4Request = failedState {
-                return .sendAndClose(Self.failureReply(.generalFailure, version: .socks4a))
+                return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks4a))
             }
-            return .sendAndClose(Self.failureReply(.generalFailure, version: .socks5))
+            return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks5))
         case .noMethods:
             return .sendAndClose(.methodSelection(.noAcceptableMethods))
         case .unsupportedSubnegotiationVersion, .invalidUsername:
             return .sendAndClose(.usernamePasswordReply(success: false))
         case .unsupportedCommand:
-            return .sendAndClose(Self.failureReply(.commandNotSupported, version: .socks5))
+            return .sendAndClose(SOCKSServerMessage.failed(.commandNotSupported, version: .socks5))
         case .nonzeroReserved:
-            return .sendAndClose(Self.failureReply(.generalFailure, version: .socks5))
+            return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks5))
         case .unsupportedAddressType:
-            return .sendAndClose(Self.failureReply(.addressTypeNotSupported, version: .socks5))
-        }
-    }
-
-    private static func failureReply(_ failure: SOCKSRequestFailure, version: SOCKSVersion) -> SOCKSServerMessage {
-        switch version {
-        case .socks4, .socks4a: .socks4Reply(SOCKS4Reply(code: failure.socks4Code))
-        case .socks5: .socks5Reply(SOCKS5Reply(code: failure.socks5Code))
+            return .sendAndClose(SOCKSServerMessage.failed(.addressTypeNotSupported, version: .socks5))
         }
     }
 }

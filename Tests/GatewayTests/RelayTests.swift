@@ -71,7 +71,7 @@ import Testing
         await echo.stop()
     }
 
-    /// More early data than the gateway keeps while it connects (`earlyDataLimit`): it
+    /// More early data than the gateway keeps while it connects (`EarlyClientData.limit`): it
     /// stops reading at the limit and the rest follows through the relay, in order.
     @Test func earlyDataBeyondTheLimitArrivesWholeAndInOrder() async throws {
         /// Takes its time, so that the client's data piles up while the request waits.
@@ -84,7 +84,7 @@ import Testing
         let echo = try await EchoServer()
         let gateway = try await TestGateway.start(policy: SlowPolicy())
         let client = try await RawClient.connect(to: gateway.address)
-        let early = (0..<(3 * SOCKSServerHandler.earlyDataLimit + 17)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8) }
+        let early = (0..<(3 * EarlyClientData.limit + 17)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8) }
         try await client.send(SOCKS.socks4Connect(port: echo.port) + early)
         #expect(try await client.read(8).prefix(2) == [0, 90])
         #expect(try await client.read(early.count, timeout: .seconds(10)) == early)

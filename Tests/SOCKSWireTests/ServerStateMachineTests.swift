@@ -32,7 +32,7 @@ func wire(_ action: SOCKSServerStateMachine.Action) -> (bytes: [UInt8], closes: 
                         version: .socks4, command: .connect, host: .ipv4(IPv4Address(10, 1, 2, 3)), port: 80, claimedUser: "bob")
                 ))
         #expect(machine.isNegotiationComplete)
-        let reply = machine.requestGranted(boundAddress: IPEndpoint("192.0.2.1:4000")!)
+        let reply = SOCKSServerMessage.granted(version: .socks4, boundAddress: IPEndpoint("192.0.2.1:4000")!)
         #expect(encoded(reply) == [0, 90] + be(4000) + [192, 0, 2, 1])
     }
 
@@ -50,7 +50,7 @@ func wire(_ action: SOCKSServerStateMachine.Action) -> (bytes: [UInt8], closes: 
     @Test mutating func socks4CannotCarryIPv6BoundAddress() {
         var input = buffer([4, 1] + be(80) + [10, 1, 2, 3, 0])
         _ = machine.receive(&input)
-        #expect(encoded(machine.requestGranted(boundAddress: IPEndpoint("[::1]:9")!)) == [0, 90, 0, 9, 0, 0, 0, 0])
+        #expect(encoded(SOCKSServerMessage.granted(version: .socks4, boundAddress: IPEndpoint("[::1]:9")!)) == [0, 90, 0, 9, 0, 0, 0, 0])
     }
 
     @Test mutating func socks5GreetingAndRequestInOneSegment() {
@@ -64,7 +64,7 @@ func wire(_ action: SOCKSServerStateMachine.Action) -> (bytes: [UInt8], closes: 
                         authMethod: .noAuthentication)
                 ))
         #expect(
-            encoded(machine.requestGranted(boundAddress: IPEndpoint("127.0.0.1:5000")!)) == [5, 0, 0, 1, 127, 0, 0, 1] + be(5000))
+            encoded(SOCKSServerMessage.granted(version: .socks5, boundAddress: IPEndpoint("127.0.0.1:5000")!)) == [5, 0, 0, 1, 127, 0, 0, 1] + be(5000))
     }
 
     @Test func bytesArrivingOneAtATime() {
@@ -194,5 +194,27 @@ func wire(_ action: SOCKSServerStateMachine.Action) -> (bytes: [UInt8], closes: 
     func failureCodes(failure: SOCKSRequestFailure, socks4: UInt8, socks5: UInt8) {
         #expect(failure.socks4Code.rawValue == socks4)
         #expect(failure.socks5Code.rawValue == socks5)
+    }
+
+    /// A password check that completes after the negotiation ended (deadline, close)
+    /// closes the connection; it used to trap the whole process.
+    @Test func lateCredentialResultCloses() {
+        var machine = SOCKSServerStateMachine(offeredMethods: [.usernamePassword])
+        var input = buffer([5, 1, 2, 1, 1, UInt8(ascii: "u"), 1, UInt8(ascii: "p")])
+        #expect(machine.receive(&input) == .send(.methodSelection(.usernamePassword)))
+        guard case .checkCredentials = machine.receive(&input) else {
+            Issue.record("no credential check")
+            return
+        }
+        #expect(machine.negotiationTimedOut() == nil)
+        #expect(machine.credentialsChecked(valid: true) == .close)
+        #expect(machine.credentialsChecked(valid: false) == .close)
+    }
+
+    /// A result for a check that was never asked for is a close, not a trap.
+    @Test func unaskedCredentialResultCloses() {
+        var machine = SOCKSServerStateMachine(offeredMethods: [.noAuthentication])
+        #expect(machine.credentialsChecked(valid: true) == .close)
+        #expect(machine.isNegotiationComplete)
     }
 }

@@ -1,6 +1,6 @@
 import AccessPolicy
 import AuditLog
-import SOCKSWire
+import SOCKSSession
 
 extension AuditRecord {
     /// A decision with every fact the engine used, so `audit replay` can decide it again.
@@ -35,28 +35,5 @@ extension AuditRecord {
         record.policySHA256 = decision.policySHA256
         record.reason = step
         return record
-    }
-}
-
-extension SOCKSRequestFailure {
-    /// The policy's refusal in the gateway's terms.
-    public init(_ refusal: Decision.Refusal) {
-        switch refusal {
-        case .notAllowed: self = .notAllowed
-        case .identUnreachable: self = .identUnreachable
-        case .identMismatch: self = .identMismatch
-        }
-    }
-}
-
-extension Decision {
-    /// The reply this decision means for the client: 90/0x00 when allowed, else the
-    /// refusal's code. The gateway, `explain`, the audit log and `replay` all use it.
-    public func replyCode(for version: RequestFacts.Version) -> UInt8 {
-        let failure = refusal.map(SOCKSRequestFailure.init)
-        switch version {
-        case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
-        case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue
-        }
     }
 }

@@ -1,0 +1,174 @@
+import AccessPolicy
+import NIOCore
+import NetAddress
+import SOCKSSession
+import SOCKSWire
+
+/// Carries out a `BindSession`'s actions for one client connection: resolves, asks the
+/// `RequestDecider`, listens, waits for the peer under `--bind-timeout`, and hands over
+/// to `SessionRelay`. The listener and the peer are closed on every path that does not
+/// relay.
+final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let setup: SessionSetup
+    private var machine: BindSession
+    private var early: EarlyClientData
+    private var listener: (any Channel)?
+    private var peerDeadline: Scheduled<Void>?
+    /// The peer's connection, from accept until the relay takes it.
+    private var peer: (any Channel)?
+
+    init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
+        self.setup = setup
+        self.machine = BindSession(facts: facts)
+        self.early = early
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        perform(machine.start(), context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        machine.clientLeft()
+        closeListener()
+        peer?.close(promise: nil)
+        peer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        early.append(&bytes)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if early.acceptsMore { context.read() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is ChannelShouldQuiesceEvent:
+            context.close(promise: nil)
+        case ChannelEvent.inputClosed:
+            early.sentEOF = true
+            perform(machine.clientSentEOF(), context: context)
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func perform(_ action: BindSession.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .resolve(let name):
+            setup.gateway.resolver.resolve(name, on: context.eventLoop).assumeIsolated().whenSuccess { addresses in
+                self.perform(self.machine.resolved(addresses), context: context)
+            }
+        case .decide(let facts, let step):
+            setup.decider.decide(facts, step: step, on: context.eventLoop) { outcome in
+                switch outcome {
+                case .decided(let decision, let written):
+                    self.perform(self.machine.decided(decision, recordPending: written != nil), context: context)
+                    written?.assumeIsolated().whenComplete { result in
+                        switch result {
+                        case .success: self.perform(self.machine.auditRecordWritten(), context: context)
+                        case .failure: self.perform(self.machine.auditRecordFailed(), context: context)
+                        }
+                    }
+                case .timedOut:
+                    self.perform(self.machine.decisionTimedOut(), context: context)
+                }
+            }
+        case .listen(let toward):
+            listen(toward: toward, context: context)
+        case .sendListeningReply(let address):
+            context.write(.granted(version: setup.version, boundAddress: address))
+            context.flush()
+            peerDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: setup.gateway.configuration.bindTimeout) {
+                self.setup.gateway.logger.info("BIND: no peer connected in time", metadata: ["listening": "\(address)"])
+                self.perform(self.machine.peerTimedOut(), context: context)
+            }
+        case .startRelay(let from):
+            guard let peer else {
+                context.sendAndClose(.failed(.generalFailure, version: setup.version))
+                return
+            }
+            self.peer = nil
+            SessionRelay.start(
+                client: context, outbound: peer, reply: .granted(version: setup.version, boundAddress: from), early: early,
+                gateway: setup.gateway, session: setup.id)
+        case .fail(let failure, let recordEnd):
+            closeListener()
+            peer?.close(promise: nil)
+            peer = nil
+            let reply = SOCKSServerMessage.failed(failure, version: setup.version)
+            if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
+            context.sendAndClose(reply)
+        case .close:
+            context.close(promise: nil)
+        case .closeListener:
+            closeListener()
+        case .closePeer:
+            peer?.close(promise: nil)
+            peer = nil
+        }
+    }
+
+    /// Listens on the address this host would use to reach the expected peer (the
+    /// "outside" address); with no usable peer address, on the one the client reached.
+    private func listen(toward expected: IPAddress?, context: ChannelHandlerContext) {
+        let local = expected.flatMap(RouteSource.address(toward:)) ?? machine.facts.listener.address
+        BindListener.listen(on: local, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .failure(let error):
+                self.setup.gateway.logger.notice("BIND cannot listen", metadata: ["address": "\(local)", "error": "\(error)"])
+                self.perform(self.machine.listenFailed(), context: context)
+            case .success(let (listener, peer)):
+                guard let address = listener.localAddress?.ipEndpoint else {
+                    listener.close(promise: nil)
+                    self.perform(self.machine.listenFailed(), context: context)
+                    return
+                }
+                self.listener = listener
+                let openListeners = self.setup.gateway.openBindListeners
+                openListeners.withLockedValue { $0 += 1 }
+                listener.closeFuture.whenComplete { _ in openListeners.withLockedValue { $0 -= 1 } }
+                peer.assumeIsolated().whenSuccess { self.peerConnected($0, context: context) }
+                self.perform(self.machine.listening(at: address), context: context)
+            }
+        }
+    }
+
+    private func peerConnected(_ peer: any Channel, context: ChannelHandlerContext) {
+        closeListener()
+        guard let from = peer.remoteAddress?.ipEndpoint else {
+            // Gone before it could be looked at: as if no peer had come.
+            peer.close(promise: nil)
+            perform(machine.peerTimedOut(), context: context)
+            return
+        }
+        self.peer = peer
+        let action = machine.peerArrived(from: from)
+        if case .fail(.notAllowed, _) = action {
+            setup.gateway.logger.notice(
+                "BIND: the peer is not the requested host",
+                metadata: ["peer": "\(from)", "expected": "\(machine.facts.destinationAddress.map(\.description) ?? "-")"])
+        }
+        perform(action, context: context)
+    }
+
+    private func closeListener() {
+        peerDeadline?.cancel()
+        peerDeadline = nil
+        listener?.close(promise: nil)
+        listener = nil
+    }
+
+}

@@ -1,0 +1,145 @@
+import AccessPolicy
+import NIOCore
+import NIOPosix
+import NetAddress
+import SOCKSSession
+import SOCKSWire
+
+/// Carries out a `ConnectSession`'s actions for one client connection: resolves, asks
+/// the `RequestDecider`, connects, and hands over to `SessionRelay`. Every outcome goes
+/// back through the state machine, which tolerates it arriving late.
+final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let setup: SessionSetup
+    private var machine: ConnectSession
+    private var early: EarlyClientData
+    /// The destination's connection, from connect until the relay takes it.
+    private var outbound: (any Channel)?
+
+    init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
+        self.setup = setup
+        self.machine = ConnectSession(facts: facts)
+        self.early = early
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        perform(machine.start(), context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        machine.clientLeft()
+        outbound?.close(promise: nil)
+        outbound = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        early.append(&bytes)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if early.acceptsMore { context.read() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is ChannelShouldQuiesceEvent:
+            context.close(promise: nil)
+        case ChannelEvent.inputClosed:
+            // `printf … | nc`: the request, data, then EOF; the relay passes it on.
+            early.sentEOF = true
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func perform(_ action: ConnectSession.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .resolve(let name):
+            setup.gateway.resolver.resolve(name, on: context.eventLoop).assumeIsolated().whenSuccess { addresses in
+                self.perform(self.machine.resolved(addresses), context: context)
+            }
+        case .decide(let facts):
+            setup.decider.decide(facts, step: nil, on: context.eventLoop) { outcome in
+                switch outcome {
+                case .decided(let decision, let written):
+                    self.perform(self.machine.decided(decision, recordPending: written != nil), context: context)
+                    written?.assumeIsolated().whenComplete { result in
+                        switch result {
+                        case .success:
+                            self.perform(self.machine.auditRecordWritten(), context: context)
+                        case .failure(let error):
+                            self.setup.gateway.logger.error(
+                                "request refused: its decision could not be logged", metadata: ["error": "\(error)"])
+                            self.perform(self.machine.auditRecordFailed(), context: context)
+                        }
+                    }
+                case .timedOut:
+                    self.perform(self.machine.decisionTimedOut(), context: context)
+                }
+            }
+        case .connect(let destination):
+            connect(to: destination, context: context)
+        case .startRelay:
+            guard let outbound, let bound = outbound.localAddress?.ipEndpoint else {
+                // The destination's connection closed already: nothing to relay.
+                outbound?.close(promise: nil)
+                self.outbound = nil
+                context.sendAndClose(.failed(.generalFailure, version: setup.version))
+                return
+            }
+            self.outbound = nil
+            SessionRelay.start(
+                client: context, outbound: outbound, reply: .granted(version: setup.version, boundAddress: bound), early: early,
+                gateway: setup.gateway, session: setup.id)
+        case .fail(let failure, let recordEnd):
+            outbound?.close(promise: nil)
+            outbound = nil
+            let reply = SOCKSServerMessage.failed(failure, version: setup.version)
+            if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
+            context.sendAndClose(reply)
+        case .closeOutbound:
+            outbound?.close(promise: nil)
+            outbound = nil
+        }
+    }
+
+    private func connect(to destination: IPEndpoint, context: ChannelHandlerContext) {
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(setup.gateway.configuration.connectTimeout)
+            .channelInitializer { channel in
+                // Set here rather than with `channelOption`, which applies each option
+                // through a future of its own: this is on every connection's path.
+                channel.eventLoop.makeCompletedFuture {
+                    let options = channel.syncOptions
+                    try options?.setOption(.allowRemoteHalfClosure, value: true)
+                    try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
+                    // Nothing is read from the destination until the relay is in place
+                    // (it may wait for the audit record): bytes read earlier would be lost.
+                    try options?.setOption(.autoRead, value: false)
+                }
+            }
+            .connect(to: SocketAddress(destination))
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    self.outbound = channel
+                    self.perform(self.machine.connected(), context: context)
+                case .failure(let error):
+                    self.setup.gateway.logger.debug(
+                        "connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                    self.perform(self.machine.connectFailed(SOCKSRequestFailure(connectError: error)), context: context)
+                }
+            }
+    }
+}

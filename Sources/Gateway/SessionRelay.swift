@@ -1,0 +1,91 @@
+import AuditLog
+import NIOCore
+import NIOExtras
+import NetAddress
+import SOCKSWire
+
+/// The step every relayed session (CONNECT, BIND) ends its setup with: the success
+/// reply, then both connections handed to a `RelayHandler` pair, the client's early
+/// bytes and EOF passed on first, and the session's end recorded when the client's side
+/// closes. The session handler that calls it leaves the pipeline.
+enum SessionRelay {
+    static func start(
+        client context: ChannelHandlerContext, outbound: any Channel, reply: SOCKSServerMessage, early: EarlyClientData,
+        gateway: GatewayContext, session: UInt64
+    ) {
+        guard context.channel.isActive else {
+            outbound.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        var replyBytes = context.channel.allocator.buffer(capacity: 22)
+        replyBytes.writeSOCKSServerMessage(reply)
+        context.writeAndFlush(NIOAny(replyBytes), promise: nil)
+
+        let started = ContinuousClock.now
+        let audit = gateway.audit
+        let (clientSide, destinationSide) = RelayHandler.matchedPair { client in
+            guard let audit else { return }
+            var record = AuditRecord(event: .sessionEnd)
+            record.session = session
+            record.bytesFromClient = client.bytesRead
+            record.bytesToClient = client.partnerBytesRead
+            let elapsed = ContinuousClock.now - started
+            record.durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+            record.reason = client.closeReason
+            audit.record(record)
+        }
+        do {
+            try outbound.pipeline.syncOperations.addHandler(destinationSide)
+            if let idleTimeout = gateway.configuration.idleTimeout {
+                try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout), position: .before(context.handler))
+            }
+            try context.pipeline.syncOperations.addHandler(clientSide, position: .after(context.handler))
+        } catch {
+            outbound.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        if let bytes = early.bytes {
+            outbound.writeAndFlush(bytes, promise: nil)
+        }
+        if early.sentEOF {
+            // The relay will not see this EOF again: pass it on now, after the data.
+            outbound.close(mode: .output, promise: nil)
+        }
+        // The outbound side was connected without reading, so that nothing it sent early
+        // was lost before the relay was in place; it reads from here on.
+        try? outbound.syncOptions?.setOption(.autoRead, value: true)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        // The read held back while the session was set up now goes to the relay.
+        context.channel.read()
+    }
+
+    /// The session-end record of a request that was allowed but failed before its relay.
+    static func recordFailure(_ failure: SOCKSRequestFailure, reply: SOCKSServerMessage, gateway: GatewayContext, session: UInt64) {
+        guard let audit = gateway.audit else { return }
+        var record = AuditRecord(event: .sessionEnd)
+        record.session = session
+        record.reason = "failed: \(failure)"
+        record.reply = reply.replyCode.map(Int.init)
+        record.bytesFromClient = 0
+        record.bytesToClient = 0
+        audit.record(record)
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Writes a SOCKS message (flushed by `flush` or the next `writeAndFlush`).
+    func write(_ message: SOCKSServerMessage) {
+        var bytes = channel.allocator.buffer(capacity: 22)
+        bytes.writeSOCKSServerMessage(message)
+        write(NIOAny(bytes), promise: nil)
+    }
+
+    /// Sends a SOCKS message, then closes the connection.
+    func sendAndClose(_ message: SOCKSServerMessage) {
+        var bytes = channel.allocator.buffer(capacity: 22)
+        bytes.writeSOCKSServerMessage(message)
+        writeAndFlush(NIOAny(bytes)).assumeIsolated().whenComplete { _ in self.close(promise: nil) }
+    }
+}

@@ -1,0 +1,151 @@
+import AccessPolicy
+import NetAddress
+import SOCKSWire
+
+/// A CONNECT request's life after negotiation: resolve (a host name) → decide → connect
+/// (attempt n of at most `maxAddressesTried`, each address decided before it is used) →
+/// wait for the decision's audit record → relay → ended.
+///
+/// A pure value: the driver (a channel handler) feeds it events and carries out the
+/// action each returns. Every event is accepted in every state: one that comes late (a
+/// resolution, decision, connect or audit write finishing after the client left, a
+/// deadline, or another attempt) gets `.none`, or `.closeOutbound` for a connection
+/// nobody wants any more. Nothing here traps.
+public struct ConnectSession: Sendable {
+    /// A name may resolve to several addresses (say ::1 and 127.0.0.1); like any client
+    /// the gateway tries them in order, deciding each before it connects, so a CIDR rule
+    /// always sees the address actually used.
+    public static let maxAddressesTried = 4
+
+    public enum Action: Hashable, Sendable {
+        case none
+        /// Resolve this name, then `resolved(_:)`.
+        case resolve(String)
+        /// Decide (and record) these facts, then `decided(_:recordPending:)` or
+        /// `decisionTimedOut()`.
+        case decide(RequestFacts)
+        /// Connect to this endpoint, then `connected()` or `connectFailed(_:)`.
+        case connect(IPEndpoint)
+        /// Send the success reply (the outbound socket's local address) and hand both
+        /// connections to the relay.
+        case startRelay
+        /// Send this reply and close both connections. `recordEnd`: an allowed decision
+        /// was recorded, so the session's end is recorded too.
+        case fail(SOCKSRequestFailure, recordEnd: Bool)
+        /// An outbound connection completed that nobody waits for: close it.
+        case closeOutbound
+    }
+
+    private enum State: Hashable, Sendable {
+        case idle
+        case resolving
+        /// `candidates.first` is being decided; `previousFailure` is why the attempt
+        /// before it failed, which the client hears if this one is refused.
+        case deciding(candidates: ArraySlice<IPAddress>, previousFailure: SOCKSRequestFailure?)
+        case connecting(candidates: ArraySlice<IPAddress>)
+        /// Connected; an allowed decision's audit record is still being written.
+        case awaitingAuditRecord
+        case relaying
+        case ended
+    }
+
+    public let facts: RequestFacts
+    private var state = State.idle
+    public private(set) var ledger = DecisionLedger()
+
+    public init(facts: RequestFacts) {
+        self.facts = facts
+    }
+
+    public var isEnded: Bool { state == .ended }
+
+    public mutating func start() -> Action {
+        guard state == .idle else { return .none }
+        switch facts.destination {
+        case .hostName(let name):
+            state = .resolving
+            return .resolve(name)
+        case .address(let address):
+            return decide([address][...], previousFailure: nil)
+        }
+    }
+
+    public mutating func resolved(_ addresses: [IPAddress]) -> Action {
+        guard state == .resolving else { return .none }
+        // A name that does not resolve is still decided (a rule may name it) and
+        // recorded; if allowed, the client hears "host unreachable".
+        return decide(addresses.prefix(Self.maxAddressesTried), previousFailure: nil)
+    }
+
+    private mutating func decide(_ candidates: ArraySlice<IPAddress>, previousFailure: SOCKSRequestFailure?) -> Action {
+        state = .deciding(candidates: candidates, previousFailure: previousFailure)
+        var attempt = facts
+        attempt.resolvedAddress = candidates.first
+        return .decide(attempt)
+    }
+
+    /// `recordPending`: the decision's audit record is being written and the relay must
+    /// wait for it (`auditRecordWritten`).
+    public mutating func decided(_ decision: Decision, recordPending: Bool) -> Action {
+        guard case .deciding(let candidates, let previousFailure) = state else { return .none }
+        guard decision.verdict == .allow else {
+            // After a failed attempt, a later address the policy refuses ends the search;
+            // the client hears why the allowed attempt failed.
+            return fail(previousFailure ?? SOCKSRequestFailure(decision.refusal ?? .notAllowed))
+        }
+        ledger.allowed(recordPending: recordPending)
+        guard let address = candidates.first else { return fail(.hostUnreachable) }
+        state = .connecting(candidates: candidates)
+        return .connect(IPEndpoint(address: address, port: facts.destinationPort))
+    }
+
+    /// The decision did not come within its deadline (an identd that holds it up).
+    public mutating func decisionTimedOut() -> Action {
+        guard case .deciding = state else { return .none }
+        return fail(.generalFailure)
+    }
+
+    public mutating func connected() -> Action {
+        guard case .connecting = state else { return .closeOutbound }
+        guard ledger.recordsBeingWritten == 0 else {
+            state = .awaitingAuditRecord
+            return .none
+        }
+        state = .relaying
+        return .startRelay
+    }
+
+    public mutating func connectFailed(_ failure: SOCKSRequestFailure) -> Action {
+        guard case .connecting(let candidates) = state else { return .none }
+        let rest = candidates.dropFirst()
+        guard !rest.isEmpty else { return fail(failure) }
+        return decide(rest, previousFailure: failure)
+    }
+
+    public mutating func auditRecordWritten() -> Action {
+        guard ledger.recordWritten(), state == .awaitingAuditRecord else { return .none }
+        state = .relaying
+        return .startRelay
+    }
+
+    /// An allowed decision's record could not be written: nothing is relayed for it.
+    public mutating func auditRecordFailed() -> Action {
+        switch state {
+        case .deciding, .connecting, .awaitingAuditRecord:
+            ledger.recordFailed()
+            return fail(.generalFailure)
+        case .idle, .resolving, .relaying, .ended:
+            return .none
+        }
+    }
+
+    /// The client's connection closed (or the relay ended): later events find nothing to do.
+    public mutating func clientLeft() {
+        state = .ended
+    }
+
+    private mutating func fail(_ failure: SOCKSRequestFailure) -> Action {
+        state = .ended
+        return .fail(failure, recordEnd: ledger.allowed)
+    }
+}

@@ -1,0 +1,99 @@
+import AccessPolicy
+import NetAddress
+import SOCKSWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+// The one bridge between the wire's vocabulary (SOCKSWire) and the policy's
+// (AccessPolicy): a request becomes facts, a refusal becomes a reply, an errno becomes
+// a failure. The gateway, `explain`, the audit log and `replay` all use these.
+
+extension RequestFacts {
+    /// The facts of a negotiated request, before any resolution.
+    public init(_ request: SOCKSRequest, client: IPEndpoint, listener: IPEndpoint, time: Int64?) {
+        let destination: Destination =
+            switch request.host {
+            case .ipv4(let address): .address(.v4(address))
+            case .ipv6(let address): .address(.v6(address))
+            case .domain(let name): .hostName(name)
+            }
+        self.init(
+            version: Version(request.version),
+            command: Command(request.command),
+            client: client,
+            listener: listener,
+            destination: destination,
+            destinationPort: request.port,
+            claimedUser: request.claimedUser,
+            authMethod: request.authMethod == .usernamePassword ? .password : .none,
+            time: time
+        )
+    }
+}
+
+extension RequestFacts.Command {
+    public init(_ command: SOCKSCommand) {
+        switch command {
+        case .connect: self = .connect
+        case .bind: self = .bind
+        case .udpAssociate: self = .udp
+        }
+    }
+}
+
+extension RequestFacts.Version {
+    public init(_ version: SOCKSVersion) {
+        switch version {
+        case .socks4: self = .socks4
+        case .socks4a: self = .socks4a
+        case .socks5: self = .socks5
+        }
+    }
+}
+
+extension SOCKSVersion {
+    public init(_ version: RequestFacts.Version) {
+        switch version {
+        case .socks4: self = .socks4
+        case .socks4a: self = .socks4a
+        case .socks5: self = .socks5
+        }
+    }
+}
+
+extension SOCKSRequestFailure {
+    /// The policy's refusal in the gateway's terms.
+    public init(_ refusal: Decision.Refusal) {
+        switch refusal {
+        case .notAllowed: self = .notAllowed
+        case .identUnreachable: self = .identUnreachable
+        case .identMismatch: self = .identMismatch
+        }
+    }
+
+    /// The truthful reply for an outbound connect that failed with this errno. Errors
+    /// with no SOCKS meaning are general failures.
+    public init(errno code: Int32) {
+        switch code {
+        case ECONNREFUSED: self = .connectionRefused
+        case ENETUNREACH, ENETDOWN: self = .networkUnreachable
+        case EHOSTUNREACH, EHOSTDOWN: self = .hostUnreachable
+        case ETIMEDOUT: self = .timedOut
+        default: self = .generalFailure
+        }
+    }
+}
+
+extension Decision {
+    /// The reply this decision means for the client: 90/0x00 when allowed, else the
+    /// refusal's code.
+    public func replyCode(for version: RequestFacts.Version) -> UInt8 {
+        let failure = refusal.map(SOCKSRequestFailure.init)
+        switch version {
+        case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
+        case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue
+        }
+    }
+}
