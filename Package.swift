@@ -1,12 +1,19 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Linux only: the code uses Glibc, Linux socket options and /proc.
+//
 // Layers, each depending only on the ones above it:
-//   NetAddress   pure IP address and CIDR values
-//   SOCKSWire    pure SOCKS 4/4a/5 and RFC 1929 codecs and the server state machine
-//   AccessPolicy pure request facts -> decision engine
-//   Gateway      SwiftNIO handlers, relay, resolver, credential store (all the I/O)
-//   identgate    the command line
+//   NetAddress      pure IP address and CIDR values
+//   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
+//   AccessPolicy    pure request facts -> decision engine, and the policy language
+//   IdentProtocol   pure RFC 1413 query and reply
+//   SOCKSSession    pure session state machines (CONNECT, BIND) and the wire <-> policy vocabulary
+//   AuditLog        audit records, the hash chain, reading log files (plain and gzip)
+//   PolicyFiles     a policy file and its tests from disk, with the SHA-256 of what was compiled
+//   OfflineCommands check, test, explain, audit: files and the pure core, no SwiftNIO I/O
+//   Gateway         SwiftNIO handlers, relay, resolver, ident client, audit writer (all the I/O)
+//   identgate       the command line: run (Gateway) and the offline commands
 let package = Package(
     name: "identgate",
     products: [
@@ -32,8 +39,9 @@ let package = Package(
         .target(name: "IdentProtocol"),
         .target(
             name: "AuditLog",
-            dependencies: ["AccessPolicy", "NetAddress", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["AccessPolicy", "NetAddress", "CZlib", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        .target(name: "PolicyFiles", dependencies: ["AccessPolicy", "AuditLog"]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
@@ -41,7 +49,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "CCrypt", "CZlib",
+                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "CCrypt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -49,10 +57,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The offline commands (check, test, explain, audit verify|show|summary|replay):
+        // no NIOPosix, no Gateway; they read files and run the pure engine.
+        .target(
+            name: "OfflineCommands",
+            dependencies: [
+                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "SOCKSWire", "SOCKSSession", "Privileges", "AuditLog",
+                "Gateway", "OfflineCommands", "PolicyFiles", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -66,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "allocation-guard",
             dependencies: [
-                "Gateway", "AccessPolicy", "NetAddress", "CRelayProbe",
+                "Gateway", "AccessPolicy", "NetAddress", "PolicyFiles", "CRelayProbe",
                 .product(name: "MallocInterposerSwift", package: "malloc-interposer"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

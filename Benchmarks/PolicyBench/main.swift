@@ -80,7 +80,7 @@ for size in sizes.isEmpty ? [10, 1_000, 10_000] : sizes {
         print("generated policy has errors: \(compilation.errors.prefix(3))")
         break
     }
-    let engine = PolicyEngine(policy: policy, identLookup: { facts, _ in IdentAnswer(.userID(facts.claimedUser ?? "nobody")) })
+    let engine = PolicyEngine(policy: policy)
     let pool = requests(count: 4096, rules: size, using: &generator)
     let (decided, allowed, elapsed) = await measure(engine, pool, seconds: seconds)
     let perSecond = Double(decided) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
@@ -101,7 +101,7 @@ nonisolated func measure(_ engine: PolicyEngine, _ pool: [RequestFacts], seconds
             if let immediate = engine.decideImmediately(facts) {
                 decision = immediate
             } else {
-                decision = await engine.decide(facts)
+                decision = await engine.decide(facts, identLookup: { facts, _ in IdentAnswer(.userID(facts.claimedUser ?? "nobody")) })
             }
             if decision.verdict == .allow { allowed += 1 }
         }

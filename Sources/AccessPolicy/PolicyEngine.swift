@@ -38,23 +38,29 @@ public struct Policy: Sendable {
 
 /// Decides requests against a policy. `decide` uses the compiled matcher (no rule-by-rule
 /// scan) and is what the gateway calls; `explain` walks every rule and says why each did
-/// or did not match. Both ask identd through the injected lookup, at most once per
-/// request and only when a rule that could decide needs it; tests assert they agree.
+/// or did not match. Both ask identd through the lookup given with the request, at most
+/// once per request and only when a rule that could decide needs it; tests assert they
+/// agree. Built once per policy (the matcher is the costly part): the gateway, `test`
+/// and `audit replay` pass a different lookup per request, not a new engine.
 public struct PolicyEngine: PolicyDecider {
     public let policy: Policy
     private let matcher: RuleMatcher
-    private let identLookup: IdentLookup?
 
-    public init(policy: Policy, identLookup: IdentLookup? = nil) {
+    public init(policy: Policy) {
         self.policy = policy
         self.matcher = RuleMatcher(policy: policy)
-        self.identLookup = identLookup
     }
 
-    public func decide(_ facts: RequestFacts) async -> Decision {
+    /// `identLookup` nil: no ident client, a rule that needs ident sees "unavailable".
+    public func decide(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {
         let candidates = sequence(state: matcher.candidates(for: facts)) { $0.next() }.lazy.map { policy.rules[$0] }
         // The matcher yields only rules whose conditions other than ident hold.
-        return await walk(candidates, facts) { _ in nil }
+        return await walk(candidates, facts, identLookup: identLookup) { _ in nil }
+    }
+
+    /// As a `PolicyDecider` on its own, the engine has no ident client.
+    public func decide(_ facts: RequestFacts) async -> Decision {
+        await decide(facts, identLookup: nil)
     }
 
     /// `decide` up to the first candidate rule that needs ident; nil from there on.
@@ -70,13 +76,17 @@ public struct PolicyEngine: PolicyDecider {
             verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
     }
 
-    public func explain(_ facts: RequestFacts) async -> Decision {
-        await walk(policy.rules, facts) { $0.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds) }
+    public func explain(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {
+        await walk(policy.rules, facts, identLookup: identLookup) {
+            $0.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds)
+        }
     }
 
     /// Rules in order: the first whose conditions hold (`mismatch` nil) and whose ident
     /// check passes decides; every rule passed over is in the trace with the reason.
-    private func walk(_ rules: some Sequence<Rule>, _ facts: RequestFacts, mismatch: (Rule) -> String?) async -> Decision {
+    private func walk(
+        _ rules: some Sequence<Rule>, _ facts: RequestFacts, identLookup: IdentLookup?, mismatch: (Rule) -> String?
+    ) async -> Decision {
         var ident = IdentCheck(policy: policy, lookup: identLookup)
         var trace: [Decision.TraceStep] = []
         for rule in rules {

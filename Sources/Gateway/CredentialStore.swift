@@ -1,14 +1,21 @@
 import CCrypt
+import PolicyFiles
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
+/// Checks an RFC 1929 username and password; called on the thread pool, so it may be
+/// slow. `CredentialStore` is the gateway's; tests give others.
+public protocol PasswordVerifier: Sendable {
+    func verify(user: String, password: [UInt8]) -> Bool
+}
+
 /// The users allowed to authenticate with RFC 1929 username/password, and their salted
 /// password hashes in crypt(3) form, the same as /etc/shadow: yescrypt (`$y$…`) or
 /// SHA-512 (`$6$…`). The file has one `user:hash` line per user; `#` starts a comment;
 /// fields after a second colon are ignored, so shadow lines can be pasted as they are.
-public struct CredentialStore: Sendable {
+public struct CredentialStore: PasswordVerifier {
     public struct LoadError: Error, CustomStringConvertible {
         public var description: String
     }

@@ -34,7 +34,7 @@ struct GatewayContext: Sendable {
     let openBindListeners = NIOLockedValueBox(0)
     let configuration: GatewayConfiguration
     let policy: any PolicyDecider
-    let credentials: CredentialStore?
+    let credentials: (any PasswordVerifier)?
     let resolver: HostResolver
     let threadPool: NIOThreadPool
     let logger: Logger

@@ -20,7 +20,7 @@ public final class GatewayServer: Sendable {
     public init(
         configuration: GatewayConfiguration,
         policy: any PolicyDecider,
-        credentials: CredentialStore? = nil,
+        credentials: (any PasswordVerifier)? = nil,
         group: any EventLoopGroup,
         threadPool: NIOThreadPool,
         logger: Logger,

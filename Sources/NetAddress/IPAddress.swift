@@ -29,6 +29,7 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     }
 
     public static let any = IPv4Address(0)
+    public static let loopback = IPv4Address(127, 0, 0, 1)
 
     public var octets: [UInt8] {
         [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)]
@@ -70,6 +71,7 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
     }
 
     public static let any = IPv6Address(high: 0, low: 0)
+    public static let loopback = IPv6Address(high: 0, low: 1)
 
     /// The address as one 128-bit number, for range arithmetic.
     public var value: UInt128 { UInt128(high) << 64 | UInt128(low) }
@@ -145,6 +147,16 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
     public let address: IPAddress
     public let prefixLength: Int
 
+    /// Every address of both families: 0.0.0.0/0 and ::/0.
+    public static let everything = [
+        IPNetwork(masked: .v4(.any), prefixLength: 0), IPNetwork(masked: .v6(.any), prefixLength: 0),
+    ]
+
+    private init(masked address: IPAddress, prefixLength: Int) {
+        self.address = address
+        self.prefixLength = prefixLength
+    }
+
     /// The address is masked to the prefix, so `10.1.2.3/8` becomes `10.0.0.0/8`.
     public init?(address: IPAddress, prefixLength: Int) {
         switch address {
@@ -204,11 +216,15 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
     /// The network in one 128-bit space for both families, IPv4 as IPv4-mapped IPv6
     /// (`::ffff:0:0/96`), so that networks of either family compare as ranges.
     public var mappedRange: ClosedRange<UInt128> {
-        if let v4 = v4Range {
+        switch (v4Range, v6Range) {
+        case (let v4?, _):
             let prefix = UInt128(0xFFFF) << 32
             return (prefix | UInt128(v4.lowerBound))...(prefix | UInt128(v4.upperBound))
+        case (nil, let v6?):
+            return v6
+        case (nil, nil):
+            return 0...UInt128.max  // not reached: a network is of one family or the other
         }
-        return v6Range!
     }
 
     private static func mask32(_ length: Int) -> UInt32 {

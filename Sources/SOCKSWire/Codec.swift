@@ -83,7 +83,7 @@ extension ByteBuffer {
             if readableBytes > max { throw tooLong }
             return nil
         }
-        let bytes = readBytes(length: nul - readerIndex)!
+        guard let bytes = readBytes(length: nul - readerIndex) else { return nil }
         moveReaderIndex(forwardBy: 1)
         return bytes
     }

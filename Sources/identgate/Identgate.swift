@@ -1,4 +1,5 @@
 import ArgumentParser
+import OfflineCommands
 
 /// The root command; `main.swift` dispatches to the subcommands.
 struct Identgate: ParsableCommand {

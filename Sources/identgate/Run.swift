@@ -1,14 +1,14 @@
 import AccessPolicy
 import ArgumentParser
 import AuditLog
-import Dispatch
 import Foundation
 import Gateway
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
+import OfflineCommands
+import PolicyFiles
 import Privileges
 import SOCKSWire
 
@@ -130,16 +130,16 @@ struct Run: ParsableCommand {
         configuration.methods = parsedMethods
 
         let credentials: CredentialStore?
-        let compilation: PolicyCompilation
+        let policyFile: PolicyFile
         do {
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
-            compilation =
-                try policy.map(PolicyLoader.compile(file:)) ?? PolicyCompilation(policy: DefaultPolicy.policy, diagnostics: [])
+            policyFile = try policy.map(PolicyFile.read) ?? .embeddedDefault
         } catch {
             throw FailedStart(message: "\(error)")
         }
-        if let problem = compileProblem(compilation) { throw FailedStart(message: problem) }
-        for warning in compilation.warnings { logger.warning("\(warning)") }
+        if let problem = compileProblem(policyFile.compilation) { throw FailedStart(message: problem) }
+        guard let compiled = policyFile.compilation.policy else { throw FailedStart(message: "\(policyFile.path) did not compile") }
+        for warning in policyFile.compilation.warnings { logger.warning("\(warning)") }
 
         let identity = try privilegeTarget()
         let sockets: [[ListeningSocket]]
@@ -174,10 +174,10 @@ struct Run: ParsableCommand {
         let command = self
         let settings = configuration
         let verified = dropped
-        let policySHA256 = try policyDigest()
+        let policySHA256 = policyFile.sha256
         try waitFor {
             try await command.serve(
-                configuration: settings, policy: compilation.policy!, policySHA256: policySHA256, credentials: credentials,
+                configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
                 descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit, logger: logger)
         }
     }
@@ -204,16 +204,6 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// SHA-256 of the policy's text, recorded with every decision.
-    private func policyDigest() throws -> String {
-        guard let policy else { return AuditChain.hash(Data(DefaultPolicy.text.utf8)) }
-        do {
-            return AuditChain.hash(Data(try TextFile.read(policy).utf8))
-        } catch {
-            throw FailedStart(message: "\(error)")
-        }
-    }
-
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
         descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
@@ -230,7 +220,8 @@ struct Run: ParsableCommand {
             privileges.verified = geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"
         }
         audit?.record(privileges)
-        let report = await ExpectationReport.run(compiled)
+        let engine = PolicyEngine(policy: compiled)
+        let report = await ExpectationReport.run(compiled, engine: engine)
         if let problem = testProblem(report) {
             var rejected = AuditRecord(event: .policyReloadRejected)
             rejected.policyFile = policy ?? DefaultPolicy.fileName
@@ -248,7 +239,7 @@ struct Run: ParsableCommand {
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
         let identClient = IdentClient(group: group, port: identPort, logger: logger)
-        let policyStore = PolicyStore(PolicyEngine(policy: compiled, identLookup: identClient.lookup), sha256: policySHA256)
+        let policyStore = PolicyStore(engine, sha256: policySHA256, identLookup: identClient.lookup)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         let gateway = GatewayServer(
@@ -288,7 +279,7 @@ struct Run: ParsableCommand {
             case .shutdown(let name):
                 signal = name
             case .reload:
-                await reloadPolicy(into: policyStore, identLookup: identClient.lookup, audit: audit, logger: logger)
+                await reloadPolicy(into: policyStore, audit: audit, logger: logger)
                 continue
             case .reopenAuditLog:
                 logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(auditLog)"])
@@ -313,7 +304,8 @@ struct Run: ParsableCommand {
 
 extension Run {
     /// Why a compiled policy cannot be used; nil if it can. Its ident time-outs must be
-    /// shorter than the negotiation time-out.
+    /// shorter than --negotiate-timeout, which is also each decision's deadline
+    /// (docs/architecture.md): otherwise an ident wait would always end at the deadline.
     private func compileProblem(_ compilation: PolicyCompilation) -> String? {
         let path = policy ?? DefaultPolicy.fileName
         guard let compiled = compilation.policy else {
@@ -322,7 +314,7 @@ extension Run {
         let negotiation = Double(negotiateTimeout.amount.nanoseconds) / 1e9
         if let scope = compiled.identScopes.first(where: { $0.timeoutSeconds >= negotiation }) {
             return
-                "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout))"
+                "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout)), the deadline of every decision"
         }
         return nil
     }
@@ -334,70 +326,42 @@ extension Run {
             + report.failures.map { TestCommand.describe($0) }.joined(separator: "\n")
     }
 
-    /// SIGHUP: read, check and test the policy file again; swap only if all is well.
-    private func reloadPolicy(into store: PolicyStore, identLookup: @escaping IdentLookup, audit: AuditWriter?, logger: Logger)
-        async
-    {
+    /// SIGHUP: read, check and test the policy file again; swap only if all is well. The
+    /// engine the tests ran on is the one that serves, and the recorded SHA-256 is of the
+    /// bytes it was compiled from.
+    private func reloadPolicy(into store: PolicyStore, audit: AuditWriter?, logger: Logger) async {
         guard let path = policy else {
             logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
             return
         }
-        do {
-            let loaded = try await PolicyLoader.load(file: path)
-            if let problem = compileProblem(loaded.compilation) ?? loaded.report.flatMap(testProblem) {
-                logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
-                var rejected = AuditRecord(event: .policyReloadRejected)
-                rejected.policyFile = path
-                rejected.reason = problem
-                audit?.record(rejected)
-                return
-            }
-            let sha256 = AuditChain.hash(Data(try TextFile.read(path).utf8))
-            store.replace(with: PolicyEngine(policy: loaded.compilation.policy!, identLookup: identLookup), sha256: sha256)
-            var reloaded = AuditRecord(event: .policyReload)
-            reloaded.policyFile = path
-            reloaded.policySHA256 = sha256
-            reloaded.rules = loaded.compilation.policy!.rules.count
-            reloaded.tests = loaded.report!.passed
-            audit?.record(reloaded)
-            logger.info(
-                "policy reloaded",
-                metadata: [
-                    "file": "\(path)", "rules": "\(loaded.compilation.policy!.rules.count)",
-                    "tests": "\(loaded.report!.passed) passed",
-                ])
-        } catch {
-            logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(error)"])
+        func reject(_ problem: String) {
+            logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
             var rejected = AuditRecord(event: .policyReloadRejected)
             rejected.policyFile = path
-            rejected.reason = "\(error)"
+            rejected.reason = problem
             audit?.record(rejected)
         }
-    }
-}
-
-/// Runs async work to its end from synchronous code (the main thread waits; the work
-/// runs on Swift's concurrency threads, which start only now).
-func waitFor(_ work: @escaping @Sendable () async throws -> Void) throws {
-    let result = NIOLockedValueBox<Result<Void, any Error>>(.success(()))
-    let done = DispatchSemaphore(value: 0)
-    Task.detached {
+        let tested: TestedPolicy
         do {
-            try await work()
+            tested = await TestedPolicy.load(try PolicyFile.read(path))
         } catch {
-            result.withLockedValue { $0 = .failure(error) }
+            return reject("\(error)")
         }
-        done.signal()
+        if let problem = compileProblem(tested.file.compilation) ?? tested.report.flatMap(testProblem) {
+            return reject(problem)
+        }
+        guard let engine = tested.engine, let report = tested.report else { return reject("\(path) did not compile") }
+        store.replace(with: engine, sha256: tested.file.sha256)
+        var reloaded = AuditRecord(event: .policyReload)
+        reloaded.policyFile = path
+        reloaded.policySHA256 = tested.file.sha256
+        reloaded.rules = engine.policy.rules.count
+        reloaded.tests = report.passed
+        audit?.record(reloaded)
+        logger.info(
+            "policy reloaded",
+            metadata: ["file": "\(path)", "rules": "\(engine.policy.rules.count)", "tests": "\(report.passed) passed"])
     }
-    done.wait()
-    try result.withLockedValue { $0 }.get()
-}
-
-/// Exits with status 1 and a one-line message, without the usage text that a
-/// ValidationError would print.
-struct FailedStart: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
 }
 
 /// SIGINT and SIGTERM (stop) and SIGHUP (reload), delivered by Dispatch rather than an

@@ -1,4 +1,5 @@
 import ArgumentParser
+import OfflineCommands
 
 // The entry point is written out, not `@main`, so that `identgate run` starts on the
 // main thread with no other thread alive: it binds its sockets and drops privileges

@@ -22,7 +22,7 @@ import Testing
         """)
 
     func decide(_ policy: Policy, _ request: RequestFacts, ident: IdentOutcome = .failure(.unreachable)) async -> Decision {
-        await PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(ident) }).decide(request)
+        await PolicyEngine(policy: policy).decide(request, identLookup: { _, _ in IdentAnswer(ident) })
     }
 
     @Test func firstMatchWins() async {
@@ -118,14 +118,13 @@ import Testing
         let counter = IdentCounter(.userID("zed"))
         let engine = PolicyEngine(
             policy: policy(
-                "ident from any\nallow from any user alice ident\nallow from any user bob ident\nallow from any to .free"),
-            identLookup: counter.lookup)
-        _ = await engine.decide(facts(to: "www.free:80"))
+                "ident from any\nallow from any user alice ident\nallow from any user bob ident\nallow from any to .free"))
+        _ = await engine.decide(facts(to: "www.free:80"), identLookup: counter.lookup)
         #expect(counter.lookups == 0, "no rule that could match needs ident")
-        let decision = await engine.decide(facts(to: "www.free:80", user: "alice"))
+        let decision = await engine.decide(facts(to: "www.free:80", user: "alice"), identLookup: counter.lookup)
         #expect(decision.verdict == .allow)
         #expect(counter.lookups == 1)
-        _ = await engine.explain(facts(user: "bob"))
+        _ = await engine.explain(facts(user: "bob"), identLookup: counter.lookup)
         #expect(counter.lookups == 2, "two ident rules, one lookup")
     }
 
@@ -133,11 +132,12 @@ import Testing
     @Test func matcherAgreesWithExplain() async {
         var generator = SystemRandomNumberGenerator()
         let big = Policy(rules: (0..<300).map { _ in Self.randomRule(&generator) })
-        let engine = PolicyEngine(policy: big, identLookup: { _, _ in IdentAnswer(.userID("u1")) })
+        let engine = PolicyEngine(policy: big)
+        let ident: IdentLookup = { _, _ in IdentAnswer(.userID("u1")) }
         for _ in 0..<2000 {
             let request = Self.randomFacts(&generator)
-            let fast = await engine.decide(request)
-            let slow = await engine.explain(request)
+            let fast = await engine.decide(request, identLookup: ident)
+            let slow = await engine.explain(request, identLookup: ident)
             #expect(fast.verdict == slow.verdict && fast.rule == slow.rule && fast.refusal == slow.refusal, "\(request)")
             if fast.rule != slow.rule { return }
         }

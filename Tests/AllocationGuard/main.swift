@@ -16,6 +16,7 @@ import MallocInterposerSwift
 import NIOCore
 import NIOPosix
 import NetAddress
+import PolicyFiles
 
 /// The recorded bounds: what was measured when they were last set, plus about 10%. A
 /// change that needs more must say why in its commit and raise the bound; a change that
@@ -56,7 +57,7 @@ func requireInterposer() throws {
 
 /// One decision per `expect` line of a shipped policy, over and over.
 func allocationsPerDecision() throws -> Double {
-    guard let policy = try PolicyLoader.compile(file: "policies/developer-lab.policy").policy else {
+    guard let policy = try PolicyFile.read("policies/developer-lab.policy").compilation.policy else {
         throw GuardFailure(description: "policies/developer-lab.policy does not compile")
     }
     let engine = PolicyEngine(policy: policy)

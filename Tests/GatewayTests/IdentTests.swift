@@ -114,7 +114,7 @@ final class TestIdentd: Sendable {
         logger.logLevel = .critical
         let client = IdentClient(group: testGroup, port: identPort, logger: logger)
         let policy = PolicyCompiler.compile(Self.policyText, file: "ident.policy").policy!
-        let gateway = try await TestGateway.start(policy: PolicyEngine(policy: policy, identLookup: client.lookup))
+        let gateway = try await TestGateway.start(policy: PolicyStore(PolicyEngine(policy: policy), identLookup: client.lookup))
         let socks = try await RawClient.connect(to: gateway.address)
         try await socks.send(SOCKS.socks4Connect(port: echo.port, user: user))
         let reply = try await socks.read(8, timeout: .seconds(5))

@@ -24,10 +24,10 @@ public struct Expectation: Sendable {
         return facts
     }
 
-    /// An engine over `policy` whose identd answers as this expectation says.
-    public func engine(for policy: Policy) -> PolicyEngine {
+    /// An identd that answers as this expectation says.
+    public var identLookup: IdentLookup {
         let answer = ident ?? .failure(.unreachable)
-        return PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(answer) })
+        return { _, _ in IdentAnswer(answer) }
     }
 
     public func isMet(by decision: Decision) -> Bool {
@@ -52,16 +52,22 @@ public struct ExpectationReport: Sendable {
     public var failures: [Failure]
 
     public static func run(_ policy: Policy) async -> ExpectationReport {
+        await run(policy, engine: PolicyEngine(policy: policy))
+    }
+
+    /// With the engine already built for `policy` (a reload builds it once, for the
+    /// tests and then for the gateway).
+    public static func run(_ policy: Policy, engine: PolicyEngine) async -> ExpectationReport {
         var passed = 0
         var failures: [Failure] = []
         for expectation in policy.expectations {
-            let engine = expectation.engine(for: policy)
             let facts = expectation.facts(in: policy)
-            let decision = await engine.decide(facts)
+            let decision = await engine.decide(facts, identLookup: expectation.identLookup)
             if expectation.isMet(by: decision) {
                 passed += 1
             } else {
-                failures.append(Failure(expectation: expectation, decision: await engine.explain(facts)))
+                failures.append(
+                    Failure(expectation: expectation, decision: await engine.explain(facts, identLookup: expectation.identLookup)))
             }
         }
         return ExpectationReport(passed: passed, failures: failures)

@@ -71,7 +71,7 @@ struct Linter {
             return ("user", "a SOCKS5 request without a password claims no user")
         }
         if rule.requiresIdent {
-            let clients = rule.sources ?? [IPNetwork("0.0.0.0/0")!, IPNetwork("::/0")!]
+            let clients = rule.sources ?? IPNetwork.everything
             let asked = clients.contains { client in
                 policy.identScopes.contains { scope in scope.networks.contains { Self.overlap($0, client) } }
             }

@@ -152,7 +152,7 @@ private struct Parser {
                 _ = cursor.next()
                 switch keyword {
                 case "allow", "deny": try parseRule(keyword == "allow" ? .allow : .deny, &cursor)
-                case "net", "ports", "users", "hosts": try parseSet(SetKind(rawValue: keyword)!, &cursor)
+                case "net", "ports", "users", "hosts": try parseSet(SetKind(rawValue: keyword) ?? .net, &cursor)
                 case "ident": try parseIdentScope(&cursor)
                 case "timezone": try parseTimeZone(&cursor, column: first.column)
                 case "expect": try parseExpectation(&cursor)
@@ -441,13 +441,12 @@ private struct Parser {
         if daysText == "daily" {
             days = Array(0..<7)
         } else {
-            let parts = daysText.split(separator: "-", maxSplits: 1).map { Self.dayNames.firstIndex(of: String($0)) }
-            guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else {
+            let parts = daysText.split(separator: "-", maxSplits: 1).compactMap { Self.dayNames.firstIndex(of: String($0)) }
+            guard let first = parts.first, parts.count == daysText.split(separator: "-", maxSplits: 1).count else {
                 throw ParseError(
                     column: daysColumn, message: "'\(daysText)' is not days: use mon … sun, a range like mon-fri, or daily")
             }
-            let first = parts[0]!
-            let last = parts.count == 2 ? parts[1]! : first
+            let last = parts.last ?? first
             days = first <= last ? Array(first...last) : Array(first..<7) + Array(0...last)
         }
         let (hoursText, hoursColumn) = try cursor.word("hours like 08:00-18:00")
@@ -491,7 +490,7 @@ private struct Parser {
         }
         identScopes.append(
             IdentScope(
-                networks: networks ?? [IPNetwork("0.0.0.0/0")!, IPNetwork("::/0")!], timeoutSeconds: timeout, line: lineNumber))
+                networks: networks ?? IPNetwork.everything, timeoutSeconds: timeout, line: lineNumber))
     }
 
     static func seconds(_ text: String) -> Double? {
@@ -647,7 +646,7 @@ private enum RequestParser {
         }
         let facts = RequestFacts(
             version: version, command: command, client: client,
-            listener: IPEndpoint(address: client.address.isIPv6 ? IPAddress("::1")! : IPAddress("127.0.0.1")!, port: 1080),
+            listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time
         )
         return (facts, ident)

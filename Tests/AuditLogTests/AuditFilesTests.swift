@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@testable import Gateway
+@testable import AuditLog
 
 @Suite struct AuditFilesTests {
     func write(_ text: String) throws -> String {

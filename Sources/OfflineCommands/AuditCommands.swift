@@ -2,11 +2,12 @@ import AccessPolicy
 import ArgumentParser
 import AuditLog
 import Foundation
-import Gateway
 import NetAddress
 
-struct Audit: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Audit: ParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Review the audit log: verify, show, summary, replay.",
         discussion: "Give files oldest first (rotated ones before the current one); .gz files are read as they are.",
         subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self]
@@ -285,6 +286,8 @@ struct AuditReplay: ParsableCommand {
             for error in compilation.errors { print(error) }
             throw ExitCode(1)
         }
+        // One engine for the whole log; each record's recorded ident answer is given per decision.
+        let engine = PolicyEngine(policy: newPolicy)
         let decoder = JSONDecoder()
         var replayed = 0
         var changed = 0
@@ -294,8 +297,9 @@ struct AuditReplay: ParsableCommand {
                 return true
             }
             let recorded = record.ident?.identOutcome
-            let engine = PolicyEngine(policy: newPolicy, identLookup: { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) })
-            let decision = try engine.decideImmediately(facts) ?? Self.decideWaiting(engine, facts)
+            let decision =
+                try engine.decideImmediately(facts)
+                ?? Self.decideWaiting(engine, facts) { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) }
             replayed += 1
             let newReply = Int(decision.replyCode(for: facts.version))
             guard decision.verdict.rawValue != record.verdict || newReply != record.reply else { return true }
@@ -313,10 +317,12 @@ struct AuditReplay: ParsableCommand {
     }
 
     /// A decision that needs identd goes through the async path; its answer is canned.
-    private static func decideWaiting(_ engine: PolicyEngine, _ facts: RequestFacts) throws -> Decision {
+    private static func decideWaiting(_ engine: PolicyEngine, _ facts: RequestFacts, ident: @escaping IdentLookup) throws
+        -> Decision
+    {
         let result = DecisionBox()
-        try waitFor { result.decision = await engine.decide(facts) }
-        return result.decision!
+        try waitFor { result.decision = await engine.decide(facts, identLookup: ident) }
+        return result.decision ?? Decision(verdict: .deny, refusal: .identUnreachable, rule: nil, trace: [])
     }
 }
 

@@ -1,11 +1,14 @@
 import AccessPolicy
 import ArgumentParser
-import Gateway
 import NetAddress
+import PolicyFiles
+import SOCKSSession
 import SOCKSWire
 
-struct Check: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Check: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Check a policy file: errors, and lint warnings.",
         discussion: "Exit status 0 when clean, 1 on errors (and on warnings with --strict)."
     )
@@ -16,7 +19,7 @@ struct Check: AsyncParsableCommand {
     @Flag(help: "Fail on warnings too.")
     var strict = false
 
-    func run() async throws {
+    public func run() async throws {
         let compilation = try loadCompilation(file)
         for diagnostic in compilation.diagnostics { print(diagnostic) }
         let rules = compilation.policy.map { "\($0.rules.count) rules, \($0.expectations.count) tests; " } ?? ""
@@ -25,8 +28,10 @@ struct Check: AsyncParsableCommand {
     }
 }
 
-struct TestCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct TestCommand: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         commandName: "test",
         abstract: "Run the 'expect' lines of a policy (and of FILE.tests beside it).",
         discussion: "Prints each failure with its explanation, then 'N passed, M failed'. Exit status 1 on any failure."
@@ -35,7 +40,7 @@ struct TestCommand: AsyncParsableCommand {
     @Argument(help: "The policy file.")
     var file: String
 
-    func run() async throws {
+    public func run() async throws {
         let compilation = try loadCompilation(file)
         guard let policy = compilation.policy else {
             for error in compilation.errors { print(error) }
@@ -47,7 +52,7 @@ struct TestCommand: AsyncParsableCommand {
         if !report.failures.isEmpty { throw ExitCode(1) }
     }
 
-    static func describe(_ failure: ExpectationReport.Failure) -> String {
+    public static func describe(_ failure: ExpectationReport.Failure) -> String {
         let expectation = failure.expectation
         return """
             \(expectation.file):\(expectation.line): test failed: expected \(expectation.result.rawValue), got \(Explanation.outcome(failure.decision, facts: expectation.facts))
@@ -57,8 +62,10 @@ struct TestCommand: AsyncParsableCommand {
     }
 }
 
-struct Explain: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Explain: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Show how a policy decides one request: every rule considered, and why.",
         discussion: """
             Example: identgate explain policies/corporate-egress.policy --from 10.1.2.3 \
@@ -101,7 +108,7 @@ struct Explain: AsyncParsableCommand {
     @Option(help: ArgumentHelp("When, in the policy's time zone: 2026-11-30T09:00.", valueName: "time"))
     var at: String?
 
-    func run() async throws {
+    public func run() async throws {
         let compilation = try loadCompilation(file)
         guard let policy = compilation.policy else {
             for error in compilation.errors { print(error) }
@@ -139,11 +146,10 @@ struct Explain: AsyncParsableCommand {
         }
         let facts = RequestFacts(
             version: version, command: command, client: client,
-            listener: IPEndpoint(address: client.address.isIPv6 ? IPAddress("::1")! : IPAddress("127.0.0.1")!, port: 1080),
+            listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
             authMethod: auth, time: time)
-        let engine = PolicyEngine(policy: policy, identLookup: { _, _ in IdentAnswer(identOutcome) })
-        let decision = await engine.explain(facts)
+        let decision = await PolicyEngine(policy: policy).explain(facts, identLookup: { _, _ in IdentAnswer(identOutcome) })
         print(Explanation.describe(facts))
         print(Explanation.render(decision, facts: facts, indent: ""))
     }
@@ -152,7 +158,7 @@ struct Explain: AsyncParsableCommand {
 /// Reads a policy file and its FILE.tests, or exits with the read error.
 func loadCompilation(_ file: String) throws -> PolicyCompilation {
     do {
-        return try PolicyLoader.compile(file: file)
+        return try PolicyFile.read(file).compilation
     } catch {
         throw FailedStart(message: "\(error)")
     }
