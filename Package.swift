@@ -5,6 +5,7 @@ import PackageDescription
 //
 // Layers, each depending only on the ones above it:
 //   NetAddress      pure IP address and CIDR values
+//   PosixEndpoint   the one conversion between IPEndpoint and the socket calls' sockaddr
 //   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
 //   AccessPolicy    pure request facts -> decision engine, and the policy language
 //   IdentProtocol   pure RFC 1413 query and reply
@@ -30,13 +31,14 @@ let package = Package(
     ],
     targets: [
         .target(name: "NetAddress"),
+        .target(name: "PosixEndpoint", dependencies: ["NetAddress"]),
         .target(
             name: "SOCKSWire",
             dependencies: ["NetAddress", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
         .target(name: "SOCKSSession", dependencies: ["NetAddress", "SOCKSWire", "AccessPolicy"]),
-        .target(name: "IdentProtocol"),
+        .target(name: "IdentProtocol", dependencies: ["AccessPolicy"]),
         .target(
             name: "AuditLog",
             dependencies: ["AccessPolicy", "NetAddress", "CZlib", .product(name: "Crypto", package: "swift-crypto")]
@@ -45,11 +47,11 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
-        .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress"]),
+        .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress", "PosixEndpoint"]),
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "CCrypt",
+                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "PosixEndpoint", "CCrypt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -92,13 +94,13 @@ let package = Package(
             ],
             path: "Tests/AllocationGuard"
         ),
-        .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
+        .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "PosixEndpoint"]),
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
         .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress"]),
-        .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
+        .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
-        .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress"]),
+        .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress", "PosixEndpoint"]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [

@@ -9,10 +9,13 @@ import NIOCore
 #endif
 
 /// Writes audit records on a thread of its own, so no event loop ever waits for the
-/// disk. Records are queued (bounded), chained (each carries the SHA-256 of the line
-/// before it) and written in batches; the file is synced by the chosen policy and at
-/// shutdown. A record can carry a promise that is fulfilled once its line is written:
-/// the gateway waits for it before relaying anything, so nothing is relayed unlogged.
+/// disk. Records are queued, chained (each carries the SHA-256 of the line before it)
+/// and written in batches; the file is synced by the chosen policy and at shutdown. The
+/// queue itself has no hard bound and drops nothing: `capacity` is where, failing
+/// closed, new requests start being refused. A record can carry a promise that is
+/// fulfilled once its line is written: with `--audit-sync always` the gateway waits for
+/// it before relaying, so nothing is relayed before its decision is on disk; with
+/// `batch` or `none` a request goes on once its record is queued.
 /// If a write fails the writer turns unhealthy: with `failClosed` the waiting requests
 /// and new ones are refused (their decisions are taken out of the queue: those
 /// requests never happen), everything else stays queued until writes succeed again.

@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
+import PosixEndpoint
 
 #if canImport(Glibc)
     import Glibc

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NetAddress
+import PosixEndpoint
 
 #if canImport(Glibc)
     import Glibc
@@ -43,17 +44,8 @@ public struct HostResolver: Sendable {
         var addresses: [IPAddress] = []
         var cursor: UnsafeMutablePointer<addrinfo>? = first
         while let entry = cursor {
-            if let socketAddress = entry.pointee.ai_addr {
-                switch Int32(socketAddress.pointee.sa_family) {
-                case AF_INET:
-                    let sin = UnsafeRawPointer(socketAddress).loadUnaligned(as: sockaddr_in.self)
-                    addresses.append(.v4(IPv4Address(UInt32(bigEndian: sin.sin_addr.s_addr))))
-                case AF_INET6:
-                    let sin6 = UnsafeRawPointer(socketAddress).loadUnaligned(as: sockaddr_in6.self)
-                    addresses.append(.v6(IPv6Address(octets: withUnsafeBytes(of: sin6.sin6_addr) { Array($0) })))
-                default:
-                    break
-                }
+            if let socketAddress = entry.pointee.ai_addr, let endpoint = IPEndpoint(sockaddr: socketAddress) {
+                addresses.append(endpoint.address)
             }
             cursor = entry.pointee.ai_next
         }

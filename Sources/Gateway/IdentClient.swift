@@ -5,29 +5,12 @@ import NIOCore
 import NIOPosix
 import NetAddress
 
-/// What one ident lookup found, with everything the logs and the audit need.
-public struct IdentLookupResult: Sendable, CustomStringConvertible {
-    public var outcome: IdentOutcome
-    /// The reply line as received, if one came.
-    public var rawReply: String?
-    public var opsys: String?
-    /// Why there is no user-id, in words (refused, time-out, the parse failure, …).
-    public var detail: String?
-    public var duration: Duration
-
-    public var description: String {
-        var text = "\(outcome)"
-        if let opsys { text += ", opsys \(opsys)" }
-        if let detail { text += ": \(detail)" }
-        return text
-    }
-}
-
 /// An RFC 1413 client on SwiftNIO. It connects to port 113 of the SOCKS client's
 /// address from the gateway address the client reached (an identd answers only about
 /// connections between the two hosts of the query connection), sends
-/// `<client port> , <gateway port>`, and reads one line under a deadline. It never
-/// blocks an event loop.
+/// `<client port> , <gateway port>`, and reads one line under a deadline. What the line
+/// means is `IdentReply.answer` (IdentProtocol); this only does the I/O. It never blocks
+/// an event loop.
 public struct IdentClient: Sendable {
     let group: any EventLoopGroup
     let port: Int
@@ -43,26 +26,24 @@ public struct IdentClient: Sendable {
     /// The engine's `IdentLookup`.
     public var lookup: IdentLookup {
         { facts, timeoutSeconds in
-            let result = await self.query(
+            let answer = await self.query(
                 client: facts.client, listener: facts.listener, timeout: .nanoseconds(Int64(timeoutSeconds * 1e9)))
             self.logger.info(
                 "ident lookup",
                 metadata: [
-                    "client": "\(facts.client)", "outcome": "\(result.outcome)", "opsys": "\(result.opsys ?? "-")",
-                    "reply": "\(result.rawReply ?? "-")", "detail": "\(result.detail ?? "-")", "duration": "\(result.duration)",
+                    "client": "\(facts.client)", "outcome": "\(answer.outcome)", "opsys": "\(answer.opsys ?? "-")",
+                    "reply": "\(answer.rawReply ?? "-")", "detail": "\(answer.detail ?? "-")",
+                    "duration": "\(answer.durationMs.map { "\($0) ms" } ?? "-")",
                 ])
-            return IdentAnswer(
-                result.outcome, rawReply: result.rawReply, opsys: result.opsys, detail: result.detail,
-                durationMs: Int(
-                    result.duration.components.seconds * 1000 + result.duration.components.attoseconds / 1_000_000_000_000_000))
+            return answer
         }
     }
 
     /// Asks the identd at `client`'s address who owns `client` → `listener`.
-    public func query(client: IPEndpoint, listener: IPEndpoint, timeout: TimeAmount) async -> IdentLookupResult {
+    public func query(client: IPEndpoint, listener: IPEndpoint, timeout: TimeAmount) async -> IdentAnswer {
         let eventLoop = group.any()
         let started = ContinuousClock.now
-        let promise = eventLoop.makePromise(of: IdentLookupResult.self)
+        let promise = eventLoop.makePromise(of: IdentAnswer.self)
         let query = IdentQuery(serverPort: client.port, clientPort: listener.port)
         eventLoop.execute {
             IdentExchange(query: query, promise: promise, started: started).start(
@@ -70,8 +51,12 @@ public struct IdentClient: Sendable {
                 timeout: timeout)
         }
         return (try? await promise.futureResult.get())
-            ?? IdentLookupResult(
-                outcome: .failure(.unknownError), detail: "lookup failed", duration: ContinuousClock.now - started)
+            ?? IdentAnswer(.failure(.unknownError), detail: "lookup failed", durationMs: Self.milliseconds(since: started))
+    }
+
+    static func milliseconds(since start: ContinuousClock.Instant) -> Int {
+        let elapsed = ContinuousClock.now - start
+        return Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
     }
 }
 
@@ -79,13 +64,13 @@ public struct IdentClient: Sendable {
 /// deadline. Completes its promise exactly once.
 private final class IdentExchange {
     let query: IdentQuery
-    let promise: EventLoopPromise<IdentLookupResult>
+    let promise: EventLoopPromise<IdentAnswer>
     let started: ContinuousClock.Instant
     var done = false
     var connected = false
     var channel: (any Channel)?
 
-    init(query: IdentQuery, promise: EventLoopPromise<IdentLookupResult>, started: ContinuousClock.Instant) {
+    init(query: IdentQuery, promise: EventLoopPromise<IdentAnswer>, started: ContinuousClock.Instant) {
         self.query = query
         self.promise = promise
         self.started = started
@@ -97,7 +82,7 @@ private final class IdentExchange {
     func start(on eventLoop: any EventLoop, from local: IPAddress, to identd: IPEndpoint, timeout: TimeAmount) {
         let deadline = eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             // Before the connect completed, identd was not reachable; after, it said nothing.
-            self.finish(.failure(self.connected ? .timeout : .unreachable), detail: "no answer within \(timeout)")
+            self.finish(IdentAnswer(.failure(self.connected ? .timeout : .unreachable), detail: "no answer within \(timeout)"))
         }
         promise.futureResult.whenComplete { _ in deadline.cancel() }
         ClientBootstrap(group: eventLoop)
@@ -122,63 +107,34 @@ private final class IdentExchange {
                     do {
                         try channel.pipeline.syncOperations.addHandler(IdentReplyHandler(exchange: self))
                     } catch {
-                        self.finish(.failure(.unknownError), detail: "\(error)")
+                        self.finish(IdentAnswer(.failure(.unknownError), detail: "\(error)"))
                         return
                     }
                     var line = channel.allocator.buffer(capacity: 16)
                     line.writeString(self.query.line)
                     channel.writeAndFlush(line, promise: nil)
                 case .failure(let error):
-                    self.finish(.failure(.unreachable), detail: "cannot connect: \(error)")
+                    self.finish(IdentAnswer(.failure(.unreachable), detail: "cannot connect: \(error)"))
                 }
             }
     }
 
-    func finish(_ outcome: IdentOutcome, rawReply: String? = nil, opsys: String? = nil, detail: String? = nil) {
+    func finish(_ answer: IdentAnswer) {
         guard !done else { return }
         done = true
         channel?.close(promise: nil)
-        promise.succeed(
-            IdentLookupResult(
-                outcome: outcome, rawReply: rawReply, opsys: opsys, detail: detail, duration: ContinuousClock.now - started))
+        var answer = answer
+        answer.durationMs = IdentClient.milliseconds(since: started)
+        promise.succeed(answer)
     }
 
     /// A whole reply line arrived (or too many octets without one).
     func received(_ bytes: [UInt8]) {
-        switch IdentReply.firstLine(in: bytes) {
-        case .needMoreBytes:
-            return
-        case .tooLong:
-            finish(
-                .failure(.malformed), rawReply: String(decoding: bytes.prefix(200), as: UTF8.self),
-                detail: "over 1000 octets without a line end")
-        case .line(let line):
-            let raw = String(decoding: line, as: UTF8.self)
-            switch IdentReply.parse(line, for: query) {
-            case .failure(let failure):
-                finish(.failure(.malformed), rawReply: raw, detail: failure.description)
-            case .success(.userID(let user, let opsys, _)) where opsys.uppercased() == "OTHER":
-                // RFC 1413: OTHER marks a token that is not a user name; it names nobody.
-                finish(.failure(.other), rawReply: raw, opsys: opsys, detail: "OTHER opsys token \(user)")
-            case .success(.userID(let user, let opsys, _)):
-                finish(.userID(user), rawReply: raw, opsys: opsys)
-            case .success(.error(let type)):
-                let failure: IdentFailure =
-                    switch type {
-                    case "NO-USER": .noUser
-                    case "HIDDEN-USER": .hidden
-                    case "INVALID-PORT": .invalidPort
-                    default: .unknownError
-                    }
-                finish(.failure(failure), rawReply: raw, detail: "ERROR \(type)")
-            }
-        }
+        if let answer = IdentReply.answer(to: bytes, for: query) { finish(answer) }
     }
 
     func closedEarly(_ bytes: [UInt8]) {
-        finish(
-            .failure(.malformed), rawReply: bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self),
-            detail: "closed without a line end")
+        finish(IdentReply.closedEarly(after: bytes))
     }
 }
 
@@ -206,6 +162,6 @@ private final class IdentReplyHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        exchange.finish(.failure(.unknownError), detail: "\(error)")
+        exchange.finish(IdentAnswer(.failure(.unknownError), detail: "\(error)"))
     }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import NetAddress
+import PosixEndpoint
 
 #if canImport(Glibc)
     import Glibc
@@ -16,18 +17,6 @@ extension SocketAddress {
 
     /// nil for Unix domain sockets, which identgate never uses.
     var ipEndpoint: IPEndpoint? {
-        switch self {
-        case .v4(let address):
-            let sin = address.address
-            return IPEndpoint(
-                address: .v4(NetAddress.IPv4Address(UInt32(bigEndian: sin.sin_addr.s_addr))),
-                port: UInt16(bigEndian: sin.sin_port))
-        case .v6(let address):
-            let sin6 = address.address
-            let octets = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-            return IPEndpoint(address: .v6(NetAddress.IPv6Address(octets: octets)), port: UInt16(bigEndian: sin6.sin6_port))
-        case .unixDomainSocket:
-            return nil
-        }
+        withSockAddr { address, _ in IPEndpoint(sockaddr: address) }
     }
 }

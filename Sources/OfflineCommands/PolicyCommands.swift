@@ -196,12 +196,10 @@ enum Explanation {
     /// `allow, reply 0x00` or `deny, reply 93`: the exact reply the client would get.
     static func outcome(_ decision: Decision, facts: RequestFacts) -> String {
         let code = decision.replyCode(for: facts.version)
-        let meanings: [UInt8: String] =
+        let shown =
             facts.version == .socks5
-            ? [0: "succeeded", 2: "not allowed by ruleset"]
-            : [90: "granted", 91: "rejected", 92: "identd not reachable", 93: "user-ids differ"]
-        let shown = facts.version == .socks5 ? "0x0\(code)" : "\(code)"
-        return "\(decision.verdict.rawValue) (reply \(shown) \(meanings[code] ?? ""))"
+            ? "0x0\(code) \(SOCKS5ReplyCode(rawValue: code).meaning)" : "\(code) \(SOCKS4ReplyCode(rawValue: code).meaning)"
+        return "\(decision.verdict.rawValue) (reply \(shown))"
     }
 }
 

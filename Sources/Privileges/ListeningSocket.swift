@@ -1,4 +1,5 @@
 import NetAddress
+import PosixEndpoint
 
 #if canImport(Glibc)
     import Glibc

@@ -68,6 +68,17 @@ public struct SOCKS4ReplyCode: RawRepresentable, Hashable, Sendable {
     public static let identUnreachable = SOCKS4ReplyCode(rawValue: 92)
     /// The client program and identd report different user-ids.
     public static let identMismatch = SOCKS4ReplyCode(rawValue: 93)
+
+    /// The code's meaning as the SOCKS4 text words it, for `explain` and the review commands.
+    public var meaning: String {
+        switch self {
+        case .granted: "granted"
+        case .rejected: "rejected or failed"
+        case .identUnreachable: "identd not reachable"
+        case .identMismatch: "user-ids differ"
+        default: "unknown code \(rawValue)"
+        }
+    }
 }
 
 /// `VN=0 CD DSTPORT DSTIP`. The reply's version byte is 0, not 4.
@@ -147,6 +158,22 @@ public struct SOCKS5ReplyCode: RawRepresentable, Hashable, Sendable {
     public static let ttlExpired = SOCKS5ReplyCode(rawValue: 0x06)
     public static let commandNotSupported = SOCKS5ReplyCode(rawValue: 0x07)
     public static let addressTypeNotSupported = SOCKS5ReplyCode(rawValue: 0x08)
+
+    /// The code's meaning as RFC 1928 words it, for `explain` and the review commands.
+    public var meaning: String {
+        switch self {
+        case .succeeded: "succeeded"
+        case .generalFailure: "general SOCKS server failure"
+        case .notAllowedByRuleset: "connection not allowed by ruleset"
+        case .networkUnreachable: "network unreachable"
+        case .hostUnreachable: "host unreachable"
+        case .connectionRefused: "connection refused"
+        case .ttlExpired: "TTL expired"
+        case .commandNotSupported: "command not supported"
+        case .addressTypeNotSupported: "address type not supported"
+        default: "unknown code \(rawValue)"
+        }
+    }
 }
 
 /// `VER=5 REP RSV=0 ATYP BND.ADDR BND.PORT`.

@@ -163,7 +163,7 @@ final class TestIdentd: Sendable {
             client: IPEndpoint("127.0.0.1:5555")!, listener: IPEndpoint("127.0.0.1:1080")!, timeout: .seconds(2))
         #expect(result.outcome == .failure(.noUser))
         #expect(result.rawReply == "5555,1080 : ERROR : NO-USER")
-        #expect(result.duration < .seconds(2))
+        #expect((result.durationMs ?? .max) < 2000)
         await identd.stop()
     }
 }

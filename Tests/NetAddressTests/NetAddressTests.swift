@@ -1,6 +1,7 @@
 import Testing
 
 @testable import NetAddress
+import PosixEndpoint
 
 #if canImport(Glibc)
     import Glibc

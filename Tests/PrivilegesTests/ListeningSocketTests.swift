@@ -1,5 +1,6 @@
 import Glibc
 import NetAddress
+import PosixEndpoint
 import Testing
 
 @testable import Privileges
