@@ -32,7 +32,9 @@ struct Run: ParsableCommand {
             "Address to serve on, HOST:PORT; [::1]:1080 for IPv6. Repeatable. Default: 127.0.0.1:1080.", valueName: "host:port"))
     var listen: [ListenAddress] = []
 
-    @Option(help: ArgumentHelp("Longest wait from accept to a complete request.", valueName: "duration"))
+    @Option(
+        help: ArgumentHelp(
+            "Longest wait from accept to a complete request; also each policy decision's deadline.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
     @Option(
