@@ -14,6 +14,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = ByteBuffer
 
     private let setup: SessionSetup
+    private let decider: RequestDecider
     private var machine: BindSession
     private var early: EarlyClientData
     private var listener: (any Channel)?
@@ -23,6 +24,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
+        self.decider = setup.decider
         self.machine = BindSession(facts: facts)
         self.early = early
     }
@@ -72,19 +74,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.perform(self.machine.resolved(addresses), context: context)
             }
         case .decide(let facts, let step):
-            setup.decider.decide(facts, step: step, on: context.eventLoop) { outcome in
-                switch outcome {
-                case .decided(let decision, let written):
-                    self.perform(self.machine.decided(decision, recordPending: written != nil), context: context)
-                    written?.assumeIsolated().whenComplete { result in
-                        switch result {
-                        case .success: self.perform(self.machine.auditRecordWritten(), context: context)
-                        case .failure: self.perform(self.machine.auditRecordFailed(), context: context)
-                        }
-                    }
-                case .timedOut:
-                    self.perform(self.machine.decisionTimedOut(), context: context)
-                }
+            decider.decide(facts, step: step, on: context.eventLoop) { event in
+                self.perform(self.machine.received(event), context: context)
             }
         case .listen(let toward):
             listen(toward: toward, context: context)

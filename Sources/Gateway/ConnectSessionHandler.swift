@@ -14,6 +14,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     typealias OutboundOut = ByteBuffer
 
     private let setup: SessionSetup
+    private let decider: RequestDecider
     private var machine: ConnectSession
     private var early: EarlyClientData
     /// The destination's connection, from connect until the relay takes it.
@@ -21,6 +22,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
+        self.decider = setup.decider
         self.machine = ConnectSession(facts: facts)
         self.early = early
     }
@@ -69,23 +71,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 self.perform(self.machine.resolved(addresses), context: context)
             }
         case .decide(let facts):
-            setup.decider.decide(facts, step: nil, on: context.eventLoop) { outcome in
-                switch outcome {
-                case .decided(let decision, let written):
-                    self.perform(self.machine.decided(decision, recordPending: written != nil), context: context)
-                    written?.assumeIsolated().whenComplete { result in
-                        switch result {
-                        case .success:
-                            self.perform(self.machine.auditRecordWritten(), context: context)
-                        case .failure(let error):
-                            self.setup.gateway.logger.error(
-                                "request refused: its decision could not be logged", metadata: ["error": "\(error)"])
-                            self.perform(self.machine.auditRecordFailed(), context: context)
-                        }
-                    }
-                case .timedOut:
-                    self.perform(self.machine.decisionTimedOut(), context: context)
-                }
+            decider.decide(facts, step: nil, on: context.eventLoop) { event in
+                self.perform(self.machine.received(event), context: context)
             }
         case .connect(let destination):
             connect(to: destination, context: context)

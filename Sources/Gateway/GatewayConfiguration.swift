@@ -28,8 +28,10 @@ public struct GatewayConfiguration: Sendable {
     public init() {}
 }
 
-/// What every connection shares: the configuration and the services handlers call.
-struct GatewayContext: Sendable {
+/// What every connection shares: the configuration and the services handlers call. A
+/// class, so that a session holds one reference rather than copying (and retaining)
+/// every field.
+final class GatewayContext: Sendable {
     /// BIND listening sockets open right now (for tests and metrics).
     let openBindListeners = NIOLockedValueBox(0)
     let configuration: GatewayConfiguration
@@ -46,8 +48,21 @@ struct GatewayContext: Sendable {
     /// bulk stream takes a quarter of the system calls.
     static let relayReceiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
 
-    var offeredMethods: [SOCKS5AuthMethod] {
-        if !configuration.methods.isEmpty { return configuration.methods }
-        return credentials == nil ? [.noAuthentication] : [.usernamePassword]
+    /// The SOCKS5 methods offered, most preferred first.
+    let offeredMethods: [SOCKS5AuthMethod]
+
+    init(
+        configuration: GatewayConfiguration, policy: any PolicyDecider, credentials: (any PasswordVerifier)?,
+        resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?
+    ) {
+        self.configuration = configuration
+        self.policy = policy
+        self.credentials = credentials
+        self.resolver = resolver
+        self.threadPool = threadPool
+        self.logger = logger
+        self.audit = audit
+        self.offeredMethods =
+            !configuration.methods.isEmpty ? configuration.methods : credentials == nil ? [.noAuthentication] : [.usernamePassword]
     }
 }

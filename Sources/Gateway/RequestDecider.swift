@@ -14,54 +14,61 @@ import SOCKSWire
 /// goes on once its record is queued (the writer never drops one); with `--audit-sync
 /// always`, whoever relays for it first waits for the record to be written and synced.
 struct RequestDecider {
-    enum Outcome {
-        /// `recordWritten`: the write of an allowed decision's record, when the relay
-        /// must wait for it; nil otherwise.
-        case decided(Decision, recordWritten: EventLoopFuture<Void>?)
-        /// No decision within the deadline: refused, and recorded as such.
-        case timedOut
-    }
-
     let gateway: GatewayContext
     let session: UInt64
 
-    /// `step` names the decision in the audit record (nil: the request's own).
-    /// `completion` runs on `eventLoop`, exactly once.
+    /// `step` names the decision in the audit record (nil: the request's own). `report`
+    /// runs on `eventLoop`: `.decided` or `.timedOut` exactly once, then, for a record the
+    /// relay must wait for, `.recordWritten` or `.recordFailed`.
     func decide(
-        _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop, completion: @escaping (Outcome) -> Void
+        _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop, report: @escaping (DecisionEvent) -> Void
     ) {
         if let decision = gateway.policy.decideImmediately(facts) {
-            completion(record(decision, facts, step: step, on: eventLoop))
+            decided(decision, facts, step: step, on: eventLoop, report: report)
             return
         }
         let policy = gateway.policy
-        let pending = PendingDecision(completion)
+        let pending = PendingDecision(report)
         let deadline = gateway.configuration.negotiationTimeout
         let timer = eventLoop.assumeIsolated().scheduleTask(in: deadline) {
-            guard pending.take() != nil else { return }
+            guard let report = pending.take() else { return }
             self.recordTimeout(facts, step: step, after: deadline)
-            completion(.timedOut)
+            report(.timedOut)
         }
         eventLoop.makeFutureWithTask { await policy.decide(facts) }.assumeIsolated().whenComplete { result in
             timer.cancel()
-            guard let completion = pending.take() else { return }
+            guard let report = pending.take() else { return }
             switch result {
-            case .success(let decision): completion(self.record(decision, facts, step: step, on: eventLoop))
-            case .failure: completion(.timedOut)
+            case .success(let decision): self.decided(decision, facts, step: step, on: eventLoop, report: report)
+            case .failure: report(.timedOut)
             }
         }
     }
 
-    private func record(_ decision: Decision, _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop) -> Outcome {
+    /// Logs and records the decision, then reports it (and later its record's write).
+    private func decided(
+        _ decision: Decision, _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop,
+        report: @escaping (DecisionEvent) -> Void
+    ) {
         log(decision, facts, step: step)
-        guard let audit = gateway.audit else { return .decided(decision, recordWritten: nil) }
+        guard let audit = gateway.audit else { return report(.decided(decision, recordPending: false)) }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
             audit.recordDecision(facts, decision, session: session, step: step)
-            return .decided(decision, recordWritten: nil)
+            return report(.decided(decision, recordPending: false))
         }
         let written = eventLoop.makePromise(of: Void.self)
         audit.recordDecision(facts, decision, session: session, step: step, written: written)
-        return .decided(decision, recordWritten: written.futureResult)
+        // Reported first, so that the session counts the record before it hears of its write.
+        report(.decided(decision, recordPending: true))
+        written.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success:
+                report(.recordWritten)
+            case .failure(let error):
+                self.gateway.logger.error("request refused: its decision could not be logged", metadata: ["error": "\(error)"])
+                report(.recordFailed)
+            }
+        }
     }
 
     /// The deadline passed: a decision record says so (deny, general failure), with
@@ -95,16 +102,16 @@ struct RequestDecider {
     }
 }
 
-/// A decision in a task races its deadline; whichever comes first takes the completion.
+/// A decision in a task races its deadline; whichever comes first takes the report.
 /// Both run on the same event loop.
 private final class PendingDecision {
-    private var completion: ((RequestDecider.Outcome) -> Void)?
+    private var completion: ((DecisionEvent) -> Void)?
 
-    init(_ completion: @escaping (RequestDecider.Outcome) -> Void) {
+    init(_ completion: @escaping (DecisionEvent) -> Void) {
         self.completion = completion
     }
 
-    func take() -> ((RequestDecider.Outcome) -> Void)? {
+    func take() -> ((DecisionEvent) -> Void)? {
         defer { completion = nil }
         return completion
     }

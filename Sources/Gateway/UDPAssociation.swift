@@ -177,26 +177,25 @@ final class UDPAssociation {
         datagramFacts.destination = name.map(RequestFacts.Destination.hostName) ?? .address(destination.address)
         datagramFacts.resolvedAddress = name == nil ? nil : destination.address
         datagramFacts.destinationPort = destination.port
-        decider.decide(datagramFacts, step: "udp destination", on: control.eventLoop) { outcome in
-            guard case .decided(let decision, let written) = outcome, decision.verdict == .allow else {
-                // Refused, or not decided in time (then not remembered: a later datagram asks again).
-                if case .decided = outcome { self.verdicts[destination] = false }
-                self.counts.denied += 1
-                return
-            }
-            self.verdicts[destination] = true
-            guard let written else {
-                self.send(payload, to: destination)
-                return
-            }
-            // The first datagram to a destination waits until its decision is logged.
-            written.assumeIsolated().whenComplete { result in
-                switch result {
-                case .success: self.send(payload, to: destination)
-                case .failure:
-                    self.verdicts[destination] = nil
+        decider.decide(datagramFacts, step: "udp destination", on: control.eventLoop) { event in
+            switch event {
+            case .decided(let decision, let recordPending):
+                let allowed = decision.verdict == .allow
+                self.verdicts[destination] = allowed
+                if !allowed {
                     self.counts.denied += 1
+                } else if !recordPending {
+                    self.send(payload, to: destination)
                 }
+            case .recordWritten:
+                // The first datagram to a destination waited until its decision was logged.
+                self.send(payload, to: destination)
+            case .recordFailed:
+                self.verdicts[destination] = nil
+                self.counts.denied += 1
+            case .timedOut:
+                // Not remembered: a later datagram asks again.
+                self.counts.denied += 1
             }
         }
     }

@@ -203,6 +203,25 @@ let a3 = IPAddress("2001:db8::3")!
     }
 }
 
+/// The decide-then-record path's reports, as the handlers feed them.
+@Suite struct DecisionEventTests {
+    @Test func eventsInTheOrderTheDeciderReportsThem() {
+        var session = ConnectSession(facts: facts(.address(a1)))
+        _ = session.start()
+        #expect(session.received(.decided(allow, recordPending: true)) == .connect(IPEndpoint(address: a1, port: 443)))
+        #expect(session.connected() == .none)
+        #expect(session.received(.recordWritten) == .startRelay)
+        var failed = ConnectSession(facts: facts(.address(a1)))
+        _ = failed.start()
+        _ = failed.received(.decided(allow, recordPending: true))
+        #expect(failed.received(.recordFailed) == .fail(.generalFailure, recordEnd: false))
+        var late = BindSession(facts: facts(.address(a1), command: .bind))
+        _ = late.start()
+        #expect(late.received(.timedOut) == .fail(.generalFailure, recordEnd: false))
+        #expect(late.received(.decided(allow, recordPending: false)) == .none)
+    }
+}
+
 /// The bridge from the wire's vocabulary to the policy's.
 @Suite struct VocabularyTests {
     @Test func refusalsBecomeEachProtocolsCode() {
