@@ -14,7 +14,17 @@ public enum DecisionEvent: Hashable, Sendable {
     case timedOut
 }
 
-extension ConnectSession {
+/// A session whose decisions go through the decide-then-record path.
+public protocol DecidingSession {
+    associatedtype Action
+    mutating func decided(_ decision: Decision, recordPending: Bool) -> Action
+    mutating func auditRecordWritten() -> Action
+    mutating func auditRecordFailed() -> Action
+    mutating func decisionTimedOut() -> Action
+}
+
+extension DecidingSession {
+    /// Takes one report of the decide-then-record path.
     public mutating func received(_ event: DecisionEvent) -> Action {
         switch event {
         case .decided(let decision, let recordPending): decided(decision, recordPending: recordPending)
@@ -25,13 +35,5 @@ extension ConnectSession {
     }
 }
 
-extension BindSession {
-    public mutating func received(_ event: DecisionEvent) -> Action {
-        switch event {
-        case .decided(let decision, let recordPending): decided(decision, recordPending: recordPending)
-        case .recordWritten: auditRecordWritten()
-        case .recordFailed: auditRecordFailed()
-        case .timedOut: decisionTimedOut()
-        }
-    }
-}
+extension ConnectSession: DecidingSession {}
+extension BindSession: DecidingSession {}
