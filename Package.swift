@@ -100,6 +100,7 @@ let package = Package(
         .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
+        .testTarget(name: "PolicyFilesTests", dependencies: ["PolicyFiles", "AuditLog", "AccessPolicy"]),
         .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress", "PosixEndpoint"]),
         .testTarget(
             name: "GatewayTests",

@@ -163,11 +163,18 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .bind: BindSessionHandler(session, facts: facts, early: early)
             case .udpAssociate: UDPControlHandler(session, facts: facts, request: request)
             }
+        let channel = context.channel
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         do {
-            try context.pipeline.syncOperations.addHandler(next)
+            try channel.pipeline.syncOperations.addHandler(next)
         } catch {
-            context.close(promise: nil)
+            channel.close(promise: nil)
+            return
+        }
+        // A read held back during a password check is the session handler's to take.
+        if readPending {
+            readPending = false
+            channel.read()
         }
     }
 }
