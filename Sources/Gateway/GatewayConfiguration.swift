@@ -34,6 +34,9 @@ public struct GatewayConfiguration: Sendable {
 final class GatewayContext: Sendable {
     /// BIND listening sockets open right now (for tests and metrics).
     let openBindListeners = NIOLockedValueBox(0)
+    /// Accepts that failed since the start (for tests and metrics), and the episode under
+    /// way, shared by every listening socket so that it is logged once.
+    let acceptFailures = NIOLockedValueBox(AcceptFailureCount())
     let configuration: GatewayConfiguration
     let policy: any PolicyDecider
     let credentials: (any PasswordVerifier)?
@@ -65,4 +68,9 @@ final class GatewayContext: Sendable {
         self.offeredMethods =
             !configuration.methods.isEmpty ? configuration.methods : credentials == nil ? [.noAuthentication] : [.usernamePassword]
     }
+}
+
+struct AcceptFailureCount {
+    var total = 0
+    var episode: (started: ContinuousClock.Instant, failures: Int, lastFailure: ContinuousClock.Instant)?
 }

@@ -41,6 +41,9 @@ public final class GatewayServer: Sendable {
     /// BIND listening sockets open right now; every path must close them.
     public var openBindListeners: Int { context.openBindListeners.withLockedValue { $0 } }
 
+    /// Accepts that failed (the descriptor limit reached, say) since the start.
+    public var acceptFailures: Int { context.acceptFailures.withLockedValue { $0.total } }
+
     /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
     /// If one cannot be bound, those already bound are closed and the error is thrown.
     ///
@@ -94,6 +97,7 @@ public final class GatewayServer: Sendable {
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(gateway: gateway))
                     }
                 }
                 .childChannelInitializer { channel in

@@ -7,6 +7,7 @@ it stops (the classes are context managers).
 import hashlib
 import http.server
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -54,7 +55,8 @@ STAY_ROOT = ("--stay-root",) if os.geteuid() == 0 else ()
 class Gateway:
     """identgate run, on its own port, stopped with SIGTERM (and must exit 0)."""
 
-    def __init__(self, *args, host="127.0.0.1", port=None):
+    def __init__(self, *args, host="127.0.0.1", port=None, nofile=None):
+        """`nofile`: the gateway's descriptor limit (RLIMIT_NOFILE), for tests of exhaustion."""
         self.host = host
         self.port = port or free_port(host)
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
@@ -68,8 +70,13 @@ class Gateway:
         self.audit_log = os.path.join(self.audit_folder, "audit.jsonl")
         if "--audit-log" not in args:
             args = (*args, "--audit-log", self.audit_log)
+        def limit_descriptors():
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.process = subprocess.Popen(
-            [BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT
+            [BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=limit_descriptors,
         )
         try:
             wait_for_port(host, self.port)
