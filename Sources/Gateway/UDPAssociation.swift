@@ -49,6 +49,11 @@ final class UDPAssociation {
         self.logger = logger
     }
 
+    /// Reads take a whole datagram of any size: 65,535 bytes holds the largest UDP payload
+    /// of IPv4 (65,507) and of IPv6 without jumbograms (65,527). NIO's default of 2,048
+    /// would cut longer datagrams short, silently.
+    static let wholeDatagrams = FixedSizeRecvByteBufferAllocator(capacity: 65_535)
+
     /// Binds the relay on `address` (the one the client reached) and the outbound
     /// sockets; returns the relay's address for the reply.
     func start(on address: IPAddress, eventLoop: any EventLoop) -> EventLoopFuture<IPEndpoint> {
@@ -58,6 +63,7 @@ final class UDPAssociation {
         let relayBound = DatagramBootstrap(group: eventLoop)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions?.setOption(.recvAllocator, value: Self.wholeDatagrams)
                     let association = this.value
                     if let idleTimeout {
                         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
@@ -71,6 +77,7 @@ final class UDPAssociation {
             DatagramBootstrap(group: eventLoop)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.syncOptions?.setOption(.recvAllocator, value: Self.wholeDatagrams)
                         let association = this.value
                         try channel.pipeline.syncOperations.addHandler(Receiver({ association.fromDestination($0) }, idle: {}))
                     }

@@ -65,6 +65,49 @@ class UDPWithPySocksTest(unittest.TestCase):
             self.assertIn("relayed=20", gateway.output())
 
 
+class UDPDatagramSizeTest(unittest.TestCase):
+    """Every datagram size up to the largest IPv4 allows arrives whole, both ways (the
+    relay read only 2,048 bytes of a datagram once, and corrupted the rest silently)."""
+
+    # The largest SOCKS-wrapped datagram over IPv4 is 65,507 bytes; its header here is 10.
+    SIZES = [1, 1472, 2048, 2049, 9000, 65507 - 10]
+
+    def test_pysocks_datagrams_of_every_size(self):
+        with UDPEcho() as echo, Gateway() as gateway:
+            client = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.set_proxy(socks.SOCKS5, "127.0.0.1", gateway.port)
+            client.settimeout(5)
+            try:
+                for size in self.SIZES:
+                    payload = os.urandom(size)
+                    client.sendto(payload, ("127.0.0.1", echo.port))
+                    data, _ = client.recvfrom(65535)
+                    self.assertEqual(len(data), size)
+                    self.assertEqual(data, payload, f"{size} bytes")
+            finally:
+                client.close()
+
+    def test_raw_client_datagrams_of_every_size(self):
+        with UDPEcho() as echo, Gateway() as gateway:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as control:
+                control.sendall(b"\x05\x01\x00")
+                self.assertEqual(recv_exactly(control, 2), b"\x05\x00")
+                control.sendall(b"\x05\x03\x00\x01" + bytes(6))
+                reply = recv_exactly(control, 10)
+                self.assertEqual(reply[:2], b"\x05\x00")
+                relay = (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+                header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + echo.port.to_bytes(2, "big")
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.settimeout(5)
+                    udp.bind(("127.0.0.1", 0))
+                    for size in self.SIZES:
+                        payload = os.urandom(size)
+                        udp.sendto(header + payload, relay)
+                        data, _ = udp.recvfrom(70000)
+                        self.assertEqual(data[:10], header)
+                        self.assertEqual(data[10:], payload, f"{size} bytes")
+
+
 class BindResourceTest(unittest.TestCase):
     COUNT = 1000
 
