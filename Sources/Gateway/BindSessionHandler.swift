@@ -103,6 +103,10 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
             context.sendAndClose(reply)
         case .close:
+            closeListener()
+            peer?.close(promise: nil)
+            peer = nil
+            if machine.ledger.allowed { SessionRelay.recordDeparture(gateway: setup.gateway, session: setup.id) }
             context.close(promise: nil)
         case .closeListener:
             closeListener()

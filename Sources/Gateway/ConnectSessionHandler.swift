@@ -19,6 +19,9 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var early: EarlyClientData
     /// The destination's connection, from connect until the relay takes it.
     private var outbound: (any Channel)?
+    /// The connection being attempted: a client that leaves ends the attempt at once,
+    /// rather than leaving it to `--connect-timeout`.
+    private var attempt: (any Channel)?
 
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
@@ -33,6 +36,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.clientLeft()
+        attempt?.close(promise: nil)
+        attempt = nil
         outbound?.close(promise: nil)
         outbound = nil
     }
@@ -51,8 +56,10 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
         case is ChannelShouldQuiesceEvent:
             context.close(promise: nil)
         case ChannelEvent.inputClosed:
-            // `printf … | nc`: the request, data, then EOF; the relay passes it on.
+            // `printf … | nc`: the request, data, then EOF; the relay passes it on. With
+            // no data, the client has gone (ConnectSession.clientSentEOF).
             early.sentEOF = true
+            perform(machine.clientSentEOF(afterData: early.bytes != nil), context: context)
         default:
             context.fireUserInboundEventTriggered(event)
         }
@@ -97,16 +104,27 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .closeOutbound:
             outbound?.close(promise: nil)
             outbound = nil
+        case .abandon(let recordEnd):
+            attempt?.close(promise: nil)
+            attempt = nil
+            outbound?.close(promise: nil)
+            outbound = nil
+            if recordEnd { SessionRelay.recordDeparture(gateway: setup.gateway, session: setup.id) }
+            context.close(promise: nil)
         }
     }
 
     private func connect(to destination: IPEndpoint, context: ChannelHandlerContext) {
+        let this = NIOLoopBound(self, eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(setup.gateway.configuration.connectTimeout)
             .channelInitializer { channel in
                 // Set here rather than with `channelOption`, which applies each option
                 // through a future of its own: this is on every connection's path.
                 channel.eventLoop.makeCompletedFuture {
+                    // The client left before the attempt began: nothing to connect for.
+                    guard !this.value.machine.isEnded else { throw ChannelError.ioOnClosedChannel }
+                    this.value.attempt = channel
                     let options = channel.syncOptions
                     try options?.setOption(.allowRemoteHalfClosure, value: true)
                     try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
@@ -118,6 +136,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             .connect(to: SocketAddress(destination))
             .assumeIsolated()
             .whenComplete { result in
+                self.attempt = nil
                 switch result {
                 case .success(let channel):
                     self.outbound = channel

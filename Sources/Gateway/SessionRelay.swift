@@ -61,6 +61,18 @@ enum SessionRelay {
         context.channel.read()
     }
 
+    /// The session-end record of a request that was allowed but whose client left before
+    /// the reply.
+    static func recordDeparture(gateway: GatewayContext, session: UInt64) {
+        guard let audit = gateway.audit else { return }
+        var record = AuditRecord(event: .sessionEnd)
+        record.session = session
+        record.reason = "client left before the reply"
+        record.bytesFromClient = 0
+        record.bytesToClient = 0
+        audit.record(record)
+    }
+
     /// The session-end record of a request that was allowed but failed before its relay.
     static func recordFailure(_ failure: SOCKSRequestFailure, reply: SOCKSServerMessage, gateway: GatewayContext, session: UInt64) {
         guard let audit = gateway.audit else { return }

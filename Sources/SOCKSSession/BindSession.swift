@@ -142,12 +142,17 @@ public struct BindSession: Sendable {
         return fail(.timedOut)
     }
 
-    /// The client shut down its sending side. While BIND waits for its peer the client
-    /// has nothing to send: EOF means it has gone, and the listener goes with it.
+    /// The client shut down its sending side. Before the second reply a BIND client has
+    /// nothing to send and no protocol use for a half-close: EOF means it has gone, and
+    /// the listener and any peer go with it.
     public mutating func clientSentEOF() -> Action {
-        guard state == .awaitingPeer else { return .none }
-        state = .ended
-        return .close
+        switch state {
+        case .idle, .resolving, .decidingRequest, .listening, .awaitingPeer, .decidingPeer, .awaitingAuditRecord:
+            state = .ended
+            return .close
+        case .relaying, .ended:
+            return .none
+        }
     }
 
     public mutating func auditRecordWritten() -> Action {

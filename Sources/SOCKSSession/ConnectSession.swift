@@ -34,6 +34,9 @@ public struct ConnectSession: Sendable {
         case fail(SOCKSRequestFailure, recordEnd: Bool)
         /// An outbound connection completed that nobody waits for: close it.
         case closeOutbound
+        /// The client has gone before its reply: end the attempt and close its connection
+        /// without a reply. `recordEnd`: as for `fail`.
+        case abandon(recordEnd: Bool)
     }
 
     private enum State: Hashable, Sendable {
@@ -135,6 +138,21 @@ public struct ConnectSession: Sendable {
             ledger.recordFailed()
             return fail(.generalFailure)
         case .idle, .resolving, .relaying, .ended:
+            return .none
+        }
+    }
+
+    /// The client shut down its sending side before the reply. After bytes beyond the
+    /// request (`printf 'request+data' | nc`), that is a half-close, passed on by the
+    /// relay. With none, TCP cannot tell it from a client that closed and left, and the
+    /// gateway takes it as gone: the attempt ends now instead of at `--connect-timeout`.
+    public mutating func clientSentEOF(afterData: Bool) -> Action {
+        switch state {
+        case .idle, .resolving, .deciding, .connecting, .awaitingAuditRecord:
+            guard !afterData else { return .none }
+            state = .ended
+            return .abandon(recordEnd: ledger.allowed)
+        case .relaying, .ended:
             return .none
         }
     }

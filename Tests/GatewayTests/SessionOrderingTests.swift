@@ -165,6 +165,21 @@ import Testing
         #expect(try await written(channel) == [5, 0] + [5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
     }
 
+    /// The request, then EOF with nothing after it: the client has gone, and its
+    /// decision, when it comes, starts nothing.
+    @Test func eofWithoutDataWhileDecidingEndsTheSession() async throws {
+        let decider = HeldDecider(answer: Self.allowAll)
+        let channel = try await client(gateway(policy: decider))
+        try await send(connectRequest, to: channel)
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        await channel.testingEventLoop.run()
+        #expect(!channel.isActive)
+        try await decider.releaseOne()
+        try await Task.sleep(for: .milliseconds(50))
+        await channel.testingEventLoop.run()
+        #expect(try await written(channel) == [5, 0], "no reply to a client that left")
+    }
+
     @Test func resolutionAfterTheClientLeft() async throws {
         let decider = HeldDecider(answer: Self.allowAll)
         let channel = try await client(gateway(policy: decider))

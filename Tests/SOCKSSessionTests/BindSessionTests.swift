@@ -93,10 +93,13 @@ import Testing
         #expect(session.isEnded)
     }
 
-    @Test func clientEOFWhileDecidingIsKept() {
+    /// A BIND client has nothing to send before the second reply: EOF at any point
+    /// before it means the client has gone.
+    @Test func clientEOFWhileDecidingEndsTheSession() {
         var session = BindSession(facts: facts(.address(a1), command: .bind))
         _ = session.start()
-        #expect(session.clientSentEOF() == .none)
+        #expect(session.clientSentEOF() == .close)
+        #expect(session.decided(allow, recordPending: false) == .none)
     }
 
     @Test func relayWaitsForBothAuditRecords() {

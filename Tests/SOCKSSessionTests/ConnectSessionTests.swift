@@ -147,6 +147,33 @@ let a3 = IPAddress("2001:db8::3")!
         #expect(session.connected() == .startRelay)
     }
 
+    @Test func halfCloseAfterDataIsKeptForTheRelay() {
+        var session = ConnectSession(facts: facts(.address(a1)))
+        _ = session.start()
+        #expect(session.clientSentEOF(afterData: true) == .none)
+        #expect(session.decided(allow, recordPending: false) == .connect(IPEndpoint(address: a1, port: 443)))
+    }
+
+    @Test func eofWithoutDataBeforeTheReplyMeansTheClientLeft() {
+        var session = ConnectSession(facts: facts(.address(a1)))
+        _ = session.start()
+        _ = session.decided(allow, recordPending: false)
+        #expect(session.clientSentEOF(afterData: false) == .abandon(recordEnd: true))
+        #expect(session.connected() == .closeOutbound, "the attempt that completes anyway is closed")
+        var undecided = ConnectSession(facts: facts(.hostName("slow.example")))
+        _ = undecided.start()
+        #expect(undecided.clientSentEOF(afterData: false) == .abandon(recordEnd: false))
+        #expect(undecided.resolved([a1]) == .none)
+    }
+
+    @Test func eofDuringTheRelayIsTheRelays() {
+        var session = ConnectSession(facts: facts(.address(a1)))
+        _ = session.start()
+        _ = session.decided(allow, recordPending: false)
+        _ = session.connected()
+        #expect(session.clientSentEOF(afterData: false) == .none)
+    }
+
     // MARK: Late events, after the client left
 
     @Test func lateResolution() {

@@ -1,6 +1,7 @@
 """Hostile and careless clients against the real binary: what one client does must not
 cost the others a core, descriptors or service."""
 
+import os
 import socket
 import time
 import unittest
@@ -14,6 +15,55 @@ def cpu_seconds(pid):
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks / 100.0
+
+
+def open_descriptors(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class UnansweringListener:
+    """A listener whose accept queue is full: a further connect to it is never answered
+    (the kernel drops its handshake), so it hangs like a connect across a lossy network."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+        time.sleep(0.2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for filler in self.fillers:
+            filler.close()
+        self.listener.close()
+
+
+class DepartedClientTest(unittest.TestCase):
+    def test_a_client_that_leaves_ends_its_connect_attempt(self):
+        """A CONNECT whose client leaves while the destination does not answer: the
+        outbound attempt ends with the client, not at --connect-timeout (60 s here)."""
+        with UnansweringListener() as destination, Gateway("--connect-timeout", "60s") as gateway:
+            pid = gateway.process.pid
+            before = open_descriptors(pid)
+            for _ in range(20):
+                with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                    client.sendall(b"\x05\x01\x00")
+                    self.assertEqual(recv_exactly(client, 2), b"\x05\x00")
+                    client.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + destination.port.to_bytes(2, "big"))
+                    time.sleep(0.05)
+            deadline = time.monotonic() + 1.0
+            while open_descriptors(pid) > before + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertLessEqual(open_descriptors(pid), before + 2, "descriptors held after the clients left")
 
 
 class DescriptorExhaustionTest(unittest.TestCase):
