@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import IdentProtocol
 import Logging
 import NIOCore
@@ -31,8 +32,10 @@ public struct IdentClient: Sendable {
             self.logger.info(
                 "ident lookup",
                 metadata: [
-                    "client": "\(facts.client)", "outcome": "\(answer.outcome)", "opsys": "\(answer.opsys ?? "-")",
-                    "reply": "\(answer.rawReply ?? "-")", "detail": "\(answer.detail ?? "-")",
+                    "client": "\(facts.client)", "outcome": "\(DisplayText.escaped(answer.outcome.description))",
+                    "opsys": "\(DisplayText.escaped(answer.opsys, absent: "-"))",
+                    "reply": "\(DisplayText.escaped(answer.rawReply, absent: "-"))",
+                    "detail": "\(DisplayText.escaped(answer.detail, absent: "-"))",
                     "duration": "\(answer.durationMs.map { "\($0) ms" } ?? "-")",
                 ])
             return answer

@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import Logging
 import NIOCore
 import NetAddress
@@ -122,7 +123,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.checkingCredentials = false
             let valid = (try? result.get()) ?? false
             if !valid {
-                self.gateway.logger.notice("password authentication failed", metadata: ["user": "\(credentials.username)"])
+                self.gateway.logger.notice(
+                    "password authentication failed", metadata: ["user": "\(DisplayText.escaped(credentials.username))"])
             }
             // After the deadline or a close, the machine answers `.close`: nothing more is done.
             switch self.machine.credentialsChecked(valid: valid) {

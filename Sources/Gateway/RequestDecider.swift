@@ -76,7 +76,8 @@ struct RequestDecider {
     private func recordTimeout(_ facts: RequestFacts, step: String?, after deadline: TimeAmount) {
         let reason = "decision timed out after \(deadline) (identd did not answer in time)"
         gateway.logger.notice(
-            "request refused: \(reason)", metadata: ["client": "\(facts.client)", "destination": "\(facts.destination)"])
+            "request refused: \(reason)",
+            metadata: ["client": "\(facts.client)", "destination": "\(DisplayText.escaped(facts.destination.description))"])
         guard let audit = gateway.audit else { return }
         var record = AuditRecord.decision(
             facts, Decision(verdict: .deny, refusal: nil, rule: nil, trace: []), session: session, step: step)
@@ -92,11 +93,11 @@ struct RequestDecider {
             metadata: [
                 "client": "\(facts.client)",
                 "command": "\(facts.command.rawValue)",
-                "destination": "\(facts.destination):\(facts.destinationPort)",
+                "destination": "\(DisplayText.escaped(facts.destination.description)):\(facts.destinationPort)",
                 "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
                 "verdict": "\(decision.verdict.rawValue)",
                 "rule": "\(decision.rule?.description ?? "final deny")",
-                "ident": "\(decision.ident.map(\.description) ?? "not asked")",
+                "ident": "\(DisplayText.escaped(decision.ident?.description, absent: "not asked"))",
             ]
         )
     }

@@ -194,8 +194,10 @@ struct AuditShow: ParsableCommand {
 
     static let widths = [23, 10, 10, 21, 34, 7, 5, 26, 0]
 
+    /// Cells hold what clients and identds chose: escaped before they reach a terminal.
     static func row(_ cells: [String]) -> String {
-        zip(cells, widths).map { cell, width in width == 0 ? cell : cell.padding(width) }.joined(separator: " ")
+        zip(cells.map(DisplayText.escaped), widths).map { cell, width in width == 0 ? cell : cell.padding(width) }
+            .joined(separator: " ")
     }
 }
 
@@ -252,7 +254,7 @@ struct AuditSummary: ParsableCommand {
         func list(_ title: String, _ counts: [String: Int], byKey: Bool = false) {
             print("\n\(title):")
             let sorted = counts.sorted { byKey ? $0.key < $1.key : ($0.value, $1.key) > ($1.value, $0.key) }
-            for (key, count) in sorted.prefix(top) { print("  \(String(count).padding(8)) \(key)") }
+            for (key, count) in sorted.prefix(top) { print("  \(String(count).padding(8)) \(DisplayText.escaped(key))") }
             if counts.isEmpty { print("  (none)") }
         }
         list("top users", users)

@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import ArgumentParser
 import NetAddress
 import PolicyFiles
@@ -150,7 +151,7 @@ public struct Explain: AsyncParsableCommand {
             destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
             authMethod: auth, time: time)
         let decision = await PolicyEngine(policy: policy).explain(facts, identLookup: { _, _ in IdentAnswer(identOutcome) })
-        print(Explanation.describe(facts))
+        print(DisplayText.escaped(Explanation.describe(facts)))
         print(Explanation.render(decision, facts: facts, indent: ""))
     }
 }
@@ -186,6 +187,8 @@ enum Explanation {
                 "\(indent)  \(place.padding(9)) \(step.verdict.rawValue.padding(5)) \(mark.padding(8)) \(step.reason)\(label)")
         }
         if let ident = decision.ident { lines.append("\(indent)ident: \(ident)") }
+        // A reason may quote an identd's user-id or a claimed user: escaped, line by line.
+        lines = lines.map(DisplayText.escaped)
         let decider =
             decision.rule.map { rule in "line \(rule.line ?? 0)" + (rule.label.map { " \"\($0)\"" } ?? "") }
             ?? "the implicit final deny (no rule matched)"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AuditLog
 import Gateway
 
 #if canImport(Glibc)
@@ -26,6 +27,9 @@ struct Passwd: ParsableCommand {
         guard (1...255).contains(bytes.count) else { throw ValidationError("the user name must be 1 to 255 octets (RFC 1929)") }
         guard !user.contains(where: { $0 == ":" || $0 == "\n" || $0 == "#" || $0.isWhitespace }) else {
             throw ValidationError("the user name cannot contain ':', '#', spaces or line breaks")
+        }
+        guard DisplayText.escaped(user) == user else {
+            throw ValidationError("the user name cannot contain control characters or bidirectional overrides")
         }
     }
 

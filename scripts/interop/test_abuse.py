@@ -3,10 +3,12 @@ cost the others a core, descriptors or service."""
 
 import os
 import socket
+import subprocess
+import tempfile
 import time
 import unittest
 
-from peers import Gateway, TCPServer, echo, recv_exactly, socks5_connect
+from peers import BINARY, Gateway, TCPServer, echo, recv_exactly, socks5_connect
 
 
 def cpu_seconds(pid):
@@ -109,3 +111,53 @@ class DescriptorExhaustionTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ClientChosenTextTest(unittest.TestCase):
+    """Text a client chose reaches the logs and the reviewer's terminal escaped: no raw
+    escape sequences, no forged lines."""
+
+    HOSTILE = "evil\x1b[31mRED\x07\nFORGED line\u202e"
+
+    def test_socks4_userid_is_escaped_in_audit_show_and_summary(self):
+        with TCPServer(echo) as server, Gateway() as gateway:
+            with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                request = b"\x04\x01" + server.port.to_bytes(2, "big") + socket.inet_aton("127.0.0.1")
+                client.sendall(request + self.HOSTILE.encode() + b"\x00")
+                self.assertEqual(recv_exactly(client, 8)[1], 90)
+            gateway.stop()
+            for command in (["show"], ["summary"]):
+                shown = subprocess.run(
+                    [BINARY, "audit", *command, gateway.audit_log], capture_output=True, timeout=30, check=True
+                ).stdout
+                self.assertNotIn(b"\x1b", shown, command)
+                self.assertNotIn(b"\x07", shown, command)
+                self.assertNotIn("\u202e".encode(), shown, command)
+                self.assertFalse(any(line.startswith(b"FORGED") for line in shown.splitlines()), shown)
+                self.assertIn(b"evil\\u{1B}[31mRED\\u{7}\\nFORGED line\\u{202E}", shown, command)
+
+    def test_failed_username_is_escaped_in_the_log(self):
+        with tempfile.TemporaryDirectory() as folder:
+            passwords = os.path.join(folder, "passwords")
+            line = subprocess.run(
+                [BINARY, "passwd", "alice"], input=b"secret\n", capture_output=True, timeout=30, check=True
+            ).stdout
+            with open(passwords, "wb") as file:
+                file.write(line)
+            with Gateway("--password-file", passwords) as gateway:
+                with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                    name = self.HOSTILE.encode()
+                    client.sendall(b"\x05\x01\x02")
+                    self.assertEqual(recv_exactly(client, 2), b"\x05\x02")
+                    client.sendall(b"\x01" + bytes([len(name)]) + name + b"\x05wrong")
+                    self.assertEqual(recv_exactly(client, 2), b"\x01\x01")
+                gateway.stop()
+                output = gateway.output()
+            self.assertIn("password authentication failed", output)
+            self.assertNotIn("\x1b", output)
+            self.assertFalse(any(line.startswith("FORGED") for line in output.splitlines()), output)
+
+    def test_passwd_refuses_control_characters(self):
+        refused = subprocess.run([BINARY, "passwd", "bad\x1bname"], input=b"secret\n", capture_output=True, timeout=30)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(b"control characters", refused.stderr)
