@@ -60,6 +60,11 @@ public struct Decision: Hashable, Sendable {
     public var identAnswer: IdentAnswer?
     /// The policy that decided (SHA-256 of its text), when the decider knows it.
     public var policySHA256: String?
+    /// The deciding rule names the destination itself (`Rule.namesDestination`).
+    public var ruleNamesDestination = false
+    /// Why the gateway refused what the policy allowed (a loop through itself), for the
+    /// audit record; nil when the policy's verdict stands.
+    public var note: String?
 
     public var ident: IdentOutcome? { identAnswer?.outcome }
 

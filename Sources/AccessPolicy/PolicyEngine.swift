@@ -72,8 +72,10 @@ public struct PolicyEngine: PolicyDecider {
         let rule = policy.rules[index]
         if rule.requiresIdent { return nil }
         let step = Decision.TraceStep(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold")
-        return Decision(
+        var decision = Decision(
             verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
+        decision.ruleNamesDestination = rule.namesDestination(of: facts)
+        return decision
     }
 
     public func explain(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {
@@ -99,7 +101,9 @@ public struct PolicyEngine: PolicyDecider {
                 continue
             }
             trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
-            return ident.decision(rule: rule, trace: trace)
+            var decision = ident.decision(rule: rule, trace: trace)
+            decision.ruleNamesDestination = rule.namesDestination(of: facts)
+            return decision
         }
         return ident.decision(rule: nil, trace: trace)
     }

@@ -185,3 +185,24 @@ public struct Rule: Hashable, Sendable {
         values.sorted().joined(separator: ", ")
     }
 }
+
+extension Rule {
+    /// True when a destination condition of this rule names the request's destination
+    /// itself, not a network or domain around it: the address as a single host (/32,
+    /// /128), or the exact host name. The gateway relays to its own listening address
+    /// only for such a rule.
+    public func namesDestination(of facts: RequestFacts) -> Bool {
+        guard let destinations else { return false }
+        return destinations.contains { pattern in
+            switch pattern {
+            case .network(let network):
+                let host = network.prefixLength == (network.address.isIPv6 ? 128 : 32)
+                return host && facts.destinationAddress.map { network.contains($0) } == true
+            case .hostName:
+                return pattern.matches(facts)
+            case .domainSuffix:
+                return false
+            }
+        }
+    }
+}

@@ -33,7 +33,11 @@ extension AuditRecord {
         record.verdict = decision.verdict.rawValue
         record.reply = Int(decision.replyCode(for: facts.version))
         record.policySHA256 = decision.policySHA256
-        record.reason = step
+        record.reason = [step, decision.note].compactMap { $0 }.joined(separator: ": ").nilIfEmpty
         return record
     }
+}
+
+extension String {
+    fileprivate var nilIfEmpty: String? { isEmpty ? nil : self }
 }

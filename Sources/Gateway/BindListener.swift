@@ -77,3 +77,14 @@ enum RouteSource {
         return IPEndpoint.local(of: socket)?.address
     }
 }
+
+/// Whether an address belongs to this host: a UDP socket can be bound to it (binding to
+/// an address that is not local fails with EADDRNOTAVAIL; nothing is sent).
+enum LocalAddress {
+    static func isAssigned(_ address: IPAddress) -> Bool {
+        let socket = Glibc.socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard socket >= 0 else { return false }
+        defer { close(socket) }
+        return IPEndpoint(address: address, port: 0).posixAddress.withSockAddr { bind(socket, $0, $1) } == 0
+    }
+}

@@ -34,6 +34,9 @@ public struct GatewayConfiguration: Sendable {
 final class GatewayContext: Sendable {
     /// BIND listening sockets open right now (for tests and metrics).
     let openBindListeners = NIOLockedValueBox(0)
+    /// The addresses the gateway serves on, once bound: a CONNECT to one of them is a
+    /// loop through the gateway itself (`isOwnListener`).
+    let ownListeners = NIOLockedValueBox<[IPEndpoint]>([])
     /// Accepts that failed since the start (for tests and metrics), and the episode under
     /// way, shared by every listening socket so that it is logged once.
     let acceptFailures = NIOLockedValueBox(AcceptFailureCount())
@@ -73,4 +76,20 @@ final class GatewayContext: Sendable {
 struct AcceptFailureCount {
     var total = 0
     var episode: (started: ContinuousClock.Instant, failures: Int, lastFailure: ContinuousClock.Instant)?
+}
+
+extension GatewayContext {
+    /// True when `destination` is where the gateway itself listens: one of its listening
+    /// endpoints, or, for a wildcard listener (0.0.0.0, ::), any address of this host on
+    /// that port (0.0.0.0 and :: included: connecting to them reaches this host).
+    func isOwnListener(_ destination: IPEndpoint) -> Bool {
+        let listeners = ownListeners.withLockedValue { $0 }
+        let address = destination.address.unmapped
+        for listener in listeners where listener.port == destination.port {
+            if listener.address.unmapped == address { return true }
+            let wildcard = listener.address == .v4(.any) || listener.address == .v6(.any)
+            if wildcard, address == .v4(.any) || address == .v6(.any) || LocalAddress.isAssigned(address) { return true }
+        }
+        return false
+    }
 }

@@ -81,6 +81,7 @@ public final class GatewayServer: Sendable {
             _ = try? await shutdown(grace: .zero)
             throw error
         }
+        context.ownListeners.withLockedValue { $0 = bound }
         return bound
     }
 

@@ -1,6 +1,7 @@
 import AccessPolicy
 import AuditLog
 import Logging
+import NetAddress
 import NIOCore
 import SOCKSSession
 import SOCKSWire
@@ -50,6 +51,7 @@ struct RequestDecider {
         _ decision: Decision, _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop,
         report: @escaping (DecisionEvent) -> Void
     ) {
+        let decision = refusingLoops(decision, facts)
         log(decision, facts, step: step)
         guard let audit = gateway.audit else { return report(.decided(decision, recordPending: false)) }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
@@ -69,6 +71,29 @@ struct RequestDecider {
                 report(.recordFailed)
             }
         }
+    }
+
+    /// The gateway never relays to itself unless the allowing rule names the destination:
+    /// with a rule like `allow to any`, one client could chain CONNECTs through the gateway
+    /// to itself in a single write, each hop holding two descriptors (measured before this:
+    /// 1,000 hops in 13 KB held 2,021 descriptors). The refusal is the policy's (SOCKS4 91,
+    /// SOCKS5 0x02), recorded with the reason in its trace.
+    private func refusingLoops(_ decision: Decision, _ facts: RequestFacts) -> Decision {
+        guard decision.verdict == .allow, facts.command == .connect, !decision.ruleNamesDestination,
+            let address = facts.destinationAddress,
+            gateway.isOwnListener(IPEndpoint(address: address, port: facts.destinationPort))
+        else { return decision }
+        var refused = Decision(
+            verdict: .deny, refusal: .notAllowed, rule: decision.rule,
+            trace: decision.trace + [
+                Decision.TraceStep(
+                    rule: decision.rule ?? RuleReference(), verdict: .deny, matched: true,
+                    reason: "the destination is the gateway itself; only a rule that names it allows that")
+            ],
+            identAnswer: decision.identAnswer)
+        refused.policySHA256 = decision.policySHA256
+        refused.note = "refused: the destination is the gateway itself"
+        return refused
     }
 
     /// The deadline passed: a decision record says so (deny, general failure), with

@@ -226,3 +226,25 @@ enum URLPath {
         return url.path
     }()
 }
+
+/// Whether a rule names the destination itself: the gateway relays to its own address
+/// only for such a rule.
+@Suite struct NamesDestinationTests {
+    func decision(_ text: String, to destination: String, resolved: String? = nil) -> Decision? {
+        PolicyEngine(policy: policy(text)).decideImmediately(facts(to: destination, resolved: resolved))
+    }
+
+    @Test func aHostAddressOrExactNameNamesIt() {
+        #expect(decision("allow to 127.0.0.1 port 1080", to: "127.0.0.1:1080")?.ruleNamesDestination == true)
+        #expect(decision("allow to [::1] port 1080", to: "[::1]:1080")?.ruleNamesDestination == true)
+        #expect(decision("allow to gw.example", to: "gw.example:1080", resolved: "127.0.0.1")?.ruleNamesDestination == true)
+    }
+
+    @Test func aNetworkADomainOrAnyDoesNot() {
+        #expect(decision("allow to any", to: "127.0.0.1:1080")?.ruleNamesDestination == false)
+        #expect(decision("allow to 127.0.0.0/8", to: "127.0.0.1:1080")?.ruleNamesDestination == false)
+        #expect(decision("allow to .example", to: "gw.example:1080", resolved: "127.0.0.1")?.ruleNamesDestination == false)
+        #expect(decision("allow from any", to: "127.0.0.1:1080")?.ruleNamesDestination == false)
+    }
+}
+

@@ -161,3 +161,51 @@ class ClientChosenTextTest(unittest.TestCase):
         refused = subprocess.run([BINARY, "passwd", "bad\x1bname"], input=b"secret\n", capture_output=True, timeout=30)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn(b"control characters", refused.stderr)
+
+
+class SelfRelayTest(unittest.TestCase):
+    """One client must not chain CONNECTs through the gateway to itself: with the default
+    policy (loopback clients may go anywhere) 1,000 nested CONNECTs in one write used to
+    hold 2,021 descriptors."""
+
+    def nested_connects(self, gateway, hops):
+        address = socket.inet_aton("127.0.0.1") + gateway.port.to_bytes(2, "big")
+        return b"\x05\x01\x00" + b"\x05\x01\x00\x01" + address + (b"\x05\x01\x00" + b"\x05\x01\x00\x01" + address) * (hops - 1)
+
+    def test_nested_connects_to_the_gateway_are_refused(self):
+        with Gateway() as gateway:
+            before = open_descriptors(gateway.process.pid)
+            with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                client.sendall(self.nested_connects(gateway, 200))
+                self.assertEqual(recv_exactly(client, 2), b"\x05\x00")
+                reply = recv_exactly(client, 10)
+                self.assertEqual(reply[1], 0x02, "the first hop is refused: not allowed by ruleset")
+                self.assertLessEqual(open_descriptors(gateway.process.pid), before + 2)
+            gateway.stop()
+            refused = [r for r in gateway.audit_records() if r.get("event") == "decision"]
+            self.assertEqual(len(refused), 1)
+            self.assertEqual(refused[0]["verdict"], "deny")
+            self.assertIn("gateway itself", refused[0].get("reason", ""))
+
+    def test_a_rule_that_names_the_gateway_allows_one_hop_at_a_time(self):
+        with tempfile.TemporaryDirectory() as folder:
+            policy = os.path.join(folder, "loop.policy")
+            port = None
+            with Gateway() as probe:
+                port = probe.port
+            with open(policy, "w") as file:
+                file.write(f'allow connect from 127.0.0.0/8 to 127.0.0.1 port {port} label "through the gateway"\n')
+                file.write('allow connect from 127.0.0.0/8 to any label "anywhere"\n')
+            with TCPServer(echo) as server, Gateway("--policy", policy, port=port) as gateway:
+                address = socket.inet_aton("127.0.0.1") + gateway.port.to_bytes(2, "big")
+                with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                    client.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + address)
+                    self.assertEqual(recv_exactly(client, 2), b"\x05\x00")
+                    self.assertEqual(recv_exactly(client, 10)[1], 0x00, "named explicitly: allowed")
+                    # The second hop, from the gateway to an echo server.
+                    client.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                                   + server.port.to_bytes(2, "big"))
+                    self.assertEqual(recv_exactly(client, 2), b"\x05\x00")
+                    self.assertEqual(recv_exactly(client, 10)[1], 0x00)
+                    client.sendall(b"ping")
+                    self.assertEqual(recv_exactly(client, 4), b"ping")
