@@ -213,6 +213,10 @@ struct AuditSummary: ParsableCommand {
     @Option(help: "How many entries each top list shows.")
     var top = 10
 
+    func validate() throws {
+        guard top >= 0 else { throw ValidationError("--top: \(top) is not a count (0 or more)") }
+    }
+
     func run() throws {
         let decoder = JSONDecoder()
         var records = 0

@@ -93,6 +93,7 @@ struct Run: ParsableCommand {
     var logLevel = LogLevelArgument(.info)
 
     func validate() throws {
+        guard (1...65535).contains(identPort) else { throw ValidationError("--ident-port: \(identPort) is not a port (1-65535)") }
         if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
             throw ValidationError("--methods password needs --password-file")
         }

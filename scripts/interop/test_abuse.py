@@ -209,3 +209,15 @@ class SelfRelayTest(unittest.TestCase):
                     self.assertEqual(recv_exactly(client, 10)[1], 0x00)
                     client.sendall(b"ping")
                     self.assertEqual(recv_exactly(client, 4), b"ping")
+
+
+class NumbersTest(unittest.TestCase):
+    """Numbers from flags are bounded: an error with the flag's name, never a trap."""
+
+    def test_out_of_range_numbers_are_errors(self):
+        for args, flag in ((["run", "--ident-port", "70000"], b"--ident-port"),
+                           (["run", "--ident-port", "0"], b"--ident-port"),
+                           (["audit", "summary", "--top", "-1", "/dev/null"], b"--top")):
+            result = subprocess.run([BINARY, *args], capture_output=True, timeout=30)
+            self.assertEqual(result.returncode, 64, (args, result.stderr))
+            self.assertIn(flag, result.stderr, args)

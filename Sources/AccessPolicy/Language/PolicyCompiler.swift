@@ -483,8 +483,11 @@ private struct Parser {
         if let word = cursor.peek?.word, word == "timeout" {
             _ = cursor.next()
             let (text, column) = try cursor.word("a duration like 5s")
-            guard let seconds = Self.seconds(text), seconds > 0 else {
+            guard let seconds = Self.seconds(text), seconds.isFinite, seconds > 0 else {
                 throw ParseError(column: column, message: "'\(text)' is not a duration: use 500ms, 5s or 1m")
+            }
+            guard seconds <= Self.longestIdentTimeout else {
+                throw ParseError(column: column, message: "'\(text)' is longer than an ident lookup may take (at most 5m)")
             }
             timeout = seconds
         }
@@ -492,6 +495,10 @@ private struct Parser {
             IdentScope(
                 networks: networks ?? IPNetwork.everything, timeoutSeconds: timeout, line: lineNumber))
     }
+
+    /// An identd that has not answered in five minutes never will; the decision deadline
+    /// (`--negotiate-timeout`) must exceed this anyway.
+    static let longestIdentTimeout = 300.0
 
     static func seconds(_ text: String) -> Double? {
         for (suffix, scale) in [("ms", 0.001), ("s", 1.0), ("m", 60.0)] where text.hasSuffix(suffix) {
