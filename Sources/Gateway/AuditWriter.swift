@@ -78,6 +78,8 @@ public final class AuditWriter: Sendable {
         var stopping = false
         var reopenRequested = false
         var healthy = true
+        /// Requests refused since requests were last admitted (`admitRequest`).
+        var refused = 0
         var failure: String?
         var chain: AuditChain
         var descriptor: Int32
@@ -161,7 +163,34 @@ public final class AuditWriter: Sendable {
     /// True while records are being written; with fail-closed, new requests are refused
     /// otherwise.
     public var acceptsRequests: Bool {
-        state.withLockedValue { !failClosed || ($0.healthy && $0.queue.count + $0.writing < capacity) }
+        state.withLockedValue { admits($0) }
+    }
+
+    private func admits(_ state: State) -> Bool {
+        !failClosed || (state.healthy && state.queue.count + state.writing < capacity)
+    }
+
+    public enum Admission: Equatable, Sendable {
+        case admitted
+        /// Admitted, after `refused` requests were refused: the episode is over.
+        case admittedAgain(refused: Int)
+        /// Refused; `first` for the first refusal of an episode (log it then, only then).
+        case refused(first: Bool)
+    }
+
+    /// Whether a new request may be served (`acceptsRequests`), counting refusals, so
+    /// that an episode of refusals is logged once at its start and once at its end, not
+    /// per request. One lock, as `acceptsRequests`.
+    public func admitRequest() -> Admission {
+        state.withLockedValue { state in
+            if admits(state) {
+                guard state.refused > 0 else { return .admitted }
+                defer { state.refused = 0 }
+                return .admittedAgain(refused: state.refused)
+            }
+            state.refused += 1
+            return .refused(first: state.refused == 1)
+        }
     }
 
     public func nextSessionID() -> UInt64 {

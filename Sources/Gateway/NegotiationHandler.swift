@@ -146,9 +146,18 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Replaces this handler with the session handler for the request's command.
     private func handOver(_ request: SOCKSRequest, early: EarlyClientData, context: ChannelHandlerContext) {
         deadline?.cancel()
-        if let audit = gateway.audit, !audit.acceptsRequests {
-            // Fail closed: nothing is served that the audit log cannot record.
-            gateway.logger.error("request refused: the audit log cannot be written")
+        switch gateway.audit?.admitRequest() {
+        case .admitted, nil:
+            break
+        case .admittedAgain(let refused):
+            gateway.logger.notice("requests are served again", metadata: ["refused meanwhile": "\(refused)"])
+        case .refused(let first):
+            // Fail closed: nothing is served that the audit log cannot record. Logged once
+            // per episode: a full disk must not fill stderr with a line per request.
+            if first {
+                gateway.logger.error(
+                    "requests refused: the audit log cannot be written or is too far behind (logged once until it recovers)")
+            }
             context.sendAndClose(.failed(.generalFailure, version: request.version))
             return
         }

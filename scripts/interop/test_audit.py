@@ -186,9 +186,16 @@ class AuditLogTests(unittest.TestCase):
             # no byte is relayed until it is: each served request relayed its one byte.
             self.assertEqual(server.bytes_received, served + replies.count(0), "nothing relayed unlogged")
             self.assertIn("refusing new requests", gateway.output())
+            refusals = sum(replies[-1:]) + 5
+            self.assertEqual(gateway.output().count("requests refused"), 1, f"one line for {refusals} refusals")
             # Room again: requests are served again.
             os.unlink(os.path.join(disk, "filler"))
             self.assertTrue(wait_for(lambda: socks5_exchange(gateway.port, server.port) == 0, seconds=10))
+            # Each episode of refusals is logged at its start and its end, not per request
+            # (a disk at its last block may let a record through between two episodes).
+            starts, ends = gateway.output().count("requests refused"), gateway.output().count("requests are served again")
+            self.assertEqual(starts, ends, gateway.output()[-3000:])
+            self.assertTrue(1 <= ends <= 3, f"{ends} episodes")
             self.assertEqual(gateway.stop(), 0)
             result = verify(os.path.join(disk, "audit.jsonl"))
             self.assertEqual(result.returncode, 0, "no partial line was left: " + result.stdout)
