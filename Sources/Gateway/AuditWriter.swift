@@ -134,9 +134,10 @@ public final class AuditWriter: Sendable {
             }
             continuing = AuditChain(lastHash: AuditChain.hash(last), nextSequence: record.seq + 1)
         }
-        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
         guard descriptor >= 0 else {
-            throw OpenError(description: "cannot open the audit log \(path): \(String(cString: strerror(errno)))")
+            let reason = errno == ELOOP ? "it is a symbolic link; give the real path" : String(cString: strerror(errno))
+            throw OpenError(description: "cannot open the audit log \(path): \(reason)")
         }
         return (descriptor, continuing ?? AuditChain(), continuing != nil)
     }
@@ -378,7 +379,7 @@ public final class AuditWriter: Sendable {
 
     private func reopenFile() {
         guard path != "-" else { return }
-        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
         guard descriptor >= 0 else {
             fail("cannot reopen the audit log \(path): \(String(cString: strerror(errno)))")
             return

@@ -153,10 +153,12 @@ struct Run: ParsableCommand {
         } catch {
             throw FailedStart(message: "\(error)")
         }
-        // The audit log is opened while still privileged, like the sockets.
+        // The audit log is opened while still privileged, like the sockets, by its absolute
+        // path, so that messages name it fully and SIGUSR1 reopens the same file.
+        let auditPath = Self.absolute(auditLog)
         let audit: AuditWriter?
         do {
-            audit = auditLog == "off" ? nil : try AuditWriter(path: auditLog, sync: auditSync, failClosed: auditFail == .closed)
+            audit = auditLog == "off" ? nil : try AuditWriter(path: auditPath, sync: auditSync, failClosed: auditFail == .closed)
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -167,6 +169,11 @@ struct Run: ParsableCommand {
                 dropped = try PrivilegeDrop.drop(to: identity)
             } catch {
                 throw FailedStart(message: "\(error); not going on")
+            }
+            if audit != nil, auditPath != "-", !Self.directoryIsWritable(of: auditPath) {
+                logger.warning(
+                    "the audit log's directory is not writable by \(identity.userName): SIGUSR1 cannot reopen the log after rotation; make the directory writable by user \(identity.userName) or group \(identity.groupName)",
+                    metadata: ["file": "\(auditPath)"])
             }
             if let policy, access(policy, R_OK) != 0 {
                 throw FailedStart(
@@ -183,6 +190,19 @@ struct Run: ParsableCommand {
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
                 descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit, logger: logger)
         }
+    }
+
+    /// `path` from the working directory; `-` (standard output) and `off` as they are.
+    static func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), path != "-", path != "off", let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return String(cString: cwd) + "/" + path
+    }
+
+    /// After the privilege drop: may this user create a file where `path` is (rotation)?
+    static func directoryIsWritable(of path: String) -> Bool {
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return access(directory.isEmpty ? "/" : directory, W_OK | X_OK) == 0
     }
 
     /// One event loop per core; each listen address has one listening socket per loop.
@@ -285,7 +305,7 @@ struct Run: ParsableCommand {
                 await reloadPolicy(into: policyStore, audit: audit, logger: logger)
                 continue
             case .reopenAuditLog:
-                logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(auditLog)"])
+                logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(Self.absolute(auditLog))"])
                 audit?.reopen()
                 continue
             }

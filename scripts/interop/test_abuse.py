@@ -221,3 +221,24 @@ class NumbersTest(unittest.TestCase):
             result = subprocess.run([BINARY, *args], capture_output=True, timeout=30)
             self.assertEqual(result.returncode, 64, (args, result.stderr))
             self.assertIn(flag, result.stderr, args)
+
+
+class AuditFileTest(unittest.TestCase):
+    def test_a_symlinked_audit_log_is_refused(self):
+        with tempfile.TemporaryDirectory() as folder:
+            target = os.path.join(folder, "elsewhere")
+            link = os.path.join(folder, "audit.jsonl")
+            os.symlink(target, link)
+            result = subprocess.run(
+                [BINARY, "run", "--stay-root", "--listen", "127.0.0.1:0", "--audit-log", link],
+                capture_output=True, timeout=30)
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertIn(b"symbolic link", result.stderr)
+            self.assertFalse(os.path.exists(target), "nothing written through the link")
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root")
+    def test_an_audit_directory_the_user_cannot_write_is_reported(self):
+        with Gateway("--user", "nobody") as gateway:
+            gateway.stop()
+            self.assertIn("not writable by nobody", gateway.output())
+            self.assertIn(gateway.audit_folder, gateway.output(), "the path is given in full")
