@@ -74,7 +74,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .none:
             break
         case .resolve(let name):
-            setup.gateway.resolver.resolve(name, on: context.eventLoop).assumeIsolated().whenSuccess { addresses in
+            setup.gateway.resolver.resolve(name, on: context.eventLoop, logger: setup.gateway.logger).assumeIsolated().whenSuccess { addresses in
                 self.perform(self.machine.resolved(addresses), context: context)
             }
         case .decide(let facts):

@@ -15,6 +15,7 @@ import NetAddress
 public final class GatewayServer: Sendable {
     private let context: GatewayContext
     private let group: any EventLoopGroup
+    private let resolverPool: NIOThreadPool
     private let listeners: NIOLockedValueBox<[(channel: any Channel, quiescing: ServerQuiescingHelper)]> = .init([])
 
     public init(
@@ -27,11 +28,16 @@ public final class GatewayServer: Sendable {
         audit: AuditWriter? = nil
     ) {
         self.group = group
+        // Lookups get threads of their own: a stalled resolver must not starve password
+        // checks, which run on `threadPool`.
+        let resolverPool = NIOThreadPool(numberOfThreads: 8)
+        resolverPool.start()
+        self.resolverPool = resolverPool
         self.context = GatewayContext(
             configuration: configuration,
             policy: policy,
             credentials: credentials,
-            resolver: HostResolver(threadPool: threadPool, timeout: configuration.connectTimeout),
+            resolver: HostResolver(threadPool: resolverPool, timeout: configuration.connectTimeout),
             threadPool: threadPool,
             logger: logger,
             audit: audit
@@ -147,7 +153,10 @@ public final class GatewayServer: Sendable {
         }
         eventLoop.scheduleTask(in: grace) { complete(false) }
         EventLoopFuture.andAllComplete(allClosed, on: eventLoop).whenComplete { _ in complete(true) }
-        return try await finished.futureResult.get()
+        let inTime = try await finished.futureResult.get()
+        // Not awaited: a lookup stuck in getaddrinfo must not hold up the exit.
+        resolverPool.shutdownGracefully { _ in }
+        return inTime
     }
 }
 

@@ -1,3 +1,5 @@
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
@@ -7,34 +9,80 @@ import PosixEndpoint
     import Glibc
 #endif
 
-/// Resolves destination host names with getaddrinfo(3) on a thread pool.
+/// Resolves destination host names with getaddrinfo(3) on a thread pool of its own.
 ///
 /// NIO's own resolver runs getaddrinfo serially per event loop, so one slow name would
 /// hold up every other. Here each lookup takes a pool thread and is bounded by a
 /// time-out; the caller then decides and connects to exactly the addresses returned,
 /// never resolving the name again (no gap for DNS rebinding between check and connect).
+///
+/// getaddrinfo cannot be cancelled: a lookup that times out still holds its thread until
+/// the system resolver gives up. So the pool is the resolver's alone (password hashing
+/// keeps its own threads), and at most `maxInFlight` lookups run or wait at once; beyond
+/// that a name fails at once (the client hears "host unreachable"), counted in
+/// `saturated` and logged once per episode.
 public struct HostResolver: Sendable {
+    public typealias Lookup = @Sendable (String) -> [IPAddress]
+
     let threadPool: NIOThreadPool
     let timeout: TimeAmount
+    let maxInFlight: Int
+    private let lookup: Lookup
+    private let state = NIOLockedValueBox(State())
 
-    public init(threadPool: NIOThreadPool, timeout: TimeAmount) {
-        self.threadPool = threadPool
-        self.timeout = timeout
+    struct State {
+        var inFlight = 0
+        /// Lookups refused because `maxInFlight` were under way, since the start.
+        var saturated = 0
+        var saturatedEpisode = false
     }
 
-    /// The addresses in getaddrinfo's order; empty if the name does not resolve in time.
-    public func resolve(_ name: String, on eventLoop: any EventLoop) -> EventLoopFuture<[IPAddress]> {
+    public init(
+        threadPool: NIOThreadPool, timeout: TimeAmount, maxInFlight: Int = 256, lookup: @escaping Lookup = Self.getaddrinfo
+    ) {
+        self.threadPool = threadPool
+        self.timeout = timeout
+        self.maxInFlight = maxInFlight
+        self.lookup = lookup
+    }
+
+    /// Lookups refused for saturation since the start.
+    public var saturated: Int { state.withLockedValue { $0.saturated } }
+
+    /// The addresses in getaddrinfo's order; empty if the name does not resolve in time,
+    /// or if `maxInFlight` lookups are under way. `logger` hears of saturation, once per
+    /// episode.
+    public func resolve(_ name: String, on eventLoop: any EventLoop, logger: Logger? = nil) -> EventLoopFuture<[IPAddress]> {
+        let admitted = state.withLockedValue { state -> (Bool, episodeStarted: Bool, episodeEnded: Bool) in
+            guard state.inFlight < maxInFlight else {
+                state.saturated += 1
+                defer { state.saturatedEpisode = true }
+                return (false, !state.saturatedEpisode, false)
+            }
+            state.inFlight += 1
+            defer { state.saturatedEpisode = false }
+            return (true, false, state.saturatedEpisode)
+        }
+        if admitted.episodeStarted {
+            logger?.error(
+                "resolver saturated: \(maxInFlight) lookups under way; new names fail at once (logged once until it recovers)")
+        }
+        if admitted.episodeEnded { logger?.notice("resolver accepting lookups again") }
+        guard admitted.0 else { return eventLoop.makeSucceededFuture([]) }
         let promise = eventLoop.makePromise(of: [IPAddress].self)
         let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
-        threadPool.runIfActive(eventLoop: eventLoop) { Self.getaddrinfo(name) }
+        let lookup = self.lookup
+        let state = self.state
+        threadPool.runIfActive(eventLoop: eventLoop) { lookup(name) }
             .whenComplete { result in
+                state.withLockedValue { $0.inFlight -= 1 }
                 timer.cancel()
                 promise.completeWith(result.flatMapError { _ in .success([]) })
             }
         return promise.futureResult
     }
 
-    static func getaddrinfo(_ name: String) -> [IPAddress] {
+    public static func getaddrinfo(_ name: String) -> [IPAddress] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -153,7 +153,7 @@ final class UDPAssociation {
                 forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
                 return
             }
-            gateway.resolver.resolve(name, on: control.eventLoop).assumeIsolated().whenSuccess { addresses in
+            gateway.resolver.resolve(name, on: control.eventLoop, logger: logger).assumeIsolated().whenSuccess { addresses in
                 self.resolved[name] = addresses.first
                 guard let address = addresses.first else { return }
                 self.forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
