@@ -87,8 +87,13 @@ public protocol PolicyDecider: Sendable {
     /// and the caller uses `decide`. Lets the gateway decide on its event loop without
     /// a task and a thread hop per request.
     func decideImmediately(_ facts: RequestFacts) -> Decision?
+
+    /// Changes whenever the policy in force changes (a reload): what was decided under
+    /// an older generation is decided again.
+    var generation: UInt64 { get }
 }
 
 extension PolicyDecider {
     public func decideImmediately(_ facts: RequestFacts) -> Decision? { nil }
+    public var generation: UInt64 { 0 }
 }

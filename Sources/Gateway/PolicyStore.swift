@@ -7,30 +7,32 @@ import NIOConcurrencyHelpers
 /// The engine is built once per policy; the ident lookup (the gateway's RFC 1413
 /// client) is given with each decision.
 public final class PolicyStore: PolicyDecider {
-    private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?)>
+    private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?, generation: UInt64)>
     private let identLookup: IdentLookup?
 
     /// `sha256`: of the policy's text, recorded with every decision.
     public init(_ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil) {
-        current = NIOLockedValueBox((engine, sha256))
+        current = NIOLockedValueBox((engine, sha256, 0))
         self.identLookup = identLookup
     }
 
     public var engine: PolicyEngine { current.withLockedValue { $0.engine } }
 
+    public var generation: UInt64 { current.withLockedValue { $0.generation } }
+
     public func replace(with engine: PolicyEngine, sha256: String? = nil) {
-        current.withLockedValue { $0 = (engine, sha256) }
+        current.withLockedValue { $0 = (engine, sha256, $0.generation + 1) }
     }
 
     public func decide(_ facts: RequestFacts) async -> Decision {
-        let (engine, sha256) = current.withLockedValue { $0 }
+        let (engine, sha256, _) = current.withLockedValue { $0 }
         var decision = await engine.decide(facts, identLookup: identLookup)
         decision.policySHA256 = sha256
         return decision
     }
 
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
-        let (engine, sha256) = current.withLockedValue { $0 }
+        let (engine, sha256, _) = current.withLockedValue { $0 }
         var decision = engine.decideImmediately(facts)
         decision?.policySHA256 = sha256
         return decision

@@ -30,11 +30,32 @@ final class UDPAssociation {
     private var outbound: [Bool: any Channel] = [:]
     /// The client's UDP address: as requested, or learnt from its first datagram.
     private var clientSource: SocketAddress?
-    /// Decided destinations (address and port) and whether each is allowed.
-    private var verdicts: [IPEndpoint: Bool] = [:]
-    private var resolved: [String: IPAddress?] = [:]
-    private var counts = (relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0)
+    /// Decided destinations (address and port) and whether each is allowed, under the
+    /// policy generation `verdictsGeneration`; at most `Limits.destinations`.
+    private var verdicts = BoundedCache<IPEndpoint, Bool>(capacity: Limits.destinations)
+    private var verdictsGeneration: UInt64 = 0
+    /// Destinations whose decision is under way: their datagrams wait for none (dropped).
+    private var deciding: Set<IPEndpoint> = []
+    private var resolved = BoundedCache<String, IPAddress?>(capacity: Limits.names)
+    /// Names being resolved: one lookup per name at a time.
+    private var resolving: Set<String> = []
+    /// New destinations decided in the current second (the audit records they cause).
+    private var decisionsThisSecond = (second: Int64(0), count: 0)
+    private var counts = (
+        relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0, pending: 0, overRate: 0
+    )
     private var closed = false
+
+    /// What one association may make the gateway hold or write, whatever its client sends.
+    enum Limits {
+        /// Destinations whose verdict is remembered; the oldest is decided again later.
+        static let destinations = 1024
+        /// Resolved names remembered.
+        static let names = 256
+        /// New destinations decided, and so audit records written, per second; datagrams
+        /// to further new destinations in that second are dropped and counted.
+        static let decisionsPerSecond = 50
+    }
 
     init(
         gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, session: UInt64,
@@ -113,7 +134,9 @@ final class UDPAssociation {
                 record.session = session
                 record.reason =
                     "udp association ended: \(counts.relayed) relayed, \(counts.replies) replies, "
-                    + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped"
+                    + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped, "
+                    + "\(counts.pending) dropped while their destination was resolved or decided, "
+                    + "\(counts.overRate) dropped over \(Limits.decisionsPerSecond) new destinations a second"
                 audit.record(record)
             }
             logger.info(
@@ -121,6 +144,7 @@ final class UDPAssociation {
                 metadata: [
                     "relayed": "\(counts.relayed)", "replies": "\(counts.replies)", "fragments dropped": "\(counts.fragments)",
                     "foreign dropped": "\(counts.foreign)", "denied": "\(counts.denied)", "malformed": "\(counts.malformed)",
+                    "pending dropped": "\(counts.pending)", "over rate": "\(counts.overRate)",
                 ])
         }
         control.close(promise: nil)
@@ -153,8 +177,14 @@ final class UDPAssociation {
                 forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
                 return
             }
+            // One lookup per name at a time; datagrams for it meanwhile are dropped.
+            guard resolving.insert(name).inserted else {
+                counts.pending += 1
+                return
+            }
             gateway.resolver.resolve(name, on: control.eventLoop, logger: logger).assumeIsolated().whenSuccess { addresses in
-                self.resolved[name] = addresses.first
+                self.resolving.remove(name)
+                self.resolved.set(addresses.first, for: name)
                 guard let address = addresses.first else { return }
                 self.forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
             }
@@ -176,10 +206,25 @@ final class UDPAssociation {
     }
 
     private func forward(_ payload: ByteBuffer, to destination: IPEndpoint, name: String?) {
+        // A reloaded policy decides every destination again.
+        let generation = gateway.policy.generation
+        if generation != verdictsGeneration {
+            verdicts.removeAll()
+            verdictsGeneration = generation
+        }
         if let allowed = verdicts[destination] {
             if allowed { send(payload, to: destination) } else { counts.denied += 1 }
             return
         }
+        guard !deciding.contains(destination) else {
+            counts.pending += 1
+            return
+        }
+        guard admitNewDestination() else {
+            counts.overRate += 1
+            return
+        }
+        deciding.insert(destination)
         var datagramFacts = facts
         datagramFacts.destination = name.map(RequestFacts.Destination.hostName) ?? .address(destination.address)
         datagramFacts.resolvedAddress = name == nil ? nil : destination.address
@@ -187,8 +232,9 @@ final class UDPAssociation {
         decider.decide(datagramFacts, step: "udp destination", on: control.eventLoop) { event in
             switch event {
             case .decided(let decision, let recordPending):
+                self.deciding.remove(destination)
                 let allowed = decision.verdict == .allow
-                self.verdicts[destination] = allowed
+                self.verdicts.set(allowed, for: destination)
                 if !allowed {
                     self.counts.denied += 1
                 } else if !recordPending {
@@ -198,13 +244,23 @@ final class UDPAssociation {
                 // The first datagram to a destination waited until its decision was logged.
                 self.send(payload, to: destination)
             case .recordFailed:
-                self.verdicts[destination] = nil
+                self.verdicts.remove(destination)
                 self.counts.denied += 1
             case .timedOut:
                 // Not remembered: a later datagram asks again.
+                self.deciding.remove(destination)
                 self.counts.denied += 1
             }
         }
+    }
+
+    /// True if one more new destination may be decided (and recorded) this second.
+    private func admitNewDestination() -> Bool {
+        let second = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        if decisionsThisSecond.second != second { decisionsThisSecond = (second, 0) }
+        guard decisionsThisSecond.count < Limits.decisionsPerSecond else { return false }
+        decisionsThisSecond.count += 1
+        return true
     }
 
     private func send(_ payload: ByteBuffer, to destination: IPEndpoint) {

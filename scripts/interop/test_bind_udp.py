@@ -4,7 +4,9 @@ gateway's open file descriptors counted before and after."""
 
 import concurrent.futures
 import os
+import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -136,3 +138,63 @@ class BindResourceTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def udp_associate(gateway_port):
+    """A raw SOCKS5 UDP ASSOCIATE: the control connection and the relay's address."""
+    control = socket.create_connection(("127.0.0.1", gateway_port), timeout=5)
+    control.sendall(b"\x05\x01\x00")
+    assert recv_exactly(control, 2) == b"\x05\x00"
+    control.sendall(b"\x05\x03\x00\x01" + bytes(6))
+    reply = recv_exactly(control, 10)
+    assert reply[:2] == b"\x05\x00", reply
+    return control, (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+
+
+class UDPBoundsTest(unittest.TestCase):
+    def test_new_destinations_are_decided_and_recorded_at_a_bounded_rate(self):
+        """One association sending to 400 new destinations at once cannot write 400
+        audit records in a second; what it could not send is counted at its end."""
+        with Gateway() as gateway:
+            control, relay = udp_associate(gateway.port)
+            with control, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", 0))
+                for port in range(20000, 20400):
+                    udp.sendto(b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + port.to_bytes(2, "big") + b"x", relay)
+                time.sleep(0.3)
+            gateway.stop()
+            records = gateway.audit_records()
+            decided = [r for r in records if r.get("event") == "decision" and r.get("reason") == "udp destination"]
+            self.assertLessEqual(len(decided), 100, "at most 50 a second")
+            self.assertGreaterEqual(len(decided), 50)
+            ended = [r for r in records if r.get("event") == "session-end" and "udp association" in r.get("reason", "")]
+            self.assertEqual(len(ended), 1)
+            self.assertRegex(ended[0]["reason"], r"[1-9][0-9]* dropped over 50 new destinations a second")
+
+    def test_a_reload_decides_remembered_destinations_again(self):
+        with UDPEcho() as echo, tempfile.TemporaryDirectory() as folder:
+            policy = os.path.join(folder, "udp.policy")
+            with open(policy, "w") as file:
+                file.write('allow connect, udp from 127.0.0.0/8 label "udp allowed"\n')
+            with Gateway("--policy", policy) as gateway:
+                control, relay = udp_associate(gateway.port)
+                header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + echo.port.to_bytes(2, "big")
+                with control, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", 0))
+                    udp.settimeout(2)
+                    udp.sendto(header + b"before", relay)
+                    self.assertEqual(udp.recvfrom(65535)[0][10:], b"before")
+                    with open(policy, "w") as file:
+                        file.write('allow connect from 127.0.0.0/8 label "no udp"\n')
+                    gateway.process.send_signal(signal.SIGHUP)
+                    deadline = time.monotonic() + 10
+                    while "policy reloaded" not in gateway.output() and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    self.assertIn("policy reloaded", gateway.output())
+                    udp.settimeout(0.5)
+                    udp.sendto(header + b"after", relay)
+                    with self.assertRaises(socket.timeout):
+                        udp.recvfrom(65535)
+                gateway.stop()
+                ended = [r for r in gateway.audit_records() if "udp association ended" in r.get("reason", "")]
+                self.assertIn("1 denied dropped", ended[0]["reason"])
