@@ -15,6 +15,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let setup: SessionSetup
     private let decider: RequestDecider
+    /// The decision under way in a task (identd asked), cancelled if the client leaves.
+    private var pendingDecision: PendingDecisionTask?
     private var machine: BindSession
     private var early: EarlyClientData
     private var listener: (any Channel)?
@@ -35,6 +37,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.clientLeft()
+        pendingDecision?.cancel()
+        pendingDecision = nil
         closeListener()
         peer?.close(promise: nil)
         peer = nil
@@ -74,7 +78,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.perform(self.machine.resolved(addresses), context: context)
             }
         case .decide(let facts, let step):
-            decider.decide(facts, step: step, on: context.eventLoop) { event in
+            pendingDecision = decider.decide(facts, step: step, on: context.eventLoop) { event in
+                self.pendingDecision = nil
                 self.perform(self.machine.received(event), context: context)
             }
         case .listen(let toward):
@@ -103,6 +108,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
             context.sendAndClose(reply)
         case .close:
+            pendingDecision?.cancel()
+            pendingDecision = nil
             closeListener()
             peer?.close(promise: nil)
             peer = nil

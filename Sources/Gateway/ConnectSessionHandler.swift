@@ -15,6 +15,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private let setup: SessionSetup
     private let decider: RequestDecider
+    /// The decision under way in a task (identd asked), cancelled if the client leaves.
+    private var pendingDecision: PendingDecisionTask?
     private var machine: ConnectSession
     private var early: EarlyClientData
     /// The destination's connection, from connect until the relay takes it.
@@ -36,6 +38,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.clientLeft()
+        pendingDecision?.cancel()
+        pendingDecision = nil
         attempt?.close(promise: nil)
         attempt = nil
         outbound?.close(promise: nil)
@@ -78,7 +82,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 self.perform(self.machine.resolved(addresses), context: context)
             }
         case .decide(let facts):
-            decider.decide(facts, step: nil, on: context.eventLoop) { event in
+            pendingDecision = decider.decide(facts, step: nil, on: context.eventLoop) { event in
+                self.pendingDecision = nil
                 self.perform(self.machine.received(event), context: context)
             }
         case .connect(let destination):
@@ -105,6 +110,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             outbound?.close(promise: nil)
             outbound = nil
         case .abandon(let recordEnd):
+            pendingDecision?.cancel()
+            pendingDecision = nil
             attempt?.close(promise: nil)
             attempt = nil
             outbound?.close(promise: nil)

@@ -53,7 +53,17 @@ public struct IdentClient: Sendable {
                 on: eventLoop, from: listener.address, to: IPEndpoint(address: client.address, port: UInt16(self.port)),
                 timeout: timeout)
         }
-        return (try? await promise.futureResult.get())
+        // A decision whose client left is cancelled: the answer is settled now, and the
+        // exchange closes its connection to identd as soon as it sees that.
+        let answer = await withTaskCancellationHandler {
+            try? await promise.futureResult.get()
+        } onCancel: {
+            promise.succeed(
+                IdentAnswer(
+                    .failure(.unreachable), detail: "not asked to the end: the client left",
+                    durationMs: Self.milliseconds(since: started)))
+        }
+        return answer
             ?? IdentAnswer(.failure(.unknownError), detail: "lookup failed", durationMs: Self.milliseconds(since: started))
     }
 
@@ -87,7 +97,12 @@ private final class IdentExchange {
             // Before the connect completed, identd was not reachable; after, it said nothing.
             self.finish(IdentAnswer(.failure(self.connected ? .timeout : .unreachable), detail: "no answer within \(timeout)"))
         }
-        promise.futureResult.whenComplete { _ in deadline.cancel() }
+        promise.futureResult.assumeIsolated().whenComplete { _ in
+            // Answered, timed out or cancelled: the connection to identd ends with it.
+            deadline.cancel()
+            self.done = true
+            self.channel?.close(promise: nil)
+        }
         ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
             .channelOption(.allowRemoteHalfClosure, value: true)

@@ -21,12 +21,16 @@ struct RequestDecider {
     /// `step` names the decision in the audit record (nil: the request's own). `report`
     /// runs on `eventLoop`: `.decided` or `.timedOut` exactly once, then, for a record the
     /// relay must wait for, `.recordWritten` or `.recordFailed`.
+    ///
+    /// Returns the decision's task when it runs in one (it waits for identd), for the
+    /// session to cancel if its client leaves: the ident lookup then ends at once.
+    @discardableResult
     func decide(
         _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop, report: @escaping (DecisionEvent) -> Void
-    ) {
+    ) -> PendingDecisionTask? {
         if let decision = gateway.policy.decideImmediately(facts) {
             decided(decision, facts, step: step, on: eventLoop, report: report)
-            return
+            return nil
         }
         let policy = gateway.policy
         let pending = PendingDecision(report)
@@ -36,7 +40,9 @@ struct RequestDecider {
             self.recordTimeout(facts, step: step, after: deadline)
             report(.timedOut)
         }
-        eventLoop.makeFutureWithTask { await policy.decide(facts) }.assumeIsolated().whenComplete { result in
+        let decision = eventLoop.makePromise(of: Decision.self)
+        let task = Task { decision.succeed(await policy.decide(facts)) }
+        decision.futureResult.assumeIsolated().whenComplete { result in
             timer.cancel()
             guard let report = pending.take() else { return }
             switch result {
@@ -44,6 +50,7 @@ struct RequestDecider {
             case .failure: report(.timedOut)
             }
         }
+        return PendingDecisionTask(task: task)
     }
 
     /// Logs and records the decision, then reports it (and later its record's write).
@@ -140,5 +147,15 @@ private final class PendingDecision {
     func take() -> ((DecisionEvent) -> Void)? {
         defer { completion = nil }
         return completion
+    }
+}
+
+/// A decision running in a task (it asks identd); cancelled when its session's client
+/// leaves, so that the lookup does not outlive the client.
+struct PendingDecisionTask {
+    let task: Task<Void, Never>
+
+    func cancel() {
+        task.cancel()
     }
 }

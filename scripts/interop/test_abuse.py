@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -242,3 +243,61 @@ class AuditFileTest(unittest.TestCase):
             gateway.stop()
             self.assertIn("not writable by nobody", gateway.output())
             self.assertIn(gateway.audit_folder, gateway.output(), "the path is given in full")
+
+
+class StallingIdentd:
+    """An identd that accepts and never answers; notes when each connection ends."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = []
+        self.ended = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            threading.Thread(target=self.hold, args=(connection,), daemon=True).start()
+
+    def hold(self, connection):
+        with connection:
+            while connection.recv(1024):
+                pass
+        self.ended.append(time.monotonic())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.listener.close()
+
+
+class DepartedIdentClientTest(unittest.TestCase):
+    def test_a_client_that_leaves_ends_its_ident_lookup(self):
+        """The lookup for a client that left ends at once, not at the ident time-out."""
+        with StallingIdentd() as identd, tempfile.TemporaryDirectory() as folder:
+            policy = os.path.join(folder, "ident.policy")
+            with open(policy, "w") as file:
+                file.write("ident from 127.0.0.0/8 timeout 20s\n")
+                file.write('allow connect from 127.0.0.0/8 ident label "verified"\n')
+            with Gateway("--policy", policy, "--ident-port", str(identd.port)) as gateway:
+                with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                    client.sendall(b"\x04\x01\x00\x50" + socket.inet_aton("127.0.0.1") + b"alice\x00")
+                    deadline = time.monotonic() + 5
+                    while not identd.accepted and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    self.assertTrue(identd.accepted, "the gateway asked identd")
+                left = time.monotonic()
+                deadline = left + 5
+                while not identd.ended and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.assertTrue(identd.ended, "the ident connection is still open 5 s after the client left")
+                self.assertLess(identd.ended[0] - left, 1.5)
