@@ -2,6 +2,7 @@
 cost the others a core, descriptors or service."""
 
 import os
+import resource
 import socket
 import subprocess
 import tempfile
@@ -301,3 +302,65 @@ class DepartedIdentClientTest(unittest.TestCase):
                     time.sleep(0.02)
                 self.assertTrue(identd.ended, "the ident connection is still open 5 s after the client left")
                 self.assertLess(identd.ended[0] - left, 1.5)
+
+
+class SlowLorisTest(unittest.TestCase):
+    COUNT = 2000
+
+    def test_dribbling_clients_are_closed_by_the_negotiation_deadline(self):
+        """2,000 clients that send their greeting a byte a second: all closed when
+        --negotiate-timeout passes, while a normal client is served meanwhile."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = 2 * self.COUNT + 200
+        if hard < needed:
+            self.skipTest(f"needs {needed} descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        greeting = b"\x05\x01\x00"
+        with TCPServer(echo) as server, Gateway("--negotiate-timeout", "5s") as gateway:
+            pid = gateway.process.pid
+            before = open_descriptors(pid)
+            clients = []
+            try:
+                for _ in range(self.COUNT):
+                    clients.append(socket.create_connection((gateway.host, gateway.port), timeout=5))
+                started = time.monotonic()
+                served = []
+                for second in range(2):
+                    for client in clients:
+                        try:
+                            client.sendall(greeting[second:second + 1])
+                        except (BrokenPipeError, ConnectionResetError):
+                            pass  # already closed by the deadline: as it should be
+                    began = time.monotonic()
+                    with socks5_connect(gateway, "127.0.0.1", server.port) as normal:
+                        normal.sendall(b"ping")
+                        self.assertEqual(recv_exactly(normal, 4), b"ping")
+                    served.append(time.monotonic() - began)
+                    time.sleep(max(0, started + second + 1 - time.monotonic()))
+                self.assertLess(max(served), 1.0, f"a normal client waited {max(served):.2f} s")
+                # The deadline (5 s from each accept) closes every dribbler.
+                deadline = started + 10
+                open_clients = list(clients)
+                while open_clients and time.monotonic() < deadline:
+                    still = []
+                    for client in open_clients:
+                        client.setblocking(False)
+                        try:
+                            if client.recv(64) == b"":
+                                continue
+                        except BlockingIOError:
+                            still.append(client)
+                            continue
+                        except ConnectionResetError:
+                            continue
+                    open_clients = still
+                    time.sleep(0.1)
+                self.assertEqual(len(open_clients), 0, f"{len(open_clients)} dribblers still open")
+            finally:
+                for client in clients:
+                    client.close()
+            deadline = time.monotonic() + 3
+            while open_descriptors(pid) > before + 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertLessEqual(open_descriptors(pid), before + 4)
