@@ -124,3 +124,20 @@ if Context.environment["IDENTGATE_BENCH"] != nil {
             name: "policy-bench", dependencies: ["AccessPolicy", "NetAddress"], path: "Benchmarks/PolicyBench"))
     package.targets.append(.executableTarget(name: "audit-bench", dependencies: ["AuditLog"], path: "Benchmarks/AuditBench"))
 }
+
+// libFuzzer harnesses, built only by scripts/fuzz (IDENTGATE_FUZZ=1, with
+// -sanitize=fuzzer,address, in .build-fuzz): libFuzzer supplies `main`.
+if Context.environment["IDENTGATE_FUZZ"] != nil {
+    let fuzzFlags: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
+    package.targets.append(
+        .executableTarget(
+            name: "fuzz-policy", dependencies: ["AccessPolicy"], path: "Tests/Fuzz/FuzzPolicy", swiftSettings: fuzzFlags))
+    package.targets.append(
+        .executableTarget(
+            name: "fuzz-ident", dependencies: ["IdentProtocol", "AccessPolicy"], path: "Tests/Fuzz/FuzzIdent",
+            swiftSettings: fuzzFlags))
+    package.targets.append(
+        .executableTarget(
+            name: "fuzz-socks", dependencies: ["SOCKSWire", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/Fuzz/FuzzSOCKS", swiftSettings: fuzzFlags))
+}

@@ -80,6 +80,15 @@ class Gateway:
         )
         try:
             wait_for_port(host, self.port)
+            # The port is bound (and queues connections) before the gateway serves: the
+            # sockets are made as root before SwiftNIO starts. Wait until it says it is
+            # serving, so that a test measuring the process (descriptors, CPU) starts
+            # from a gateway that has finished starting.
+            deadline = time.monotonic() + 20
+            while "identgate serving" not in self.output():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise TimeoutError("identgate did not say it is serving:\n" + self.output()[-2000:])
+                time.sleep(0.02)
         except TimeoutError:
             self.stop()
             raise
