@@ -140,4 +140,7 @@ if Context.environment["IDENTGATE_FUZZ"] != nil {
         .executableTarget(
             name: "fuzz-socks", dependencies: ["SOCKSWire", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/Fuzz/FuzzSOCKS", swiftSettings: fuzzFlags))
+    package.targets.append(
+        .executableTarget(
+            name: "fuzz-audit", dependencies: ["AuditLog"], path: "Tests/Fuzz/FuzzAudit", swiftSettings: fuzzFlags))
 }

@@ -56,13 +56,16 @@ import Testing
 
     static let allowAll = Decision(verdict: .allow, refusal: nil, rule: RuleReference(line: 1), trace: [])
 
-    let threadPool: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: 1)
+    /// One pool for the suite (a pool per test would outlive it: LeakSanitizer says so).
+    static let sharedPool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 4)
         pool.start()
         return pool
     }()
 
-    func gateway(policy: any PolicyDecider, credentials: (any PasswordVerifier)? = nil) -> GatewayContext {
+    func gateway(
+        policy: any PolicyDecider, credentials: (any PasswordVerifier)? = nil, threadPool: NIOThreadPool = Self.sharedPool
+    ) -> GatewayContext {
         var configuration = GatewayConfiguration()
         configuration.negotiationTimeout = .seconds(5)
         var logger = Logger(label: "ordering-test")
@@ -182,7 +185,10 @@ import Testing
 
     @Test func resolutionAfterTheClientLeft() async throws {
         let decider = HeldDecider(answer: Self.allowAll)
-        let channel = try await client(gateway(policy: decider))
+        let threadPool = NIOThreadPool(numberOfThreads: 1)
+        threadPool.start()
+        defer { threadPool.shutdownGracefully { _ in } }
+        let channel = try await client(gateway(policy: decider, threadPool: threadPool))
         // The pool's one thread is held, so the lookup waits until the client has gone.
         let held = NIOLockedValueBox(true)
         threadPool.submit { _ in

@@ -133,7 +133,9 @@ class BindResourceTest(unittest.TestCase):
                 time.sleep(0.05)
             after = open_descriptors(pid)
             print(f"\n  BIND resource test: {self.COUNT} timed-out BINDs; gateway descriptors {before} before, {after} after")
-            self.assertEqual(after, before)
+            # None left behind; one fewer is a start-up descriptor that was still open at
+            # the first count.
+            self.assertLessEqual(after, before)
 
 
 if __name__ == "__main__":
