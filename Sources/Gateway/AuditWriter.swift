@@ -161,12 +161,8 @@ public final class AuditWriter: Sendable {
         thread.start()
     }
 
-    /// True while records are being written; with fail-closed, new requests are refused
-    /// otherwise.
-    public var acceptsRequests: Bool {
-        state.withLockedValue { admits($0) }
-    }
-
+    /// True while records are being written (and the queue is below `capacity`); with
+    /// fail-closed, new requests are refused otherwise.
     private func admits(_ state: State) -> Bool {
         !failClosed || (state.healthy && state.queue.count + state.writing < capacity)
     }
@@ -179,9 +175,9 @@ public final class AuditWriter: Sendable {
         case refused(first: Bool)
     }
 
-    /// Whether a new request may be served (`acceptsRequests`), counting refusals, so
-    /// that an episode of refusals is logged once at its start and once at its end, not
-    /// per request. One lock, as `acceptsRequests`.
+    /// Whether a new request may be served (`admits`), counting refusals, so that an
+    /// episode of refusals is logged once at its start and once at its end, not per
+    /// request. One lock per request.
     public func admitRequest() -> Admission {
         state.withLockedValue { state in
             if admits(state) {

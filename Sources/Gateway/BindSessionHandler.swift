@@ -37,6 +37,12 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.clientLeft()
+        endOutsideWork()
+    }
+
+    /// Cancels the decision under way and closes the listener and any peer: what this
+    /// session started outside its own channel.
+    private func endOutsideWork() {
         pendingDecision?.cancel()
         pendingDecision = nil
         closeListener()
@@ -101,19 +107,18 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 client: context, outbound: peer, reply: .granted(version: setup.version, boundAddress: from), early: early,
                 gateway: setup.gateway, session: setup.id)
         case .fail(let failure, let recordEnd):
-            closeListener()
-            peer?.close(promise: nil)
-            peer = nil
+            endOutsideWork()
             let reply = SOCKSServerMessage.failed(failure, version: setup.version)
-            if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
+            if recordEnd {
+                SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: setup.gateway, session: setup.id)
+            }
             context.sendAndClose(reply)
-        case .close:
-            pendingDecision?.cancel()
-            pendingDecision = nil
-            closeListener()
-            peer?.close(promise: nil)
-            peer = nil
-            if machine.ledger.allowed { SessionRelay.recordDeparture(gateway: setup.gateway, session: setup.id) }
+        case .abandon(let recordEnd):
+            endOutsideWork()
+            if recordEnd {
+                SessionRelay.recordEndBeforeRelay(
+                    "client left before the reply", reply: nil, gateway: setup.gateway, session: setup.id)
+            }
             context.close(promise: nil)
         case .closeListener:
             closeListener()

@@ -38,6 +38,12 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         machine.clientLeft()
+        endOutsideWork()
+    }
+
+    /// Cancels the decision under way and closes the connection attempted or made: what
+    /// this session started outside its own channel.
+    private func endOutsideWork() {
         pendingDecision?.cancel()
         pendingDecision = nil
         attempt?.close(promise: nil)
@@ -101,22 +107,21 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 client: context, outbound: outbound, reply: .granted(version: setup.version, boundAddress: bound), early: early,
                 gateway: setup.gateway, session: setup.id)
         case .fail(let failure, let recordEnd):
-            outbound?.close(promise: nil)
-            outbound = nil
+            endOutsideWork()
             let reply = SOCKSServerMessage.failed(failure, version: setup.version)
-            if recordEnd { SessionRelay.recordFailure(failure, reply: reply, gateway: setup.gateway, session: setup.id) }
+            if recordEnd {
+                SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: setup.gateway, session: setup.id)
+            }
             context.sendAndClose(reply)
         case .closeOutbound:
             outbound?.close(promise: nil)
             outbound = nil
         case .abandon(let recordEnd):
-            pendingDecision?.cancel()
-            pendingDecision = nil
-            attempt?.close(promise: nil)
-            attempt = nil
-            outbound?.close(promise: nil)
-            outbound = nil
-            if recordEnd { SessionRelay.recordDeparture(gateway: setup.gateway, session: setup.id) }
+            endOutsideWork()
+            if recordEnd {
+                SessionRelay.recordEndBeforeRelay(
+                    "client left before the reply", reply: nil, gateway: setup.gateway, session: setup.id)
+            }
             context.close(promise: nil)
         }
     }

@@ -53,22 +53,23 @@ public struct HostResolver: Sendable {
     /// or if `maxInFlight` lookups are under way. `logger` hears of saturation, once per
     /// episode.
     public func resolve(_ name: String, on eventLoop: any EventLoop, logger: Logger? = nil) -> EventLoopFuture<[IPAddress]> {
-        let admitted = state.withLockedValue { state -> (Bool, episodeStarted: Bool, episodeEnded: Bool) in
-            guard state.inFlight < maxInFlight else {
-                state.saturated += 1
-                defer { state.saturatedEpisode = true }
-                return (false, !state.saturatedEpisode, false)
-            }
-            state.inFlight += 1
-            defer { state.saturatedEpisode = false }
-            return (true, false, state.saturatedEpisode)
+        let admission = state.withLockedValue { state -> (admitted: Bool, episodeChanged: Bool) in
+            let admitted = state.inFlight < maxInFlight
+            if admitted { state.inFlight += 1 } else { state.saturated += 1 }
+            // An episode starts with the first refusal and ends with the next admission.
+            defer { state.saturatedEpisode = !admitted }
+            return (admitted, state.saturatedEpisode == admitted)
         }
-        if admitted.episodeStarted {
+        switch (admission.admitted, admission.episodeChanged) {
+        case (false, true):
             logger?.error(
                 "resolver saturated: \(maxInFlight) lookups under way; new names fail at once (logged once until it recovers)")
+        case (true, true):
+            logger?.notice("resolver accepting lookups again")
+        default:
+            break
         }
-        if admitted.episodeEnded { logger?.notice("resolver accepting lookups again") }
-        guard admitted.0 else { return eventLoop.makeSucceededFuture([]) }
+        guard admission.admitted else { return eventLoop.makeSucceededFuture([]) }
         let promise = eventLoop.makePromise(of: [IPAddress].self)
         let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
         let lookup = self.lookup

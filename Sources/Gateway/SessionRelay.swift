@@ -61,25 +61,14 @@ enum SessionRelay {
         context.channel.read()
     }
 
-    /// The session-end record of a request that was allowed but whose client left before
-    /// the reply.
-    static func recordDeparture(gateway: GatewayContext, session: UInt64) {
+    /// The session-end record of a request that was allowed but ended before its relay:
+    /// it failed (`reply` is what the client heard) or its client left (no reply).
+    static func recordEndBeforeRelay(_ reason: String, reply: SOCKSServerMessage?, gateway: GatewayContext, session: UInt64) {
         guard let audit = gateway.audit else { return }
         var record = AuditRecord(event: .sessionEnd)
         record.session = session
-        record.reason = "client left before the reply"
-        record.bytesFromClient = 0
-        record.bytesToClient = 0
-        audit.record(record)
-    }
-
-    /// The session-end record of a request that was allowed but failed before its relay.
-    static func recordFailure(_ failure: SOCKSRequestFailure, reply: SOCKSServerMessage, gateway: GatewayContext, session: UInt64) {
-        guard let audit = gateway.audit else { return }
-        var record = AuditRecord(event: .sessionEnd)
-        record.session = session
-        record.reason = "failed: \(failure)"
-        record.reply = reply.replyCode.map(Int.init)
+        record.reason = reason
+        record.reply = reply?.replyCode.map(Int.init)
         record.bytesFromClient = 0
         record.bytesToClient = 0
         audit.record(record)

@@ -36,8 +36,9 @@ public struct BindSession: Sendable {
         case closeListener
         /// A peer connected that nobody waits for.
         case closePeer
-        /// Close the client's connection without a reply (it has gone).
-        case close
+        /// The client has gone before its second reply: close everything without a reply.
+        /// `recordEnd`: as for `fail`.
+        case abandon(recordEnd: Bool)
     }
 
     private enum State: Hashable, Sendable {
@@ -149,7 +150,7 @@ public struct BindSession: Sendable {
         switch state {
         case .idle, .resolving, .decidingRequest, .listening, .awaitingPeer, .decidingPeer, .awaitingAuditRecord:
             state = .ended
-            return .close
+            return .abandon(recordEnd: ledger.allowed)
         case .relaying, .ended:
             return .none
         }

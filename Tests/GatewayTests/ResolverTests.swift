@@ -74,16 +74,7 @@ import Testing
             configuration: configuration, policy: PolicyEngine(policy: DefaultPolicy.policy), credentials: Accepting(),
             resolver: HostResolver(threadPool: lookups, timeout: .seconds(30), lookup: dns.lookup), threadPool: passwords,
             logger: logger, audit: nil)
-        func client() async throws -> NIOAsyncTestingChannel {
-            let channel = NIOAsyncTestingChannel()
-            channel.localAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 1080)
-            channel.remoteAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 40000)
-            try await channel.testingEventLoop.executeInContext {
-                try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))
-            }
-            try await channel.connect(to: channel.remoteAddress!).get()
-            return channel
-        }
+        func client() async throws -> NIOAsyncTestingChannel { try await negotiatingClient(gateway) }
         let auth: [UInt8] = [5, 1, 2] + [1, 1, UInt8(ascii: "u"), 1, UInt8(ascii: "p")]
         // A client whose host name stalls the resolver's only thread.
         let stalled = try await client()

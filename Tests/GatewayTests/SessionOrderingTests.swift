@@ -76,16 +76,8 @@ import Testing
             audit: nil)
     }
 
-    /// A client connection with the negotiation handler in place.
     func client(_ gateway: GatewayContext) async throws -> NIOAsyncTestingChannel {
-        let channel = NIOAsyncTestingChannel()
-        channel.localAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 1080)
-        channel.remoteAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 40000)
-        try await channel.testingEventLoop.executeInContext {
-            try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))
-        }
-        try await channel.connect(to: channel.remoteAddress!).get()
-        return channel
+        try await negotiatingClient(gateway)
     }
 
     func send(_ bytes: [UInt8], to channel: NIOAsyncTestingChannel) async throws {
@@ -221,4 +213,17 @@ import Testing
         await channel.testingEventLoop.run()
         #expect(!channel.isActive)
     }
+}
+
+/// A client connection on NIO's testing channel with the negotiation handler in place:
+/// the gateway's session path with a virtual clock and no sockets.
+func negotiatingClient(_ gateway: GatewayContext) async throws -> NIOAsyncTestingChannel {
+    let channel = NIOAsyncTestingChannel()
+    channel.localAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 1080)
+    channel.remoteAddress = try SocketAddress(ipAddress: "127.0.0.1", port: 40000)
+    try await channel.testingEventLoop.executeInContext {
+        try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))
+    }
+    try await channel.connect(to: channel.remoteAddress!).get()
+    return channel
 }

@@ -47,6 +47,17 @@ class UDPEcho:
         self.socket.close()
 
 
+def udp_associate(gateway_port):
+    """A raw SOCKS5 UDP ASSOCIATE: the control connection and the relay's address."""
+    control = socket.create_connection(("127.0.0.1", gateway_port), timeout=5)
+    control.sendall(b"\x05\x01\x00")
+    assert recv_exactly(control, 2) == b"\x05\x00"
+    control.sendall(b"\x05\x03\x00\x01" + bytes(6))
+    reply = recv_exactly(control, 10)
+    assert reply[:2] == b"\x05\x00", reply
+    return control, (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+
+
 class UDPWithPySocksTest(unittest.TestCase):
     def test_pysocks_udp_through_the_gateway(self):
         with UDPEcho() as echo, Gateway() as gateway:
@@ -91,13 +102,8 @@ class UDPDatagramSizeTest(unittest.TestCase):
 
     def test_raw_client_datagrams_of_every_size(self):
         with UDPEcho() as echo, Gateway() as gateway:
-            with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as control:
-                control.sendall(b"\x05\x01\x00")
-                self.assertEqual(recv_exactly(control, 2), b"\x05\x00")
-                control.sendall(b"\x05\x03\x00\x01" + bytes(6))
-                reply = recv_exactly(control, 10)
-                self.assertEqual(reply[:2], b"\x05\x00")
-                relay = (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+            control, relay = udp_associate(gateway.port)
+            with control:
                 header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + echo.port.to_bytes(2, "big")
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.settimeout(5)
@@ -140,17 +146,6 @@ class BindResourceTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
-
-
-def udp_associate(gateway_port):
-    """A raw SOCKS5 UDP ASSOCIATE: the control connection and the relay's address."""
-    control = socket.create_connection(("127.0.0.1", gateway_port), timeout=5)
-    control.sendall(b"\x05\x01\x00")
-    assert recv_exactly(control, 2) == b"\x05\x00"
-    control.sendall(b"\x05\x03\x00\x01" + bytes(6))
-    reply = recv_exactly(control, 10)
-    assert reply[:2] == b"\x05\x00", reply
-    return control, (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
 
 
 class UDPBoundsTest(unittest.TestCase):
