@@ -68,6 +68,11 @@ class DepartedClientTest(unittest.TestCase):
             while open_descriptors(pid) > before + 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.assertLessEqual(open_descriptors(pid), before + 2, "descriptors held after the clients left")
+            gateway.stop()
+            # Each request was allowed: the audit log says how each session ended.
+            departed = [r for r in gateway.audit_records()
+                        if r.get("event") == "session-end" and r.get("reason") == "client left before the reply"]
+            self.assertEqual(len(departed), 20)
 
 
 class DescriptorExhaustionTest(unittest.TestCase):
