@@ -33,6 +33,8 @@ public struct Decision: Hashable, Sendable {
         case identUnreachable
         /// An allow rule needed ident and identd named a different user.
         case identMismatch
+        /// A rule allowed it, but a `limit` was reached (`Decision.limit` names it).
+        case limitReached
     }
 
     /// One rule considered, and why it did or did not match.
@@ -65,6 +67,8 @@ public struct Decision: Hashable, Sendable {
     /// Why the gateway refused what the policy allowed (a loop through itself), for the
     /// audit record; nil when the policy's verdict stands.
     public var note: String?
+    /// The limit that refused what a rule allowed (`refusal == .limitReached`).
+    public var limit: RuleReference?
 
     public var ident: IdentOutcome? { identAnswer?.outcome }
 
@@ -91,9 +95,18 @@ public protocol PolicyDecider: Sendable {
     /// Changes whenever the policy in force changes (a reload): what was decided under
     /// an older generation is decided again.
     var generation: UInt64 { get }
+
+    /// Counts a session the policy allowed under its limits, or refuses it. The lease,
+    /// if any, is given back with `release` when the session ends.
+    func admit(_ facts: RequestFacts) -> LimitLedger.Admission
+
+    func release(_ lease: SessionLease)
 }
 
 extension PolicyDecider {
     public func decideImmediately(_ facts: RequestFacts) -> Decision? { nil }
     public var generation: UInt64 { 0 }
+    /// A decider without limits admits every session.
+    public func admit(_ facts: RequestFacts) -> LimitLedger.Admission { .admitted(nil) }
+    public func release(_ lease: SessionLease) {}
 }

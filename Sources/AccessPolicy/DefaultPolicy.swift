@@ -5,24 +5,35 @@ public enum DefaultPolicy {
     public static let fileName = "<embedded policies/default.policy>"
 
     public static let text = #"""
-        # identgate's default policy, also built into the binary: what `identgate run` uses
-        # without --policy. Clients on this machine's loopback may use every command to go
-        # anywhere; every other client is denied. It can never be an open proxy.
+# identgate's default policy, also built into the binary: what `identgate run` uses
+# without --policy. Clients on this machine's loopback may use every command to go
+# anywhere; every other client is denied. It can never be an open proxy.
 
-        net loopback = 127.0.0.0/8, ::1
+net loopback = 127.0.0.0/8, ::1
 
-        allow from @loopback label "loopback clients"
+allow from @loopback label "loopback clients"
 
-        # The tests of this policy (`identgate test policies/default.policy`).
-        expect allow from 127.0.0.1 to example.com:443
-        expect allow from ::1 to [2001:db8::1]:80
-        expect allow bind from 127.0.0.5 to 192.0.2.1:21
-        expect allow from 127.0.0.1 to example.com:443 version socks4a user alice
-        expect deny  from 10.1.2.3 to example.com:443
-        expect deny  from 192.168.1.20 to 127.0.0.1:22
-        expect deny  from 2001:db8::7 to [::1]:80
+# Limits, so that one client cannot take every descriptor: a session holds two (three or
+# four for BIND and UDP), and the gateway's limit is the process's (ulimit -n).
+limit sessions 4096 per client   label "one client's share"
+limit udp sessions 256 per client label "UDP associations per client"
+limit rate 2000/s per client     label "new sessions per client"
+limit sessions 8192 total        label "the gateway's capacity"
 
-        """#
+# The tests of this policy (`identgate test policies/default.policy`).
+expect allow from 127.0.0.1 to example.com:443
+expect allow from ::1 to [2001:db8::1]:80
+expect allow bind from 127.0.0.5 to 192.0.2.1:21
+expect allow from 127.0.0.1 to example.com:443 version socks4a user alice
+expect deny  from 10.1.2.3 to example.com:443
+expect deny  from 192.168.1.20 to 127.0.0.1:22
+expect deny  from 2001:db8::7 to [::1]:80
+expect allow from 127.0.0.1 to example.com:443 open 4095
+expect limit from 127.0.0.1 to example.com:443 open 4096
+expect limit udp from 127.0.0.1 to 0.0.0.0:0 open 256
+expect limit from 127.0.0.1 to example.com:443 recent 2000
+
+"""#
 
     /// Compiled once; the test suite proves it free of errors.
     public static let policy: Policy = PolicyCompiler.compile(text, file: fileName).policy!

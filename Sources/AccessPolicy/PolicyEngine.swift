@@ -22,9 +22,15 @@ public struct Policy: Sendable {
     /// The fixed offset from UTC of the policy's time windows (`timezone UTC+01:00`).
     public var utcOffsetSeconds: Int
     public var expectations: [Expectation]
+    /// The `limit` lines, in order; every one that counts a session must have room.
+    public var limits: [SessionLimit]
 
-    public init(rules: [Rule], identScopes: [IdentScope] = [], utcOffsetSeconds: Int = 0, expectations: [Expectation] = []) {
+    public init(
+        rules: [Rule], identScopes: [IdentScope] = [], utcOffsetSeconds: Int = 0, expectations: [Expectation] = [],
+        limits: [SessionLimit] = []
+    ) {
         self.rules = rules
+        self.limits = limits
         self.identScopes = identScopes
         self.utcOffsetSeconds = utcOffsetSeconds
         self.expectations = expectations
@@ -76,6 +82,16 @@ public struct PolicyEngine: PolicyDecider {
             verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
         decision.ruleNamesDestination = rule.namesDestination(of: facts)
         return decision
+    }
+
+    /// An allowed decision with the policy's limits applied as `explain` and `expect`
+    /// pose them: as if every limit counting the request already had `open` sessions
+    /// open and `recent` started just now. The gateway counts for real (`LimitLedger`).
+    public func applyingLimits(to decision: Decision, _ facts: RequestFacts, open: Int, recent: Int) -> Decision {
+        guard decision.verdict == .allow,
+            let refusal = LimitLedger.check(facts, limits: policy.limits, open: open, recent: recent)
+        else { return decision }
+        return decision.refused(by: refusal)
     }
 
     public func explain(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {

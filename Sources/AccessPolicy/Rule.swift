@@ -141,6 +141,26 @@ public struct Rule: Hashable, Sendable {
         self.requiresIdent = requiresIdent
     }
 
+    /// Every condition other than `ident` holds: `firstMismatch` without the words, for
+    /// the paths that run per session (limits) and must not build text.
+    func conditionsHold(_ facts: RequestFacts, utcOffsetSeconds: Int) -> Bool {
+        if let commands, !commands.contains(facts.command) { return false }
+        if let versions, !versions.contains(facts.version) { return false }
+        if let authMethods, !authMethods.contains(facts.authMethod) { return false }
+        if let sources, !sources.contains(where: { $0.contains(facts.client.address) }) { return false }
+        if let destinations, !destinations.contains(where: { $0.matches(facts) }) { return false }
+        if let ports, !ports.contains(where: { $0.contains(facts.destinationPort) }) { return false }
+        if let users {
+            guard let user = facts.claimedUser, users.contains(user) else { return false }
+        }
+        if let times {
+            guard let time = facts.time else { return false }
+            let minute = WeeklyWindow.minuteOfWeek(time: time, utcOffsetSeconds: utcOffsetSeconds)
+            if !times.contains(where: { $0.contains(minuteOfWeek: minute) }) { return false }
+        }
+        return true
+    }
+
     /// nil if every condition other than `ident` holds, else the first that does not,
     /// in words. `ident` is checked by the engine, which asks identd at most once.
     func firstMismatch(_ facts: RequestFacts, utcOffsetSeconds: Int) -> String? {

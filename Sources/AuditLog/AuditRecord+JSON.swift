@@ -30,6 +30,8 @@ extension AuditRecord {
             writer.field("userID", ident.userID)
             writer.closeObject()
         }
+        writer.field("limitLabel", limitLabel)
+        writer.field("limitLine", limitLine.map(Int64.init))
         writer.field("listen", listen)
         writer.field("listener", listener)
         writer.field("policyFile", policyFile)

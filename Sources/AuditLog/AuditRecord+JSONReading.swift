@@ -73,6 +73,8 @@ private struct JSONLineReader {
             case "ident": return reader.ident(into: &record.ident)
             case "ruleLine": return reader.integer(into: &record.ruleLine)
             case "ruleLabel": return reader.string(into: &record.ruleLabel)
+            case "limitLine": return reader.integer(into: &record.limitLine)
+            case "limitLabel": return reader.string(into: &record.limitLabel)
             case "verdict": return reader.string(into: &record.verdict)
             case "reply": return reader.integer(into: &record.reply)
             case "requestTime": return reader.integer(into: &record.requestTime)

@@ -68,6 +68,9 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var ident: IdentRecord?
     public var ruleLine: Int?
     public var ruleLabel: String?
+    /// The limit that refused what the rule allowed.
+    public var limitLine: Int?
+    public var limitLabel: String?
     public var verdict: String?
     public var reply: Int?
     /// The request time the policy saw (seconds since 1970), for replay.

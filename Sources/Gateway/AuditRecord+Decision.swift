@@ -30,6 +30,8 @@ extension AuditRecord {
         }
         record.ruleLine = decision.rule?.line
         record.ruleLabel = decision.rule?.label
+        record.limitLine = decision.limit?.line
+        record.limitLabel = decision.limit?.label
         record.verdict = decision.verdict.rawValue
         record.reply = Int(decision.replyCode(for: facts.version))
         record.policySHA256 = decision.policySHA256

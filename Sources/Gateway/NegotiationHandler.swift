@@ -167,7 +167,9 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let facts = RequestFacts(request, client: client, listener: listener, time: Int64(Glibc.time(nil)))
-        let session = SessionSetup(gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version)
+        let session = SessionSetup(
+            gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
+            admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture))
         let next: any ChannelHandler =
             switch request.command {
             case .connect: ConnectSessionHandler(session, facts: facts, early: early)
@@ -196,8 +198,9 @@ struct SessionSetup {
     /// Numbers the session's records in the audit log.
     let id: UInt64
     let version: SOCKSVersion
+    let admission: SessionAdmission
 
-    var decider: RequestDecider { RequestDecider(gateway: gateway, session: id) }
+    var decider: RequestDecider { RequestDecider(gateway: gateway, session: id, admission: admission) }
 }
 
 extension ChannelHandlerContext {

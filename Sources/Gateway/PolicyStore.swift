@@ -9,20 +9,38 @@ import NIOConcurrencyHelpers
 public final class PolicyStore: PolicyDecider {
     private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?, generation: UInt64)>
     private let identLookup: IdentLookup?
+    private let limiter: SessionLimiter
 
     /// `sha256`: of the policy's text, recorded with every decision.
     public init(_ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil) {
         current = NIOLockedValueBox((engine, sha256, 0))
         self.identLookup = identLookup
+        limiter = SessionLimiter(limits: engine.policy.limits)
     }
 
     public var engine: PolicyEngine { current.withLockedValue { $0.engine } }
 
     public var generation: UInt64 { current.withLockedValue { $0.generation } }
 
+    /// Sessions open under the policy's `sessions` limits: they stay counted under the
+    /// new policy's limits.
     public func replace(with engine: PolicyEngine, sha256: String? = nil) {
-        current.withLockedValue { $0 = (engine, sha256, $0.generation + 1) }
+        current.withLockedValue {
+            $0 = (engine, sha256, $0.generation + 1)
+            limiter.adopt(engine.policy.limits)
+        }
     }
+
+    public func admit(_ facts: RequestFacts) -> LimitLedger.Admission {
+        limiter.admit(facts)
+    }
+
+    public func release(_ lease: SessionLease) {
+        limiter.release(lease)
+    }
+
+    /// Sessions counted by a `sessions` limit right now (for tests and metrics).
+    public var limitedSessions: Int { limiter.openSessions }
 
     public func decide(_ facts: RequestFacts) async -> Decision {
         let (engine, sha256, _) = current.withLockedValue { $0 }

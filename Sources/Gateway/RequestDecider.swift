@@ -17,6 +17,7 @@ import SOCKSWire
 struct RequestDecider {
     let gateway: GatewayContext
     let session: UInt64
+    let admission: SessionAdmission
 
     /// `step` names the decision in the audit record (nil: the request's own). `report`
     /// runs on `eventLoop`: `.decided` or `.timedOut` exactly once, then, for a record the
@@ -58,7 +59,10 @@ struct RequestDecider {
         _ decision: Decision, _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop,
         report: @escaping (DecisionEvent) -> Void
     ) {
-        let decision = refusingLoops(decision, facts)
+        var decision = refusingLoops(decision, facts)
+        if decision.verdict == .allow, let refusal = admission.admit(facts) {
+            decision = decision.refused(by: refusal)
+        }
         log(decision, facts, step: step)
         guard let audit = gateway.audit else { return report(.decided(decision, recordPending: false)) }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
@@ -103,6 +107,14 @@ struct RequestDecider {
         return refused
     }
 
+    /// A UDP association refused by a limit as it starts (no rule decides an ASSOCIATE):
+    /// logged and recorded as any refusal.
+    func refuse(_ facts: RequestFacts, _ refusal: LimitRefusal) {
+        let decision = Decision(verdict: .allow, refusal: nil, rule: nil, trace: []).refused(by: refusal)
+        log(decision, facts, step: nil)
+        gateway.audit?.recordDecision(facts, decision, session: session, step: nil)
+    }
+
     /// The deadline passed: a decision record says so (deny, general failure), with
     /// every fact the engine had, so the auditor sees the request and why it failed.
     private func recordTimeout(_ facts: RequestFacts, step: String?, after deadline: TimeAmount) {
@@ -129,6 +141,7 @@ struct RequestDecider {
                 "address": "\(facts.destinationAddress.map(\.description) ?? "unresolved")",
                 "verdict": "\(decision.verdict.rawValue)",
                 "rule": "\(decision.rule?.description ?? "final deny")",
+                "limit": "\(decision.limit.map { "\($0): \(DisplayText.escaped(decision.note ?? ""))" } ?? "none")",
                 "ident": "\(DisplayText.escaped(decision.ident?.description, absent: "not asked"))",
             ]
         )

@@ -59,10 +59,10 @@ final class UDPAssociation {
 
     init(
         gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, session: UInt64,
-        logger: Logger
+        admission: SessionAdmission, logger: Logger
     ) {
         self.session = session
-        self.decider = RequestDecider(gateway: gateway, session: session)
+        self.decider = RequestDecider(gateway: gateway, session: session, admission: admission)
         self.gateway = gateway
         self.facts = facts
         self.expectedSource = expectedSource
@@ -329,6 +329,11 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The request's address is where the client will send from (zeros: not known yet).
     func handlerAdded(context: ChannelHandlerContext) {
+        if let refusal = setup.admission.admit(facts) {
+            setup.decider.refuse(facts, refusal)
+            context.sendAndClose(.failed(.notAllowed, version: setup.version))
+            return
+        }
         let expected: IPEndpoint? =
             switch request.host {
             case .ipv4(let address): IPEndpoint(address: .v4(address), port: request.port)
@@ -339,7 +344,7 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
         logger[metadataKey: "client"] = "\(facts.client)"
         let association = UDPAssociation(
             gateway: setup.gateway, facts: facts, expectedSource: expected, control: context.channel, session: setup.id,
-            logger: logger)
+            admission: setup.admission, logger: logger)
         self.association = association
         association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
             switch result {

@@ -179,7 +179,7 @@ struct AuditShow: ParsableCommand {
                 let ident = record.ident.map { $0.userID ?? $0.outcome } ?? "-"
                 let destination =
                     "\(record.destination ?? "?"):\(record.destinationPort ?? 0)" + (record.resolved.map { " (\($0))" } ?? "")
-                let rule = record.ruleLine.map { "line \($0)" + (record.ruleLabel.map { " \"\($0)\"" } ?? "") } ?? "final deny"
+                let rule = record.decidedBy
                 let moved = bytes.map { "\($0.up)/\($0.down)" } ?? "-"
                 print(
                     Self.row([
@@ -241,9 +241,7 @@ struct AuditSummary: ParsableCommand {
                 if record.verdict == "allow" {
                     allowed += 1
                 } else {
-                    let rule =
-                        record.ruleLine.map { "line \($0)" + (record.ruleLabel.map { " \"\($0)\"" } ?? "") } ?? "final deny"
-                    denials["\(rule), reply \(record.reply ?? -1)", default: 0] += 1
+                    denials["\(record.decidedBy), reply \(record.reply ?? -1)", default: 0] += 1
                 }
             case .sessionEnd:
                 bytes.up += record.bytesFromClient ?? 0
@@ -302,13 +300,20 @@ struct AuditReplay: ParsableCommand {
             guard let record = AuditRecord.decode(line: line, fallback: decoder), let facts = record.requestFacts else {
                 return true
             }
+            // A limit's refusal depends on the load at the time, which the log does not
+            // hold: the rules' verdict is what is replayed (a UDP ASSOCIATE refused by a
+            // limit had none).
+            if record.limitLine != nil, record.ruleLine == nil { return true }
+            let recordedVerdict = record.limitLine != nil ? Decision.Verdict.allow.rawValue : record.verdict
             let recorded = record.ident?.identOutcome
             let decision =
                 try engine.decideImmediately(facts)
                 ?? Self.decideWaiting(engine, facts) { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) }
             replayed += 1
             let newReply = Int(decision.replyCode(for: facts.version))
-            guard decision.verdict.rawValue != record.verdict || newReply != record.reply else { return true }
+            guard decision.verdict.rawValue != recordedVerdict || (record.limitLine == nil && newReply != record.reply) else {
+                return true
+            }
             changed += 1
             let before =
                 "\(record.verdict ?? "?") \(record.reply ?? -1) (\(record.ruleLine.map { "line \($0)" } ?? "final deny"))"
@@ -334,4 +339,15 @@ struct AuditReplay: ParsableCommand {
 
 private final class DecisionBox: @unchecked Sendable {
     var decision: Decision?
+}
+
+extension AuditRecord {
+    /// What decided a decision record, for the review tables: `line 4 "staff web"`, a
+    /// limit that refused what a rule allowed (`limit line 9 "per client"`), or the
+    /// implicit final deny.
+    var decidedBy: String {
+        func named(_ line: Int, _ label: String?) -> String { "line \(line)" + (label.map { " \"\($0)\"" } ?? "") }
+        if let limitLine { return "limit " + named(limitLine, limitLabel) }
+        return ruleLine.map { named($0, ruleLabel) } ?? "final deny"
+    }
 }

@@ -109,6 +109,12 @@ public struct Explain: AsyncParsableCommand {
     @Option(help: ArgumentHelp("When, in the policy's time zone: 2026-11-30T09:00.", valueName: "time"))
     var at: String?
 
+    @Option(help: ArgumentHelp("Sessions already open in every limit that counts the request.", valueName: "n"))
+    var open: Int = 0
+
+    @Option(help: ArgumentHelp("Sessions started just now in every limit that counts the request.", valueName: "n"))
+    var recent: Int = 0
+
     public func run() async throws {
         let compilation = try loadCompilation(file)
         guard let policy = compilation.policy else {
@@ -134,6 +140,9 @@ public struct Explain: AsyncParsableCommand {
             guard let local = RequestText.time(iso: text) else { throw ValidationError("--at: use a time like 2026-11-30T09:00") }
             return local - Int64(policy.utcOffsetSeconds)
         }
+        guard (0...SessionLimit.largestCount).contains(open), (0...SessionLimit.largestCount).contains(recent) else {
+            throw ValidationError("--open and --recent: a number of sessions, 0 to \(SessionLimit.largestCount)")
+        }
         let identOutcome: IdentOutcome
         switch (ident, identError) {
         case (let user?, nil): identOutcome = .userID(user)
@@ -150,8 +159,13 @@ public struct Explain: AsyncParsableCommand {
             listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
             authMethod: auth, time: time)
-        let decision = await PolicyEngine(policy: policy).explain(facts, identLookup: { _, _ in IdentAnswer(identOutcome) })
+        let engine = PolicyEngine(policy: policy)
+        let explained = await engine.explain(facts, identLookup: { _, _ in IdentAnswer(identOutcome) })
+        let decision = engine.applyingLimits(to: explained, facts, open: open, recent: recent)
         print(DisplayText.escaped(Explanation.describe(facts)))
+        if !policy.limits.isEmpty {
+            print(Explanation.limits(policy.limits, facts: facts, open: open, recent: recent, applied: explained.verdict == .allow))
+        }
         print(Explanation.render(decision, facts: facts, indent: ""))
     }
 }
@@ -189,10 +203,37 @@ enum Explanation {
         if let ident = decision.ident { lines.append("\(indent)ident: \(ident)") }
         // A reason may quote an identd's user-id or a claimed user: escaped, line by line.
         lines = lines.map(DisplayText.escaped)
-        let decider =
-            decision.rule.map { rule in "line \(rule.line ?? 0)" + (rule.label.map { " \"\($0)\"" } ?? "") }
-            ?? "the implicit final deny (no rule matched)"
-        lines.append("\(indent)decided by \(decider): \(outcome(decision, facts: facts))")
+        func named(_ rule: RuleReference) -> String { "line \(rule.line ?? 0)" + (rule.label.map { " \"\($0)\"" } ?? "") }
+        var decider = decision.rule.map(named) ?? "the implicit final deny (no rule matched)"
+        if let limit = decision.limit {
+            decider = decision.rule.map { "\(named($0)), refused by the limit on \(named(limit))" } ?? "the limit on \(named(limit))"
+        }
+        lines.append(DisplayText.escaped("\(indent)decided by \(decider): \(outcome(decision, facts: facts))"))
+        return lines.joined(separator: "\n")
+    }
+
+    /// Each limit, whether it counts the request, and whether it is reached at the load
+    /// given (`--open`, `--recent`). Limits count only what a rule allowed.
+    static func limits(_ limits: [SessionLimit], facts: RequestFacts, open: Int, recent: Int, applied: Bool) -> String {
+        var lines = ["limits, with \(open) open and \(recent) just started in each that counts the request"
+            + (applied ? ":" : " (not applied: no rule allowed the request):")]
+        for limit in limits {
+            let place = limit.reference.line.map { "line \($0)" } ?? "limit"
+            let label = limit.reference.label.map { " \"\($0)\"" } ?? ""
+            let state: String
+            if let why = limit.whyNotCounted(facts) {
+                state = "\("not counted".padding(12)) \(limit.description): \(why)"
+            } else {
+                let subject = limit.subject(of: facts).map { "\($0)" } ?? ""
+                let full =
+                    switch limit.measure {
+                    case .sessions(let most): open >= most
+                    case .rate(let count, _): recent >= count
+                    }
+                state = "\((full ? "reached" : "room").padding(12)) \(limit.description) (\(subject))"
+            }
+            lines.append(DisplayText.escaped("  \(place.padding(9)) \(state)\(label)"))
+        }
         return lines.joined(separator: "\n")
     }
 

@@ -67,7 +67,9 @@ extension SOCKSRequestFailure {
     /// The policy's refusal in the gateway's terms.
     public init(_ refusal: Decision.Refusal) {
         switch refusal {
-        case .notAllowed: self = .notAllowed
+        // A limit is the ruleset's refusal too (SOCKS4 91, SOCKS5 0x02), not a fault of
+        // the gateway's: see docs/policy-language.md, "Limits".
+        case .notAllowed, .limitReached: self = .notAllowed
         case .identUnreachable: self = .identUnreachable
         case .identMismatch: self = .identMismatch
         }

@@ -99,7 +99,7 @@ func allocationsPerConnection() async throws -> Double {
     let audit = try AuditWriter(path: directory.appendingPathComponent("audit.jsonl").path)
     audit.start()
     let server = GatewayServer(
-        configuration: configuration, policy: PolicyEngine(policy: DefaultPolicy.policy), group: group,
+        configuration: configuration, policy: PolicyStore(PolicyEngine(policy: DefaultPolicy.policy)), group: group,
         threadPool: threadPool, logger: logger, audit: audit)
     let port = try await server.start()[0].port
 

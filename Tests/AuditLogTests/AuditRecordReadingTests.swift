@@ -93,6 +93,8 @@ import Testing
                 durationMs: maybe(Int.random(in: 0...5000, using: &generator))))
         record.ruleLine = maybe(Int.random(in: 1...10_000, using: &generator))
         record.ruleLabel = maybe(text())
+        record.limitLine = maybe(Int.random(in: 1...10_000, using: &generator))
+        record.limitLabel = maybe(text())
         record.verdict = maybe(text())
         record.reply = maybe(Int.random(in: 0...93, using: &generator))
         record.requestTime = maybe(Int64.random(in: Int64.min...Int64.max, using: &generator))

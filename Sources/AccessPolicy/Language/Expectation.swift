@@ -4,6 +4,7 @@ public struct Expectation: Sendable {
         case allow, deny
         case identUnreachable = "92"
         case identMismatch = "93"
+        case limitReached = "limit"
 
         var isSOCKS4Reply: Bool { self == .identUnreachable || self == .identMismatch }
     }
@@ -13,6 +14,9 @@ public struct Expectation: Sendable {
     public var facts: RequestFacts
     /// What identd answers in this test; nil: no identd answers (unreachable).
     public var ident: IdentOutcome?
+    /// The load the request meets (`open N`, `recent N`): sessions already open, and
+    /// started just now, in every limit that counts it.
+    public var load: (open: Int, recent: Int) = (0, 0)
     public var file: String
     public var line: Int
     public var lineText: String
@@ -36,6 +40,7 @@ public struct Expectation: Sendable {
         case .deny: decision.verdict == .deny
         case .identUnreachable: decision.verdict == .deny && decision.refusal == .identUnreachable
         case .identMismatch: decision.verdict == .deny && decision.refusal == .identMismatch
+        case .limitReached: decision.verdict == .deny && decision.refusal == .limitReached
         }
     }
 }
@@ -62,12 +67,17 @@ public struct ExpectationReport: Sendable {
         var failures: [Failure] = []
         for expectation in policy.expectations {
             let facts = expectation.facts(in: policy)
-            let decision = await engine.decide(facts, identLookup: expectation.identLookup)
+            let (open, recent) = expectation.load
+            let decision = engine.applyingLimits(
+                to: await engine.decide(facts, identLookup: expectation.identLookup), facts, open: open, recent: recent)
             if expectation.isMet(by: decision) {
                 passed += 1
             } else {
+                let explained = await engine.explain(facts, identLookup: expectation.identLookup)
                 failures.append(
-                    Failure(expectation: expectation, decision: await engine.explain(facts, identLookup: expectation.identLookup)))
+                    Failure(
+                        expectation: expectation,
+                        decision: engine.applyingLimits(to: explained, facts, open: open, recent: recent)))
             }
         }
         return ExpectationReport(passed: passed, failures: failures)

@@ -6,6 +6,7 @@ import NetAddress
 struct Linter {
     let policy: Policy
     let sources: [RuleSource]
+    var limitSources: [LimitSource] = []
     let file: String
 
     func warnings() -> [Diagnostic] {
@@ -49,7 +50,67 @@ struct Linter {
                     "open proxy: this allows any client to reach any destination; name the clients with 'from' or require a user")
             }
         }
+        return warnings + limitWarnings()
+    }
+
+    /// Limits that can never be reached: another limit counting every session this one
+    /// does is always reached first, no user is ever claimed for a per-user limit, or no
+    /// allow rule admits a session it counts.
+    private func limitWarnings() -> [Diagnostic] {
+        var warnings: [Diagnostic] = []
+        let shapes = limitSources.map { Shape($0.limit.conditions) }
+        let allowShapes = policy.rules.filter { $0.verdict == .allow }.map(Shape.init)
+        for (index, source) in limitSources.enumerated() {
+            let limit = source.limit
+            func warn(_ clause: String, _ message: String) {
+                warnings.append(
+                    Diagnostic(
+                        .warning, file: file, line: limit.reference.line ?? 0,
+                        column: source.columns[clause] ?? source.columns["verdict"] ?? 1,
+                        message: "this limit can never be reached: " + message, lineText: source.lineText))
+            }
+            let conditions = limit.conditions
+            if limit.scope == .user,
+                conditions.versions.map({ $0.isSubset(of: [.socks5]) }) == true, conditions.authMethods == [.none]
+            {
+                warn("scope", "a SOCKS5 request without a password claims no user, and a per-user limit counts only users")
+                continue
+            }
+            if let tighter = limitSources.indices.first(where: { other in
+                other != index && shapes[other].covers(shapes[index])
+                    && Self.isReachedFirst(limitSources[other].limit, before: limit, earlier: other < index)
+            }) {
+                let other = limitSources[tighter].limit
+                warn(
+                    "measure",
+                    "the limit on line \(other.reference.line ?? 0) (\(other.description)) counts every session this one does "
+                        + "and is reached first")
+                continue
+            }
+            // A UDP association is counted when it starts, before any rule decides.
+            let countsUDP = conditions.commands?.contains(.udp) ?? true
+            if !countsUDP, !allowShapes.contains(where: { $0.overlaps(shapes[index]) }) {
+                warn("verdict", "no allow rule admits a session it counts")
+            }
+        }
         return warnings
+    }
+
+    /// `first` is reached whenever `second` would be, for sessions both count: a limit of
+    /// the same measure, no larger, counting the same subjects or everyone. Of two equal
+    /// limits, the earlier one is said to be reached first.
+    private static func isReachedFirst(_ first: SessionLimit, before second: SessionLimit, earlier: Bool) -> Bool {
+        guard first.scope == second.scope || first.scope == .total else { return false }
+        switch (first.measure, second.measure) {
+        case (.sessions(let a), .sessions(let b)):
+            return a < b || (a == b && earlier)
+        case (.rate(let a, let aSeconds), .rate(let b, let bSeconds)):
+            // No larger burst, and no faster refill.
+            let noLooser = a <= b && a * bSeconds <= b * aSeconds
+            return noLooser && (a != b || aSeconds != bSeconds || earlier)
+        default:
+            return false
+        }
     }
 
     /// A condition that no request can satisfy, with the clause to point at.
@@ -156,6 +217,16 @@ private struct Shape: Hashable {
             && later.destinationSuffixes.allSatisfy { suffix in
                 destinationSuffixes.contains { suffix == $0 || suffix.hasSuffix("." + $0) }
             }
+    }
+
+    /// Some request matches both (on the conditions limits have: commands, versions,
+    /// auth, clients and users).
+    func overlaps(_ other: Shape) -> Bool {
+        guard commands & other.commands != 0, versions & other.versions != 0, authMethods & other.authMethods != 0,
+            sources.contains(where: { a in other.sources.contains { b in a.lowerBound <= b.upperBound && b.lowerBound <= a.upperBound } })
+        else { return false }
+        if let users, let otherUsers = other.users { return users.contains(where: otherUsers.contains) }
+        return true
     }
 
     /// Each inner range lies within one outer range.

@@ -35,9 +35,9 @@ public enum PolicyCompiler {
         var diagnostics = parser.diagnostics
         let policy = Policy(
             rules: parser.rules.map(\.rule), identScopes: parser.identScopes,
-            utcOffsetSeconds: parser.utcOffsetSeconds, expectations: parser.expectations)
+            utcOffsetSeconds: parser.utcOffsetSeconds, expectations: parser.expectations, limits: parser.limits.map(\.limit))
         if !hasErrors {
-            diagnostics += Linter(policy: policy, sources: parser.rules, file: file).warnings()
+            diagnostics += Linter(policy: policy, sources: parser.rules, limitSources: parser.limits, file: file).warnings()
         }
         diagnostics.sort { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
         return PolicyCompilation(policy: hasErrors ? nil : policy, diagnostics: diagnostics)
@@ -49,6 +49,15 @@ struct RuleSource {
     var rule: Rule
     var lineText: String
     /// Column of each clause keyword (`from`, `to`, `ident`, …), and of the verdict.
+    var columns: [String: Int]
+}
+
+/// Where a limit's parts stand in the file, for lint messages.
+struct LimitSource {
+    var limit: SessionLimit
+    var lineText: String
+    /// Column of each condition keyword, of `limit` ("verdict"), `sessions`/`rate`
+    /// ("measure") and the scope.
     var columns: [String: Int]
 }
 
@@ -114,6 +123,7 @@ private struct Parser {
     var file: String
     var diagnostics: [Diagnostic] = []
     var rules: [RuleSource] = []
+    var limits: [LimitSource] = []
     var identScopes: [IdentScope] = []
     var utcOffsetSeconds = 0
     var expectations: [Expectation] = []
@@ -156,12 +166,13 @@ private struct Parser {
                 case "ident": try parseIdentScope(&cursor)
                 case "timezone": try parseTimeZone(&cursor, column: first.column)
                 case "expect": try parseExpectation(&cursor)
+                case "limit": try parseLimit(&cursor)
                 default:
                     throw ParseError(
                         column: first.column,
                         message:
                             "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, hosts), "
-                            + "ident, timezone or expect")
+                            + "limit, ident, timezone or expect")
                 }
                 if let extra = cursor.peek {
                     throw ParseError(column: extra.column, message: "unexpected '\(extra.text)' at the end of the line")
@@ -334,6 +345,13 @@ private struct Parser {
     private mutating func parseRule(_ verdict: Decision.Verdict, _ cursor: inout Cursor) throws(ParseError) {
         var rule = Rule(verdict, RuleReference(line: lineNumber), text: lineText.trimmedPolicyLine)
         var columns: [String: Int] = ["verdict": cursor.tokens[0].column]
+        try parseCommands(&cursor, into: &rule, columns: &columns)
+        try parseConditions(&cursor, into: &rule, columns: &columns, keywords: Self.ruleKeywords)
+        rules.append(RuleSource(rule: rule, lineText: lineText, columns: columns))
+    }
+
+    /// `connect`, `bind`, `udp`, a comma list of them, or `any`; nothing: any command.
+    private func parseCommands(_ cursor: inout Cursor, into rule: inout Rule, columns: inout [String: Int]) throws(ParseError) {
         if let word = cursor.peek?.word, Self.commandNames[word] != nil || word == "any" {
             columns["command"] = cursor.column
             if word == "any" {
@@ -344,14 +362,28 @@ private struct Parser {
                 rule.commands = commands
             }
         }
+    }
+
+    /// The conditions and label to the end of the line, each at most once; `keywords`
+    /// are those this kind of line takes.
+    private mutating func parseConditions(
+        _ cursor: inout Cursor, into rule: inout Rule, columns: inout [String: Int], keywords: [String]
+    ) throws(ParseError) {
         while let token = cursor.peek {
             let (clause, column) = try cursor.word("a condition")
-            guard Self.ruleKeywords.contains(clause) else {
-                let known = Self.ruleKeywords + (columns["command"] == nil ? Array(Self.commandNames.keys) : [])
+            guard keywords.contains(clause) else {
+                if Self.ruleKeywords.contains(clause) {
+                    throw ParseError(
+                        column: column,
+                        message:
+                            "'\(clause)' is not a condition of a limit: a limit counts sessions by who makes them "
+                            + "(\(keywords.joined(separator: ", "))), whatever their destination")
+                }
+                let known = keywords + (columns["command"] == nil ? Array(Self.commandNames.keys) : [])
                 let hint = known.first { Self.isTypo(clause, of: $0) }.map { " (did you mean '\($0)'?)" } ?? ""
                 throw ParseError(
                     column: token.column,
-                    message: "unknown condition '\(clause)'\(hint); expected \(Self.ruleKeywords.joined(separator: ", "))")
+                    message: "unknown condition '\(clause)'\(hint); expected \(keywords.joined(separator: ", "))")
             }
             guard columns[clause] == nil else {
                 throw ParseError(column: column, message: "'\(clause)' appears twice; list all its values in one '\(clause)'")
@@ -395,7 +427,70 @@ private struct Parser {
                 rule.reference.label = label
             }
         }
-        rules.append(RuleSource(rule: rule, lineText: lineText, columns: columns))
+    }
+
+    static let limitKeywords = ["from", "user", "version", "auth", "label"]
+
+    /// `limit [COMMANDS] sessions N|rate N/s|rate N/m per client|per user|total
+    /// [from …] [user …] [version …] [auth …] [label "…"]`
+    private mutating func parseLimit(_ cursor: inout Cursor) throws(ParseError) {
+        var conditions = Rule(.allow, RuleReference(line: lineNumber))
+        var columns: [String: Int] = ["verdict": cursor.tokens[0].column]
+        try parseCommands(&cursor, into: &conditions, columns: &columns)
+        let (kind, kindColumn) = try cursor.word("'sessions' or 'rate'")
+        columns["measure"] = kindColumn
+        let measure: SessionLimit.Measure
+        switch kind {
+        case "sessions":
+            let (text, column) = try cursor.word("the most sessions open at once, like 64")
+            measure = .sessions(try Self.limitCount(text, column: column))
+        case "rate":
+            let (text, column) = try cursor.word("new sessions per time, like 20/s or 600/m")
+            let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, let seconds = ["s": 1, "m": 60][String(parts[1])] else {
+                throw ParseError(column: column, message: "'\(text)' is not a rate: write new sessions per second or minute, like 20/s or 600/m")
+            }
+            measure = .rate(count: try Self.limitCount(String(parts[0]), column: column), seconds: seconds)
+        default:
+            throw ParseError(
+                column: kindColumn,
+                message: "expected 'sessions' or 'rate' after 'limit': limit sessions 64 per client, limit rate 20/s per client")
+        }
+        let (scopeWord, scopeColumn) = try cursor.word("'per client', 'per user' or 'total'")
+        columns["scope"] = scopeColumn
+        let scope: SessionLimit.Scope
+        switch scopeWord {
+        case "total":
+            scope = .total
+        case "per":
+            let (whose, column) = try cursor.word("'client' or 'user' after 'per'")
+            guard let named = ["client": SessionLimit.Scope.client, "user": .user][whose] else {
+                throw ParseError(column: column, message: "'per \(whose)': a limit counts per client, per user, or in total")
+            }
+            scope = named
+        default:
+            throw ParseError(column: scopeColumn, message: "expected 'per client', 'per user' or 'total', found '\(scopeWord)'")
+        }
+        try parseConditions(&cursor, into: &conditions, columns: &columns, keywords: Self.limitKeywords)
+        limits.append(
+            LimitSource(
+                limit: SessionLimit(
+                    measure, scope, conditions: conditions, reference: conditions.reference, text: lineText.trimmedPolicyLine),
+                lineText: lineText, columns: columns))
+    }
+
+    /// A limit's number: 1 to `SessionLimit.largestCount`.
+    private static func limitCount(_ text: String, column: Int) throws(ParseError) -> Int {
+        guard text.allSatisfy(\.isASCII), let count = Int(text), count >= 0 else {
+            throw ParseError(column: column, message: "'\(text)' is not a whole number")
+        }
+        guard count > 0 else {
+            throw ParseError(column: column, message: "a limit of 0 admits nothing: write a deny rule instead")
+        }
+        guard count <= SessionLimit.largestCount else {
+            throw ParseError(column: column, message: "'\(text)' is more than a limit may be (at most 1000000)")
+        }
+        return count
     }
 
     /// One edit (a letter missing, extra, changed or two swapped) away.
@@ -535,7 +630,7 @@ private struct Parser {
     // MARK: Expectations
 
     private static let expectedResults: [String: Expectation.Result] = [
-        "allow": .allow, "deny": .deny, "92": .identUnreachable, "93": .identMismatch,
+        "allow": .allow, "deny": .deny, "92": .identUnreachable, "93": .identMismatch, "limit": .limitReached,
     ]
 
     private mutating func parseExpectation(_ cursor: inout Cursor) throws(ParseError) {
@@ -548,7 +643,8 @@ private struct Parser {
         }
         expectations.append(
             Expectation(
-                result: result, facts: request.facts, ident: request.ident, file: file, line: lineNumber, lineText: lineText))
+                result: result, facts: request.facts, ident: request.ident, load: request.load, file: file, line: lineNumber,
+                lineText: lineText))
     }
 }
 
@@ -557,7 +653,7 @@ private struct Parser {
 /// [version V] [auth A] [at TIME] [resolved IP]`.
 private enum RequestParser {
     static func parse(_ cursor: inout Cursor, defaultVersion: RequestFacts.Version) throws(ParseError) -> (
-        facts: RequestFacts, ident: IdentOutcome?
+        facts: RequestFacts, ident: IdentOutcome?, load: (open: Int, recent: Int)
     ) {
         var command = RequestFacts.Command.connect
         if let word = cursor.peek?.word, let named = ["connect": RequestFacts.Command.connect, "bind": .bind, "udp": .udp][word] {
@@ -572,10 +668,17 @@ private enum RequestParser {
         var auth = RequestFacts.AuthMethod.none
         var time: Int64?
         var resolved: IPAddress?
+        var load = (open: 0, recent: 0)
         while !cursor.atEnd {
             let (word, column) = try cursor.word(
-                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved)")
+                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved, open, recent)")
             switch word {
+            case "open", "recent":
+                let (text, column) = try cursor.word("a number of sessions")
+                guard text.allSatisfy(\.isASCII), let count = Int(text), (0...SessionLimit.largestCount).contains(count) else {
+                    throw ParseError(column: column, message: "'\(text)' is not a number of sessions (0 to 1000000)")
+                }
+                if word == "open" { load.open = count } else { load.recent = count }
             case "from":
                 let (text, column) = try cursor.word("the client address")
                 guard let endpoint = RequestText.client(text) else {
@@ -656,7 +759,7 @@ private enum RequestParser {
             listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time
         )
-        return (facts, ident)
+        return (facts, ident, load)
     }
 }
 
