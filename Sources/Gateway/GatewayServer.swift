@@ -25,7 +25,8 @@ public final class GatewayServer: Sendable {
         group: any EventLoopGroup,
         threadPool: NIOThreadPool,
         logger: Logger,
-        audit: AuditWriter? = nil
+        audit: AuditWriter? = nil,
+        lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) {
         self.group = group
         // Lookups get threads of their own: a stalled resolver must not starve password
@@ -37,7 +38,7 @@ public final class GatewayServer: Sendable {
             configuration: configuration,
             policy: policy,
             credentials: credentials,
-            resolver: HostResolver(threadPool: resolverPool, timeout: configuration.connectTimeout),
+            resolver: HostResolver(threadPool: resolverPool, timeout: configuration.connectTimeout, lookup: lookup),
             threadPool: threadPool,
             logger: logger,
             audit: audit

@@ -254,6 +254,32 @@ final class UDPPeer: Sendable {
         for peer in [echo, client, stranger] { await peer.stop() }
     }
 
+    /// Datagrams to a name still being resolved start no second lookup: they are dropped
+    /// (and counted), and the first goes on once the name resolves.
+    @Test func oneLookupPerNameInFlight() async throws {
+        let echo = try await UDPPeer(echo: true)
+        let client = try await UDPPeer()
+        let dns = ResolverTests.StalledDNS()
+        let gateway = try await TestGateway.start(lookup: dns.lookup)
+        let (control, relay) = try await associate(gateway)
+        let name = Array("slow.example".utf8)
+        let toName = [0, 0, 0, 3, UInt8(name.count)] + name + [UInt8(echo.port >> 8), UInt8(echo.port & 0xff)]
+        for index in 0..<20 { try await client.send(toName + [UInt8(index)], to: relay) }
+        for _ in 0..<300 where dns.started.withLockedValue({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(dns.started.withLockedValue { $0 } == 1, "one lookup for twenty datagrams")
+        dns.open.withLockedValue { $0 = true }
+        #expect(try await echo.datagrams(within: .seconds(2)) == [[0]], "the first datagram, once resolved")
+        // Resolved now: the next datagram needs no lookup.
+        try await client.send(toName + [99], to: relay)
+        #expect(try await echo.datagrams(within: .seconds(2), atLeast: 2) == [[0], [99]])
+        #expect(dns.started.withLockedValue { $0 } == 1)
+        await control.close()
+        try await gateway.stop()
+        await echo.stop()
+        await client.stop()
+    }
+
     @Test func closingTheControlConnectionEndsTheAssociation() async throws {
         let echo = try await UDPPeer(echo: true)
         let client = try await UDPPeer()

@@ -22,7 +22,8 @@ struct TestGateway {
     static func start(
         configure: (inout GatewayConfiguration) -> Void = { _ in },
         policy: any PolicyDecider = PolicyEngine(policy: DefaultPolicy.policy),
-        credentials: CredentialStore? = nil
+        credentials: CredentialStore? = nil,
+        lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) async throws -> TestGateway {
         var configuration = GatewayConfiguration()
         configuration.listen = [IPEndpoint("127.0.0.1:0")!]
@@ -35,7 +36,7 @@ struct TestGateway {
         logger.logLevel = .critical
         let server = GatewayServer(
             configuration: configuration, policy: policy, credentials: credentials,
-            group: testGroup, threadPool: threadPool, logger: logger
+            group: testGroup, threadPool: threadPool, logger: logger, lookup: lookup
         )
         let bound = try await server.start()
         return TestGateway(

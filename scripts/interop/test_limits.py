@@ -116,6 +116,11 @@ class LimitsTest(unittest.TestCase):
         shown = subprocess.run([BINARY, "audit", "show", "--verdict", "deny", self.gateway.audit_log],
                                capture_output=True, text=True, timeout=30)
         self.assertIn('limit line 4 "two each"', shown.stdout)
+        # Replay asks what the rules decide: a limit's refusal depends on a load the log
+        # does not hold, so the same policy changes nothing.
+        replayed = subprocess.run([BINARY, "audit", "replay", "--policy", self.policy, self.gateway.audit_log],
+                                  capture_output=True, text=True, timeout=30)
+        self.assertRegex(replayed.stdout, r"\d+ decisions replayed under .*; 0 would change")
 
     def test_socks4_gets_91_and_a_user_is_counted_across_client_addresses(self):
         self.hold(*socks4_request(self.gateway, "127.0.0.7", "127.0.0.1", self.server.port, b"alice"))
