@@ -47,11 +47,14 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
+        // MIT Kerberos' GSS-API, for RFC 1961 (Debian: libkrb5-dev).
+        .target(name: "CGSSAPI", linkerSettings: [.linkedLibrary("gssapi_krb5"), .linkedLibrary("krb5")]),
         .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress", "PosixEndpoint"]),
         .target(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "PosixEndpoint", "CCrypt",
+                "CGSSAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -101,6 +101,9 @@ public protocol PolicyDecider: Sendable {
     func admit(_ facts: RequestFacts) -> LimitLedger.Admission
 
     func release(_ lease: SessionLease)
+
+    /// The least per-message protection a GSS-API client is granted.
+    var minimumProtection: MessageProtection { get }
 }
 
 extension PolicyDecider {
@@ -109,4 +112,5 @@ extension PolicyDecider {
     /// A decider without limits admits every session.
     public func admit(_ facts: RequestFacts) -> LimitLedger.Admission { .admitted(nil) }
     public func release(_ lease: SessionLease) {}
+    public var minimumProtection: MessageProtection { .none }
 }

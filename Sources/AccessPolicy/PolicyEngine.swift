@@ -24,6 +24,12 @@ public struct Policy: Sendable {
     public var expectations: [Expectation]
     /// The `limit` lines, in order; every one that counts a session must have room.
     public var limits: [SessionLimit]
+    /// `gssapi require LEVEL`: the least per-message protection a GSS-API client is
+    /// granted, whatever it asks for.
+    public var minimumProtection: MessageProtection = .none
+    /// `gssapi local-realm REALM`: principals of these realms are users by their short
+    /// name in rules (`alice@CORP.EXAMPLE` is `alice`), like ident and password users.
+    public var localRealms: Set<String> = []
 
     public init(
         rules: [Rule], identScopes: [IdentScope] = [], utcOffsetSeconds: Int = 0, expectations: [Expectation] = [],
@@ -34,6 +40,15 @@ public struct Policy: Sendable {
         self.identScopes = identScopes
         self.utcOffsetSeconds = utcOffsetSeconds
         self.expectations = expectations
+    }
+
+    /// The user as identd would name it: a GSS-API principal of a local realm by its
+    /// short name (`alice@CORP.EXAMPLE` is `alice`); anyone else as claimed.
+    public func localName(_ facts: RequestFacts) -> String? {
+        guard facts.authMethod == .gssapi, !localRealms.isEmpty, let user = facts.claimedUser,
+            let at = user.lastIndex(of: "@"), localRealms.contains(String(user[user.index(after: at)...]))
+        else { return facts.claimedUser }
+        return String(user[..<at])
     }
 
     /// The first scope whose networks hold the client.
@@ -143,11 +158,12 @@ private struct IdentCheck {
     mutating func failure(for facts: RequestFacts, rule: Rule) async -> String? {
         let answer = await ask(facts)
         let failure: (Decision.Refusal, String)?
+        let claimed = policy.localName(facts)
         switch answer {
-        case .userID(let user) where facts.claimedUser == nil || facts.claimedUser == user:
+        case .userID(let user) where claimed == nil || claimed == user:
             failure = nil
         case .userID(let user):
-            failure = (.identMismatch, "ident: identd says \(user), the client claims \(facts.claimedUser ?? "")")
+            failure = (.identMismatch, "ident: identd says \(user), the client claims \(claimed ?? "")")
         case .failure(let reason):
             failure = (.identUnreachable, "ident: no usable answer (\(reason.rawValue))")
         }

@@ -13,7 +13,20 @@ public struct RequestFacts: Hashable, Sendable {
     }
 
     public enum AuthMethod: String, Hashable, Sendable, CaseIterable {
-        case none, password
+        /// `gssapi`: RFC 1961; the claimed user is the principal GSS-API authenticated.
+        case none, password, gssapi
+    }
+
+    /// What a GSS-API (RFC 1961) session negotiated, for the audit record.
+    public struct GSSAPISecurity: Hashable, Sendable {
+        /// `krb5`, or the mechanism's OID.
+        public var mechanism: String
+        public var protection: MessageProtection
+
+        public init(mechanism: String, protection: MessageProtection) {
+            self.mechanism = mechanism
+            self.protection = protection
+        }
     }
 
     public enum Destination: Hashable, Sendable, CustomStringConvertible {
@@ -42,6 +55,8 @@ public struct RequestFacts: Hashable, Sendable {
     /// The SOCKS4 USERID or the SOCKS5 username; nil when the client gave none.
     public var claimedUser: String?
     public var authMethod: AuthMethod
+    /// For `auth gssapi`: the mechanism and the protection level.
+    public var gssapi: GSSAPISecurity?
     /// When the request was made, in seconds since 1970 (UTC); time-window conditions
     /// need it. nil: no time known, and no time window matches.
     public var time: Int64?
@@ -49,8 +64,9 @@ public struct RequestFacts: Hashable, Sendable {
     public init(
         version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,
         destination: Destination, destinationPort: UInt16, resolvedAddress: IPAddress? = nil,
-        claimedUser: String? = nil, authMethod: AuthMethod = .none, time: Int64? = nil
+        claimedUser: String? = nil, authMethod: AuthMethod = .none, time: Int64? = nil, gssapi: GSSAPISecurity? = nil
     ) {
+        self.gssapi = gssapi
         self.version = version
         self.command = command
         self.client = client
@@ -70,6 +86,22 @@ public struct RequestFacts: Hashable, Sendable {
         case .hostName: resolvedAddress
         }
     }
+}
+
+/// RFC 1961's per-message protection levels, with "none" (curl's and Dante's extension:
+/// the context authenticates, nothing after it is wrapped).
+public enum MessageProtection: String, Hashable, Sendable, Comparable, CaseIterable {
+    case none, integrity, confidentiality
+
+    private var rank: Int {
+        switch self {
+        case .none: 0
+        case .integrity: 1
+        case .confidentiality: 2
+        }
+    }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rank < rhs.rank }
 }
 
 extension Optional {

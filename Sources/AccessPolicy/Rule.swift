@@ -33,6 +33,15 @@ public enum DestinationPattern: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+extension Set<String> {
+    /// The user is listed, or a `*@REALM` item names the realm of the principal it is.
+    func containsUser(_ user: String) -> Bool {
+        if contains(user) { return true }
+        guard let at = user.lastIndex(of: "@") else { return false }
+        return contains("*" + user[at...])
+    }
+}
+
 enum HostName {
     /// DNS names compare without case and without a trailing dot.
     static func normalized(_ name: String) -> String {
@@ -151,7 +160,7 @@ public struct Rule: Hashable, Sendable {
         if let destinations, !destinations.contains(where: { $0.matches(facts) }) { return false }
         if let ports, !ports.contains(where: { $0.contains(facts.destinationPort) }) { return false }
         if let users {
-            guard let user = facts.claimedUser, users.contains(user) else { return false }
+            guard let user = facts.claimedUser, users.containsUser(user) else { return false }
         }
         if let times {
             guard let time = facts.time else { return false }
@@ -189,7 +198,7 @@ public struct Rule: Hashable, Sendable {
         }
         if let users {
             guard let user = facts.claimedUser else { return "no user was claimed" }
-            if !users.contains(user) { return "user \(user) is not \(Self.list(users))" }
+            if !users.containsUser(user) { return "user \(user) is not \(Self.list(users))" }
         }
         if let times {
             guard let time = facts.time else { return "no request time given" }

@@ -192,7 +192,7 @@ struct RuleTest: Sendable {
         }
         if let ports, !ports.contains(where: { $0.contains(request.port) }) { return false }
         if let users {
-            guard let user = request.user, users.contains(user) else { return false }
+            guard let user = request.user, users.containsUser(user) else { return false }
         }
         if let minutes {
             guard let minute = request.minuteOfWeek, minutes.contains(where: { $0.contains(minute) }) else { return false }
@@ -349,6 +349,7 @@ extension RequestFacts.AuthMethod {
         switch self {
         case .none: 0
         case .password: 1
+        case .gssapi: 2
         }
     }
 }

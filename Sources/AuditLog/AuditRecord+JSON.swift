@@ -19,6 +19,7 @@ extension AuditRecord {
         writer.field("destinationPort", destinationPort.map(UInt64.init))
         writer.field("durationMs", durationMs.map(Int64.init))
         writer.field("event", event.rawValue)
+        writer.field("gssMechanism", gssMechanism)
         if let ident {
             writer.key("ident")
             writer.openObject()
@@ -37,6 +38,7 @@ extension AuditRecord {
         writer.field("policyFile", policyFile)
         writer.field("policySHA256", policySHA256)
         writer.field("prev", prev)
+        writer.field("protection", protection)
         writer.field("previousFile", previousFile)
         writer.field("reason", reason)
         writer.field("reply", reply.map(Int64.init))

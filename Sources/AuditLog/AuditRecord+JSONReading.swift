@@ -70,6 +70,8 @@ private struct JSONLineReader {
             case "claimedUser": return reader.string(into: &record.claimedUser)
             case "auth": return reader.string(into: &record.auth)
             case "authOutcome": return reader.string(into: &record.authOutcome)
+            case "gssMechanism": return reader.string(into: &record.gssMechanism)
+            case "protection": return reader.string(into: &record.protection)
             case "ident": return reader.ident(into: &record.ident)
             case "ruleLine": return reader.integer(into: &record.ruleLine)
             case "ruleLabel": return reader.string(into: &record.ruleLabel)

@@ -65,6 +65,10 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var claimedUser: String?
     public var auth: String?
     public var authOutcome: String?
+    /// For `auth` gssapi: the mechanism (`krb5`) and the per-message protection granted
+    /// (none, integrity, confidentiality); `claimedUser` is the principal.
+    public var gssMechanism: String?
+    public var protection: String?
     public var ident: IdentRecord?
     public var ruleLine: Int?
     public var ruleLabel: String?
@@ -127,7 +131,11 @@ extension AuditRecord {
         return RequestFacts(
             version: version, command: command, client: client, listener: listener, destination: target,
             destinationPort: destinationPort, resolvedAddress: resolved.flatMap(IPAddress.init), claimedUser: claimedUser,
-            authMethod: authMethod, time: requestTime)
+            authMethod: authMethod, time: requestTime,
+            gssapi: gssMechanism.map {
+                RequestFacts.GSSAPISecurity(
+                    mechanism: $0, protection: protection.flatMap(MessageProtection.init(rawValue:)) ?? .none)
+            })
     }
 }
 

@@ -16,7 +16,9 @@ extension AuditRecord {
         if case .hostName = facts.destination { record.resolved = facts.resolvedAddress?.description }
         record.claimedUser = facts.claimedUser
         record.auth = facts.authMethod.rawValue
-        record.authOutcome = facts.authMethod == .password ? "verified" : "none"
+        record.authOutcome = facts.authMethod == .none ? "none" : "verified"
+        record.gssMechanism = facts.gssapi?.mechanism
+        record.protection = facts.gssapi?.protection.rawValue
         record.requestTime = facts.time
         if let answer = decision.identAnswer {
             var ident = IdentRecord(

@@ -43,6 +43,8 @@ final class GatewayContext: Sendable {
     let configuration: GatewayConfiguration
     let policy: any PolicyDecider
     let credentials: (any PasswordVerifier)?
+    /// RFC 1961's acceptor credentials (`--gssapi-keytab`); nil: GSS-API not offered.
+    let gssAcceptor: GSSAcceptor?
     let resolver: HostResolver
     let threadPool: NIOThreadPool
     let logger: Logger
@@ -59,8 +61,9 @@ final class GatewayContext: Sendable {
 
     init(
         configuration: GatewayConfiguration, policy: any PolicyDecider, credentials: (any PasswordVerifier)?,
-        resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?
+        resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?, gssAcceptor: GSSAcceptor? = nil
     ) {
+        self.gssAcceptor = gssAcceptor
         self.configuration = configuration
         self.policy = policy
         self.credentials = credentials
@@ -68,8 +71,12 @@ final class GatewayContext: Sendable {
         self.threadPool = threadPool
         self.logger = logger
         self.audit = audit
+        // By default GSS-API first when a keytab is given, then a password when a password
+        // file is, else no authentication; rules with `auth` say who needs which.
         self.offeredMethods =
-            !configuration.methods.isEmpty ? configuration.methods : credentials == nil ? [.noAuthentication] : [.usernamePassword]
+            !configuration.methods.isEmpty
+            ? configuration.methods
+            : (gssAcceptor == nil ? [] : [.gssapi]) + (credentials == nil ? [.noAuthentication] : [.usernamePassword])
     }
 }
 

@@ -5,6 +5,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import NetAddress
+import SOCKSWire
 
 #if canImport(Glibc)
     import Glibc
@@ -26,6 +27,7 @@ public final class GatewayServer: Sendable {
         threadPool: NIOThreadPool,
         logger: Logger,
         audit: AuditWriter? = nil,
+        gssAcceptor: GSSAcceptor? = nil,
         lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) {
         self.group = group
@@ -41,9 +43,13 @@ public final class GatewayServer: Sendable {
             resolver: HostResolver(threadPool: resolverPool, timeout: configuration.connectTimeout, lookup: lookup),
             threadPool: threadPool,
             logger: logger,
-            audit: audit
+            audit: audit,
+            gssAcceptor: gssAcceptor
         )
     }
+
+    /// The SOCKS5 methods offered, most preferred first.
+    public var offeredMethods: [SOCKS5AuthMethod] { context.offeredMethods }
 
     /// BIND listening sockets open right now; every path must close them.
     public var openBindListeners: Int { context.openBindListeners.withLockedValue { $0 } }

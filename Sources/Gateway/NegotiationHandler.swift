@@ -11,7 +11,8 @@ import SOCKSWire
 #endif
 
 /// The first handler of every client connection: moves bytes through
-/// `SOCKSServerStateMachine` (greeting, RFC 1929 credentials, request) under the
+/// `SOCKSServerStateMachine` (greeting, RFC 1929 credentials or an RFC 1961 GSS-API
+/// context and protection level, request) under the
 /// negotiation deadline, and hands the request, with the identity established and the
 /// bytes that came after it, to the session handler for its command, then leaves.
 final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -23,9 +24,13 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var machine: SOCKSServerStateMachine
     private var received = EarlyClientData()
     private var deadline: Scheduled<Void>?
-    /// A password check runs on the thread pool; reading is bounded meanwhile.
-    private var checkingCredentials = false
+    /// A password check or a GSS-API context step runs on the thread pool; reading is
+    /// bounded meanwhile.
+    private var awaitingWork = false
     private var readPending = false
+    /// RFC 1961: the client's security context, and what it negotiated.
+    private var security: GSSSecurityContext?
+    private var gssapi: RequestFacts.GSSAPISecurity?
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
@@ -50,11 +55,11 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         received.append(&bytes)
-        if !checkingCredentials { advance(context: context) }
+        if !awaitingWork { advance(context: context) }
     }
 
     func read(context: ChannelHandlerContext) {
-        if checkingCredentials, !received.acceptsMore {
+        if awaitingWork, !received.acceptsMore {
             readPending = true
         } else {
             context.read()
@@ -70,7 +75,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // The request is not complete by now, so it never will be; unless a password
             // check is running, after which the bytes already here are read.
             received.sentEOF = true
-            if !checkingCredentials { context.close(promise: nil) }
+            if !awaitingWork { context.close(promise: nil) }
         default:
             context.fireUserInboundEventTriggered(event)
         }
@@ -106,6 +111,33 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 context.flush()
                 checkCredentials(credentials, context: context)
                 return
+            case .acceptGSSToken(let token):
+                received = EarlyClientData(bytes: buffer, sentEOF: received.sentEOF)
+                context.flush()
+                acceptGSSToken(token, context: context)
+                return
+            case .chooseGSSProtection(let token):
+                guard let protection = chooseProtection(token, context: context) else { return }
+                if protection > .none, let security {
+                    // From here on every message is wrapped both ways: the level's reply
+                    // leaves as it is, then the handler goes in front, and bytes already
+                    // read after the level message (the wrapped request) go through it.
+                    context.flush()
+                    let handler = GSSProtectionHandler(
+                        security: security, protection: protection == .confidentiality ? .confidentiality : .integrity,
+                        gateway: gateway)
+                    do {
+                        try context.pipeline.syncOperations.addHandler(handler, position: .first)
+                    } catch {
+                        context.close(promise: nil)
+                        return
+                    }
+                    received = EarlyClientData(bytes: nil, sentEOF: received.sentEOF)
+                    if buffer.readableBytes > 0, let head = try? context.pipeline.syncOperations.context(handler: handler) {
+                        handler.unwrapMessages(&buffer, context: head)
+                    }
+                    return
+                }
             case .handleRequest(let request):
                 context.flush()
                 handOver(request, early: EarlyClientData(bytes: buffer, sentEOF: received.sentEOF), context: context)
@@ -115,31 +147,113 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func checkCredentials(_ credentials: UsernamePasswordRequest, context: ChannelHandlerContext) {
-        checkingCredentials = true
+        awaitingWork = true
         let store = gateway.credentials
         gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
             store?.verify(user: credentials.username, password: credentials.password) ?? false
         }.assumeIsolated().whenComplete { result in
-            self.checkingCredentials = false
+            self.awaitingWork = false
             let valid = (try? result.get()) ?? false
             if !valid {
                 self.gateway.logger.notice(
                     "password authentication failed", metadata: ["user": "\(DisplayText.escaped(credentials.username))"])
             }
             // After the deadline or a close, the machine answers `.close`: nothing more is done.
-            switch self.machine.credentialsChecked(valid: valid) {
-            case .send(let message):
-                context.write(message)
-                self.advance(context: context)
-                if self.readPending, !self.machine.isNegotiationComplete {
-                    self.readPending = false
-                    context.read()
-                }
-            case .sendAndClose(let message):
-                context.sendAndClose(message)
-            case .close, .waitForMoreBytes, .checkCredentials, .handleRequest:
-                context.close(promise: nil)
+            self.resume(self.machine.credentialsChecked(valid: valid), context: context)
+        }
+    }
+
+    /// One RFC 1961 context step, on the thread pool: accepting a context reads the
+    /// replay cache, a file.
+    private func acceptGSSToken(_ token: [UInt8], context: ChannelHandlerContext) {
+        guard let acceptor = gateway.gssAcceptor else { return resume(machine.gssFailed(), context: context) }
+        let security = self.security ?? GSSSecurityContext(acceptor: acceptor)
+        self.security = security
+        awaitingWork = true
+        gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
+            try security.accept(token)
+        }.assumeIsolated().whenComplete { result in
+            self.awaitingWork = false
+            switch result {
+            case .success(let step) where !step.complete:
+                self.resume(self.machine.gssContextStep(reply: step.reply, principal: nil), context: context)
+            case .success(let step):
+                guard let peer = security.peer() else { return self.resume(self.machine.gssFailed(), context: context) }
+                self.gssapi = RequestFacts.GSSAPISecurity(mechanism: peer.mechanism, protection: .none)
+                self.resume(self.machine.gssContextStep(reply: step.reply, principal: peer.principal), context: context)
+            case .failure(let error):
+                self.gateway.logger.notice(
+                    "GSS-API authentication failed",
+                    metadata: ["client": "\(context.remoteAddressText)", "error": "\(DisplayText.escaped("\(error)"))"])
+                self.resume(self.machine.gssFailed(), context: context)
             }
+        }
+    }
+
+    /// RFC 1961 §4: the level the client asks for, wrapped (or bare, as NEC's
+    /// implementation and curl's `--socks5-gssapi-nec` send it), raised to the policy's
+    /// minimum; the reply in the same form. Returns the level granted after sending the
+    /// reply, or nil when the negotiation ended.
+    private func chooseProtection(_ token: [UInt8], context: ChannelHandlerContext) -> MessageProtection? {
+        guard let security else {
+            resume(machine.gssFailed(), context: context)
+            return nil
+        }
+        let bare = token.count == 1
+        let octet: UInt8?
+        if bare {
+            octet = token.first
+        } else {
+            let unwrapped = try? token.withUnsafeBytes { bytes in try security.unwrap(bytes) }
+            octet = unwrapped?.message.count == 1 ? unwrapped?.message.first : nil
+        }
+        guard let octet, let requested = GSSAPIProtection(requested: octet) else {
+            gateway.logger.notice("GSS-API protection level not understood", metadata: ["client": "\(context.remoteAddressText)"])
+            resume(machine.gssFailed(), context: context)
+            return nil
+        }
+        let minimum = gateway.policy.minimumProtection
+        let granted: MessageProtection = max(requested.messageProtection, minimum)
+        let level = GSSAPIProtection(granted)
+        let reply: [UInt8]
+        if bare {
+            reply = [level.rawValue]
+        } else {
+            guard let wrapped = try? [level.rawValue].withUnsafeBytes({ bytes in
+                try security.wrap(bytes, confidential: false)
+            }) else {
+                resume(machine.gssFailed(), context: context)
+                return nil
+            }
+            reply = wrapped
+        }
+        gssapi?.protection = granted
+        guard case .send(let message) = machine.gssProtectionChosen(reply: reply) else {
+            context.close(promise: nil)
+            return nil
+        }
+        context.write(message)
+        return granted
+    }
+
+    /// Carries on after work done off the event loop (a password check, a GSS-API step).
+    private func resume(_ action: SOCKSServerStateMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .send(let message):
+            context.write(message)
+        case .waitForMoreBytes:
+            break
+        case .sendAndClose(let message):
+            context.sendAndClose(message)
+            return
+        case .close, .checkCredentials, .acceptGSSToken, .chooseGSSProtection, .handleRequest:
+            context.close(promise: nil)
+            return
+        }
+        advance(context: context)
+        if readPending, !machine.isNegotiationComplete {
+            readPending = false
+            context.read()
         }
     }
 
@@ -166,7 +280,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        let facts = RequestFacts(request, client: client, listener: listener, time: Int64(Glibc.time(nil)))
+        var facts = RequestFacts(request, client: client, listener: listener, time: Int64(Glibc.time(nil)))
+        facts.gssapi = gssapi
         let session = SessionSetup(
             gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture))

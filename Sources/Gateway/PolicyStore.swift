@@ -31,6 +31,8 @@ public final class PolicyStore: PolicyDecider {
         }
     }
 
+    public var minimumProtection: MessageProtection { engine.policy.minimumProtection }
+
     public func admit(_ facts: RequestFacts) -> LimitLedger.Admission {
         limiter.admit(facts)
     }

@@ -27,7 +27,7 @@ extension RequestFacts {
             destination: destination,
             destinationPort: request.port,
             claimedUser: request.claimedUser,
-            authMethod: request.authMethod == .usernamePassword ? .password : .none,
+            authMethod: request.authMethod == .usernamePassword ? .password : request.authMethod == .gssapi ? .gssapi : .none,
             time: time
         )
     }
@@ -96,6 +96,25 @@ extension Decision {
         switch version {
         case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
         case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue
+        }
+    }
+}
+
+extension GSSAPIProtection {
+    /// The level as the policy and the audit log name it.
+    public var messageProtection: MessageProtection {
+        switch self {
+        case .none: .none
+        case .integrity: .integrity
+        case .confidentiality: .confidentiality
+        }
+    }
+
+    public init(_ protection: MessageProtection) {
+        switch protection {
+        case .none: self = .none
+        case .integrity: self = .integrity
+        case .confidentiality: self = .confidentiality
         }
     }
 }

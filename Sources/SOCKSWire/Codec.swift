@@ -21,6 +21,9 @@ public enum SOCKSWireError: Error, Hashable, Sendable {
     case unsupportedCommand(UInt8)
     case nonzeroReserved(UInt8)
     case unsupportedAddressType(UInt8)
+    /// An RFC 1961 message that is not one: wrong version or type, an oversized token,
+    /// or a message of the wrong type for the step.
+    case gssapiFraming(String)
 }
 
 /// Hard caps on the fields the wire leaves unbounded.

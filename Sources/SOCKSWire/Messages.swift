@@ -104,6 +104,16 @@ public struct SOCKS5AuthMethod: RawRepresentable, Hashable, Sendable {
     public static let gssapi = SOCKS5AuthMethod(rawValue: 0x01)
     public static let usernamePassword = SOCKS5AuthMethod(rawValue: 0x02)
     public static let noAcceptableMethods = SOCKS5AuthMethod(rawValue: 0xFF)
+
+    /// As `--methods` names it.
+    public var name: String {
+        switch self {
+        case .noAuthentication: "none"
+        case .gssapi: "gssapi"
+        case .usernamePassword: "password"
+        default: "0x" + String(rawValue, radix: 16)
+        }
+    }
 }
 
 /// `VER=5 NMETHODS METHODS…`.

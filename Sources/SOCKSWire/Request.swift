@@ -82,6 +82,7 @@ public enum SOCKSServerMessage: Hashable, Sendable {
     case methodSelection(SOCKS5AuthMethod)
     case usernamePasswordReply(success: Bool)
     case socks5Reply(SOCKS5Reply)
+    case gssapi(GSSAPIMessage)
 }
 
 extension ByteBuffer {
@@ -92,6 +93,7 @@ extension ByteBuffer {
         case .methodSelection(let method): writeSOCKS5MethodSelection(method)
         case .usernamePasswordReply(let success): writeUsernamePasswordReply(success: success)
         case .socks5Reply(let reply): writeSOCKS5Reply(reply)
+        case .gssapi(let message): writeGSSAPIMessage(message)
         }
     }
 }
@@ -125,7 +127,7 @@ extension SOCKSServerMessage {
         switch self {
         case .socks4Reply(let reply): reply.code.rawValue
         case .socks5Reply(let reply): reply.code.rawValue
-        case .methodSelection, .usernamePasswordReply: nil
+        case .methodSelection, .usernamePasswordReply, .gssapi: nil
         }
     }
 }

@@ -16,6 +16,13 @@ public struct SOCKSServerStateMachine: Sendable {
         case close
         /// Check these credentials, then call `credentialsChecked(valid:)`.
         case checkCredentials(UsernamePasswordRequest)
+        /// RFC 1961: give this context token to GSS-API, then call `gssContextStep` or
+        /// `gssFailed`.
+        case acceptGSSToken([UInt8])
+        /// RFC 1961 §4: the client's protection-level message (wrapped, or one bare octet
+        /// as NEC's implementation sends it); choose the level, then call
+        /// `gssProtectionChosen` or `gssFailed`.
+        case chooseGSSProtection([UInt8])
         /// The negotiation is over: the session takes this request (and the bytes still
         /// buffered) from here, with `SOCKSServerMessage.granted`/`failed` for its replies.
         case handleRequest(SOCKSRequest)
@@ -27,6 +34,10 @@ public struct SOCKSServerStateMachine: Sendable {
         case awaitingGreeting
         case awaitingCredentials
         case checkingCredentials(username: String)
+        case awaitingGSSToken
+        case acceptingGSSToken
+        case awaitingGSSProtection(principal: String)
+        case choosingGSSProtection(principal: String)
         case awaitingSOCKS5Request(username: String?, method: SOCKS5AuthMethod)
         /// The request was handed out; the session owns the connection from here.
         case requestHandedOut(SOCKSVersion)
@@ -49,7 +60,8 @@ public struct SOCKSServerStateMachine: Sendable {
         switch state {
         case .requestHandedOut, .finished: true
         case .awaitingVersion, .awaitingSOCKS4Request, .awaitingGreeting, .awaitingCredentials,
-            .checkingCredentials, .awaitingSOCKS5Request:
+            .checkingCredentials, .awaitingSOCKS5Request, .awaitingGSSToken, .acceptingGSSToken, .awaitingGSSProtection,
+            .choosingGSSProtection:
             false
         }
     }
@@ -100,7 +112,11 @@ public struct SOCKSServerStateMachine: Sendable {
                 state = .finished
                 return .sendAndClose(.methodSelection(.noAcceptableMethods))
             }
-            state = method == .usernamePassword ? .awaitingCredentials : .awaitingSOCKS5Request(username: nil, method: method)
+            switch method {
+            case .usernamePassword: state = .awaitingCredentials
+            case .gssapi: state = .awaitingGSSToken
+            default: state = .awaitingSOCKS5Request(username: nil, method: method)
+            }
             return .send(.methodSelection(method))
 
         case .awaitingCredentials:
@@ -108,7 +124,33 @@ public struct SOCKSServerStateMachine: Sendable {
             state = .checkingCredentials(username: credentials.username)
             return .checkCredentials(credentials)
 
-        case .checkingCredentials, .requestHandedOut, .finished:
+        case .awaitingGSSToken:
+            guard let message = try buffer.readGSSAPIMessage() else { return .waitForMoreBytes }
+            switch message.kind {
+            case .context:
+                state = .acceptingGSSToken
+                return .acceptGSSToken(message.token)
+            case .abort:
+                state = .finished
+                return .close
+            case .protection, .encapsulated:
+                throw SOCKSWireError.gssapiFraming("a message of type \(message.kind.rawValue) before the context is complete")
+            }
+
+        case .awaitingGSSProtection(let principal):
+            guard let message = try buffer.readGSSAPIMessage() else { return .waitForMoreBytes }
+            switch message.kind {
+            case .protection:
+                state = .choosingGSSProtection(principal: principal)
+                return .chooseGSSProtection(message.token)
+            case .abort:
+                state = .finished
+                return .close
+            case .context, .encapsulated:
+                throw SOCKSWireError.gssapiFraming("a message of type \(message.kind.rawValue) instead of the protection level")
+            }
+
+        case .checkingCredentials, .acceptingGSSToken, .choosingGSSProtection, .requestHandedOut, .finished:
             // Bytes that arrive while the gateway works belong to the relay; keep them.
             return .waitForMoreBytes
 
@@ -145,6 +187,45 @@ public struct SOCKSServerStateMachine: Sendable {
         return .send(.usernamePasswordReply(success: true))
     }
 
+    /// The outcome of `.acceptGSSToken`: the token for the client (sent if not empty),
+    /// and, once the context is complete, the authenticated principal. A late result
+    /// closes the connection.
+    public mutating func gssContextStep(reply: [UInt8], principal: String?) -> Action {
+        guard case .acceptingGSSToken = state else {
+            state = .finished
+            return .close
+        }
+        state = principal.map { .awaitingGSSProtection(principal: $0) } ?? .awaitingGSSToken
+        // RFC 1961 §3: a complete context with an empty token has nothing to send.
+        if reply.isEmpty, principal != nil { return .waitForMoreBytes }
+        return .send(.gssapi(GSSAPIMessage(.context, token: reply)))
+    }
+
+    /// The outcome of `.chooseGSSProtection`: the level message for the client. The
+    /// SOCKS request comes next (under per-message protection if a level was chosen:
+    /// the caller unwraps it before it gets here).
+    public mutating func gssProtectionChosen(reply: [UInt8]) -> Action {
+        guard case .choosingGSSProtection(let principal) = state else {
+            state = .finished
+            return .close
+        }
+        state = .awaitingSOCKS5Request(username: principal, method: .gssapi)
+        return .send(.gssapi(GSSAPIMessage(.protection, token: reply)))
+    }
+
+    /// A GSS-API step failed (a bad token, an unknown service, a level refused): RFC
+    /// 1961's abort message, then close.
+    public mutating func gssFailed() -> Action {
+        switch state {
+        case .acceptingGSSToken, .choosingGSSProtection:
+            state = .finished
+            return .sendAndClose(.gssapi(GSSAPIMessage(.abort)))
+        default:
+            state = .finished
+            return .close
+        }
+    }
+
     /// What to say when the client has not completed its negotiation in time, if this
     /// protocol state has a reply for it. The caller closes afterwards.
     public mutating func negotiationTimedOut() -> SOCKSServerMessage? {
@@ -152,6 +233,8 @@ public struct SOCKSServerStateMachine: Sendable {
         switch state {
         case .awaitingSOCKS4Request: return .failed(.generalFailure, version: .socks4)
         case .awaitingSOCKS5Request: return .failed(.generalFailure, version: .socks5)
+        case .awaitingGSSToken, .acceptingGSSToken, .awaitingGSSProtection, .choosingGSSProtection:
+            return .gssapi(GSSAPIMessage(.abort))
         case .awaitingVersion, .awaitingGreeting, .awaitingCredentials, .checkingCredentials, .requestHandedOut, .finished:
             return nil
         }
@@ -185,6 +268,8 @@ public struct SOCKSServerStateMachine: Sendable {
             return .sendAndClose(SOCKSServerMessage.failed(.generalFailure, version: .socks5))
         case .unsupportedAddressType:
             return .sendAndClose(SOCKSServerMessage.failed(.addressTypeNotSupported, version: .socks5))
+        case .gssapiFraming:
+            return .sendAndClose(.gssapi(GSSAPIMessage(.abort)))
         }
     }
 }

@@ -62,9 +62,18 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "SOCKS5 methods to offer, preferred first: none, password. Default: none, or password with --password-file.",
+            "SOCKS5 methods to offer, preferred first: none, password, gssapi. Default: gssapi with --gssapi-keytab, "
+                + "then password with --password-file, else none.",
             valueName: "list"))
     var methods: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "A Kerberos keytab: offer GSS-API (RFC 1961). Read once, as root, before the privilege drop.", valueName: "file"))
+    var gssapiKeytab: String?
+
+    @Option(help: ArgumentHelp("The GSS-API service: the keytab's keys for SERVICE/host@REALM are used.", valueName: "name"))
+    var gssapiService: String = "rcmd"
 
     @Option(
         help: ArgumentHelp(
@@ -104,6 +113,7 @@ struct Run: ParsableCommand {
             switch name.filter({ $0 != " " }) {
             case "none": .noAuthentication
             case "password": .usernamePassword
+            case "gssapi": .gssapi
             default: nil
             }
         }
@@ -122,7 +132,13 @@ struct Run: ParsableCommand {
         let logger = Logger(label: "identgate")
 
         if let methods, parsedMethods.count != methods.split(separator: ",").count {
-            throw ValidationError("--methods: unknown method in '\(methods)'; use none, password")
+            throw ValidationError("--methods: unknown method in '\(methods)'; use none, password, gssapi")
+        }
+        if parsedMethods.contains(.gssapi), gssapiKeytab == nil {
+            throw ValidationError("--methods gssapi needs --gssapi-keytab")
+        }
+        if parsedMethods.contains(.usernamePassword), passwordFile == nil {
+            throw ValidationError("--methods password needs --password-file")
         }
         var configuration = GatewayConfiguration()
         if !listen.isEmpty { configuration.listen = listen.map(\.endpoint) }
@@ -134,8 +150,11 @@ struct Run: ParsableCommand {
 
         let credentials: CredentialStore?
         let policyFile: PolicyFile
+        let gssAcceptor: GSSAcceptor?
         do {
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
+            // Keys are copied into memory here, while still root: a keytab is root's.
+            gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
             policyFile = try policy.map(PolicyFile.read) ?? .embeddedDefault
         } catch {
             throw FailedStart(message: "\(error)")
@@ -188,7 +207,8 @@ struct Run: ParsableCommand {
         try waitFor {
             try await command.serve(
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
-                descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit, logger: logger)
+                gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
+                logger: logger)
         }
     }
 
@@ -229,7 +249,7 @@ struct Run: ParsableCommand {
 
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
-        descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
+        gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
     ) async throws {
         audit?.start()
         defer { audit?.shutdown() }
@@ -272,7 +292,8 @@ struct Run: ParsableCommand {
             group: group,
             threadPool: threadPool,
             logger: logger,
-            audit: audit
+            audit: audit,
+            gssAcceptor: gssAcceptor
         )
 
         let bound: [IPEndpoint]
@@ -292,7 +313,7 @@ struct Run: ParsableCommand {
             metadata: [
                 "listen": "\(bound.map(\.description).joined(separator: " "))",
                 "policy": "\(policy ?? DefaultPolicy.fileName)",
-                "methods": "\(configuration.methods.isEmpty ? (credentials == nil ? "none" : "password") : methods ?? "")",
+                "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
             ]
         )
 

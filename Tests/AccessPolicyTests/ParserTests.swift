@@ -132,7 +132,8 @@ import Testing
 
     @Test(arguments: [
         ("allow from 10.0.0.0/8 ident", "1:23: warning: this rule can never match: identd is never asked for these clients"),
-        ("allow version socks4 auth password", "1:22: warning: this rule can never match: SOCKS4 has no password authentication"),
+        ("allow version socks4 auth password", "1:22: warning: this rule can never match: SOCKS4 has no password or GSS-API authentication"),
+        ("allow version socks4a auth gssapi", "1:23: warning: this rule can never match: SOCKS4 has no password or GSS-API authentication"),
         (
             "allow version socks4 to 2001:db8::/32",
             "1:22: warning: this rule can never match: a SOCKS4 request cannot name an IPv6"

@@ -95,6 +95,8 @@ import Testing
         record.ruleLabel = maybe(text())
         record.limitLine = maybe(Int.random(in: 1...10_000, using: &generator))
         record.limitLabel = maybe(text())
+        record.gssMechanism = maybe(text())
+        record.protection = maybe(text())
         record.verdict = maybe(text())
         record.reply = maybe(Int.random(in: 0...93, using: &generator))
         record.requestTime = maybe(Int64.random(in: Int64.min...Int64.max, using: &generator))

@@ -16,7 +16,7 @@ func wire(_ action: SOCKSServerStateMachine.Action) -> (bytes: [UInt8], closes: 
     case .send(let message): (encoded(message), false)
     case .sendAndClose(let message): (encoded(message), true)
     case .close: ([], true)
-    case .waitForMoreBytes, .checkCredentials, .handleRequest: nil
+    case .waitForMoreBytes, .checkCredentials, .acceptGSSToken, .chooseGSSProtection, .handleRequest: nil
     }
 }
 

@@ -37,6 +37,6 @@ ensure_swift() {
     command -v swift >/dev/null || die "swift not found: install Swift 6 (swift.org) and put it on PATH"
 }
 
-# What building identgate needs from Debian: libxcrypt's headers for crypt(3), and
-# libcap's for dropping capabilities.
-BUILD_PACKAGES=(libcrypt-dev libcap-dev)
+# What building identgate needs from Debian: libxcrypt's headers for crypt(3), libcap's
+# for dropping capabilities, and MIT Kerberos' for GSS-API (RFC 1961).
+BUILD_PACKAGES=(libcrypt-dev libcap-dev libkrb5-dev)

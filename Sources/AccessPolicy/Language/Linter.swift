@@ -116,8 +116,8 @@ struct Linter {
     /// A condition that no request can satisfy, with the clause to point at.
     private func neverTrue(_ rule: Rule) -> (clause: String, reason: String)? {
         if let versions = rule.versions, versions.isSubset(of: [.socks4, .socks4a]) {
-            if rule.authMethods == [.password] {
-                return ("auth", "SOCKS4 has no password authentication")
+            if let methods = rule.authMethods, !methods.contains(.none) {
+                return ("auth", "SOCKS4 has no password or GSS-API authentication")
             }
             if versions == [.socks4], let destinations = rule.destinations,
                 destinations.allSatisfy({ if case .network(let network) = $0 { network.address.isIPv6 } else { false } })

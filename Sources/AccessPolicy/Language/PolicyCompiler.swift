@@ -33,14 +33,33 @@ public enum PolicyCompiler {
         // unread and its sets would look unused.
         if !hasErrors { parser.warnAboutUnusedSets() }
         var diagnostics = parser.diagnostics
-        let policy = Policy(
+        var policy = Policy(
             rules: parser.rules.map(\.rule), identScopes: parser.identScopes,
             utcOffsetSeconds: parser.utcOffsetSeconds, expectations: parser.expectations, limits: parser.limits.map(\.limit))
+        policy.minimumProtection = parser.minimumProtection
+        policy.localRealms = parser.localRealms
+        policy.extendUsersToLocalRealms()
         if !hasErrors {
             diagnostics += Linter(policy: policy, sources: parser.rules, limitSources: parser.limits, file: file).warnings()
         }
         diagnostics.sort { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
         return PolicyCompilation(policy: hasErrors ? nil : policy, diagnostics: diagnostics)
+    }
+}
+
+extension Policy {
+    /// `gssapi local-realm R`: a user named `alice` in a rule or limit is also the
+    /// principal `alice@R`, so rules shared with ident and password users need no second
+    /// list. Done once here, so that matching compares names as written.
+    mutating func extendUsersToLocalRealms() {
+        guard !localRealms.isEmpty else { return }
+        func extend(_ users: Set<String>?) -> Set<String>? {
+            users.map { users in
+                users.union(users.filter { !$0.contains("@") }.flatMap { name in localRealms.map { name + "@" + $0 } })
+            }
+        }
+        for index in rules.indices { rules[index].users = extend(rules[index].users) }
+        for index in limits.indices { limits[index].conditions.users = extend(limits[index].conditions.users) }
     }
 }
 
@@ -125,6 +144,9 @@ private struct Parser {
     var rules: [RuleSource] = []
     var limits: [LimitSource] = []
     var identScopes: [IdentScope] = []
+    var minimumProtection = MessageProtection.none
+    var localRealms: Set<String> = []
+    private var protectionLine: Int?
     var utcOffsetSeconds = 0
     var expectations: [Expectation] = []
     private var sets: [String: NamedSet] = [:]
@@ -167,12 +189,13 @@ private struct Parser {
                 case "timezone": try parseTimeZone(&cursor, column: first.column)
                 case "expect": try parseExpectation(&cursor)
                 case "limit": try parseLimit(&cursor)
+                case "gssapi": try parseGSSAPI(&cursor)
                 default:
                     throw ParseError(
                         column: first.column,
                         message:
                             "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, hosts), "
-                            + "limit, ident, timezone or expect")
+                            + "limit, gssapi, ident, timezone or expect")
                 }
                 if let extra = cursor.peek {
                     throw ParseError(column: extra.column, message: "unexpected '\(extra.text)' at the end of the line")
@@ -338,7 +361,9 @@ private struct Parser {
 
     private static let commandNames: [String: RequestFacts.Command] = ["connect": .connect, "bind": .bind, "udp": .udp]
     private static let versionNames: [String: RequestFacts.Version] = ["socks4": .socks4, "socks4a": .socks4a, "socks5": .socks5]
-    private static let authNames: [String: RequestFacts.AuthMethod] = ["none": .none, "password": .password]
+    private static let authNames: [String: RequestFacts.AuthMethod] = [
+        "none": .none, "password": .password, "gssapi": .gssapi,
+    ]
 
     // MARK: Rules
 
@@ -602,6 +627,34 @@ private struct Parser {
         return nil
     }
 
+    /// `gssapi require integrity|confidentiality|none`: the least per-message protection
+    /// granted; `gssapi local-realm REALM[, REALM]`: its principals are users by their
+    /// short names.
+    private mutating func parseGSSAPI(_ cursor: inout Cursor) throws(ParseError) {
+        let (setting, column) = try cursor.word("'require' or 'local-realm'")
+        switch setting {
+        case "require":
+            if let earlier = protectionLine {
+                throw ParseError(column: column, message: "the GSS-API protection is already required on line \(earlier)")
+            }
+            minimumProtection = try keyword(
+                &cursor, "a protection level", ["none": .none, "integrity": .integrity, "confidentiality": .confidentiality])
+            protectionLine = lineNumber
+        case "local-realm":
+            repeat {
+                let (realm, realmColumn) = try cursor.word("a Kerberos realm like CORP.EXAMPLE")
+                guard !realm.isEmpty, !realm.contains("@"), realm.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                    throw ParseError(column: realmColumn, message: "'\(realm)' is not a realm (like CORP.EXAMPLE, without '@')")
+                }
+                localRealms.insert(realm)
+            } while cursor.skipComma()
+        default:
+            throw ParseError(
+                column: column,
+                message: "expected 'require' or 'local-realm' after 'gssapi': gssapi require integrity, gssapi local-realm CORP.EXAMPLE")
+        }
+    }
+
     /// `timezone UTC`, `timezone UTC+01:00`, `timezone UTC-05:30`.
     private mutating func parseTimeZone(_ cursor: inout Cursor, column: Int) throws(ParseError) {
         if let earlier = timezoneLine {
@@ -720,7 +773,7 @@ private enum RequestParser {
             case "auth":
                 let (text, column) = try cursor.word("an auth method")
                 guard let named = RequestFacts.AuthMethod(rawValue: text) else {
-                    throw ParseError(column: column, message: "'\(text)' is not an auth method: use none, password")
+                    throw ParseError(column: column, message: "'\(text)' is not an auth method: use none, password, gssapi")
                 }
                 auth = named
             case "at":

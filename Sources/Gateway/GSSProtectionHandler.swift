@@ -1,0 +1,120 @@
+import AuditLog
+import NIOCore
+import SOCKSWire
+
+/// RFC 1961 §5 per-message protection for one client connection, at the head of its
+/// pipeline once integrity or confidentiality is granted: every message from the client
+/// arrives as `VER=1 MTYP=3 LEN TOKEN` and is unwrapped before any other handler sees
+/// it; everything written to the client (the SOCKS reply, relayed bytes) is wrapped, in
+/// tokens of at most 65,535 bytes. The handlers behind it (negotiation, session, relay)
+/// see plain bytes, so backpressure and half-close work as without it: reads, writes,
+/// flushes and closes pass through.
+///
+/// A token that fails its check (altered, replayed, out of order, or unencrypted where
+/// confidentiality was granted) or any other message ends the connection, logged and
+/// recorded in the audit log.
+final class GSSProtectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let security: GSSSecurityContext
+    private let confidential: Bool
+    private let gateway: GatewayContext
+    /// The largest plain chunk whose token fits the two-octet length.
+    private let chunk: Int
+    private var cumulation: ByteBuffer?
+    private var failed = false
+    /// Numbers the audit record of a failure, once the session has one.
+    var session: UInt64?
+
+    init(security: GSSSecurityContext, protection: GSSAPIProtection, gateway: GatewayContext) {
+        self.security = security
+        self.confidential = protection == .confidentiality
+        self.gateway = gateway
+        // Falls back to a size any mechanism's overhead leaves room for.
+        self.chunk = security.wrapSizeLimit(confidential: protection == .confidentiality, tokenLimit: GSSAPIMessage.largestToken)
+            ?? 60_000
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        unwrapMessages(&bytes, context: context)
+    }
+
+    /// Unwraps every complete message in `bytes` (and in what was kept from before) and
+    /// passes the plain bytes on; keeps an incomplete message for the next read.
+    func unwrapMessages(_ bytes: inout ByteBuffer, context: ChannelHandlerContext) {
+        guard !failed else { return }
+        if var kept = cumulation {
+            kept.writeBuffer(&bytes)
+            bytes = kept
+            cumulation = nil
+        }
+        var plain: ByteBuffer?
+        do {
+            while let message = try bytes.readGSSAPIMessage() {
+                guard message.kind == .encapsulated else {
+                    if message.kind == .abort { throw GSSError(description: "the client aborted") }
+                    throw GSSError(description: "a message of type \(message.kind.rawValue) under per-message protection")
+                }
+                let unwrapped = try message.token.withUnsafeBytes { token in try security.unwrap(token) }
+                guard unwrapped.confidential || !confidential else {
+                    throw GSSError(description: "an unencrypted message where confidentiality was granted")
+                }
+                if plain == nil { plain = context.channel.allocator.buffer(capacity: unwrapped.message.count) }
+                plain?.writeBytes(unwrapped.message)
+            }
+        } catch {
+            fail("\(error)", context: context)
+            return
+        }
+        if bytes.readableBytes > 0 { cumulation = bytes }
+        if let plain { context.fireChannelRead(wrapInboundOut(plain)) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let plain = unwrapOutboundIn(data)
+        guard !failed else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        var framed = context.channel.allocator.buffer(capacity: plain.readableBytes + 64)
+        do {
+            var rest = plain.readableBytesView[...]
+            repeat {
+                let piece = rest.prefix(chunk)
+                rest = rest.dropFirst(piece.count)
+                let token = try piece.withUnsafeBytes { bytes in try security.wrap(bytes, confidential: confidential) }
+                framed.writeGSSAPIMessage(GSSAPIMessage(.encapsulated, token: token))
+            } while !rest.isEmpty
+        } catch {
+            promise?.fail(error)
+            fail("\(error)", context: context)
+            return
+        }
+        context.write(wrapOutboundOut(framed), promise: promise)
+    }
+
+    private func fail(_ reason: String, context: ChannelHandlerContext) {
+        guard !failed else { return }
+        failed = true
+        cumulation = nil
+        gateway.logger.notice(
+            "GSS-API per-message protection failed; connection closed",
+            metadata: ["client": "\(context.remoteAddressText)", "error": "\(DisplayText.escaped(reason))"])
+        if let audit = gateway.audit {
+            var record = AuditRecord(event: .sessionEnd)
+            record.session = session
+            record.client = context.channel.remoteAddress?.ipEndpoint?.description
+            record.reason = "GSS-API per-message protection failed: \(reason)"
+            audit.record(record)
+        }
+        context.close(promise: nil)
+    }
+}

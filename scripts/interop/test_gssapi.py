@@ -1,0 +1,154 @@
+"""RFC 1961 GSS-API against a real MIT KDC on loopback and a client on the real MIT
+library (python-gssapi): every protection level with 1 MiB each way, SHA-256 checked;
+a frame altered on the wire; no ticket, an expired ticket, a ticket for another
+service; principals, realms and short names in the policy; the audit record."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from peers import BINARY, Gateway, TCPServer, echo, free_port, recv_exactly
+
+try:
+    import gssapi  # noqa: F401
+    from kerberos import REALM, GSSAPIError, GSSSocksClient, Realm
+    HAVE_KERBEROS = True
+except ImportError:
+    HAVE_KERBEROS = False
+
+POLICY = f"""
+net loopback = 127.0.0.0/8
+gssapi local-realm {REALM}
+deny  auth gssapi user bob                       label "bob is not allowed out"
+allow auth gssapi from @loopback user alice      label "alice by her short name"
+allow auth gssapi from @loopback user *@{REALM}  label "any principal of the realm"
+ident from @loopback timeout 2s
+allow auth none from @loopback user alice ident  label "alice from a host whose identd says so"
+
+expect allow from 127.0.0.1 to 127.0.0.1:80 auth gssapi user alice@{REALM}
+expect allow from 127.0.0.1 to 127.0.0.1:80 auth gssapi user carol@{REALM}
+expect deny  from 127.0.0.1 to 127.0.0.1:80 auth gssapi user bob@{REALM}
+expect deny  from 127.0.0.1 to 127.0.0.1:80 auth gssapi user alice@OTHER.EXAMPLE
+expect allow from 127.0.0.1 to 127.0.0.1:80 user alice ident alice
+expect deny  from 127.0.0.1 to 127.0.0.1:80 user alice
+"""
+
+
+def one_mib():
+    return os.urandom(1 << 20)
+
+
+class GSSAPITest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not HAVE_KERBEROS:
+            raise unittest.SkipTest("python-gssapi or MIT Kerberos is missing")
+        cls.realm = Realm()
+        cls.saved = dict(os.environ)
+        os.environ.update({k: v for k, v in cls.realm.env.items() if k.startswith("KRB5")})
+        cls.folder = tempfile.mkdtemp(prefix="identgate-gss-")
+        cls.policy = os.path.join(cls.folder, "gss.policy")
+        with open(cls.policy, "w") as out:
+            out.write(POLICY)
+
+    @classmethod
+    def tearDownClass(cls):
+        os.environ.clear()
+        os.environ.update(cls.saved)
+        cls.realm.close()
+
+    def setUp(self):
+        self.server = TCPServer(echo)
+        self.addCleanup(self.server.__exit__, None, None, None)
+        self.gateway = Gateway("--policy", self.policy, "--gssapi-keytab", self.realm.keytab)
+        self.addCleanup(self.gateway.__exit__, None, None, None)
+
+    def client(self, user="alice", **options):
+        client = GSSSocksClient(self.gateway, self.realm.ticket(user), **options)
+        self.addCleanup(client.close)
+        return client
+
+    def records(self, count=1):
+        """The decision records, once at least `count` are written."""
+        deadline = time.monotonic() + 5
+        while True:
+            decisions = [r for r in self.gateway.audit_records() if r.get("event") == "decision"]
+            if len(decisions) >= count or time.monotonic() > deadline:
+                return decisions
+            time.sleep(0.05)
+
+    def round_trip(self, client):
+        """1 MiB to the echo server and back through the gateway, SHA-256 compared."""
+        self.assertEqual(client.connect("127.0.0.1", self.server.port), 0)
+        data = one_mib()
+        sender = threading.Thread(target=client.send, args=(data,))
+        sender.start()
+        back = client.receive(len(data))
+        sender.join()
+        self.assertEqual(hashlib.sha256(back).hexdigest(), hashlib.sha256(data).hexdigest())
+
+    def test_every_protection_level_relays_a_mebibyte_each_way(self):
+        for level, name in [(0, "none"), (1, "integrity"), (2, "confidentiality")]:
+            for nec in (False, True):
+                with self.subTest(level=level, nec=nec):
+                    client = self.client(level=level, nec=nec)
+                    self.assertEqual(client.level, level)
+                    self.round_trip(client)
+                    client.close()
+        record = self.records()[0]
+        self.assertEqual(record["auth"], "gssapi")
+        self.assertEqual(record["authOutcome"], "verified")
+        self.assertEqual(record["claimedUser"], f"alice@{REALM}")
+        self.assertEqual(record["gssMechanism"], "krb5")
+        self.assertEqual(record["protection"], "none")
+        self.assertEqual(record["ruleLine"], 5, "alice by her short name")
+        self.assertEqual({r["protection"] for r in self.records(6)}, {"none", "integrity", "confidentiality"})
+
+    def test_an_altered_frame_closes_the_session(self):
+        client = self.client(level=1)
+        self.assertEqual(client.connect("127.0.0.1", self.server.port), 0)
+        wrapped = bytearray(client.context.wrap(b"x" * 100, False).message)
+        wrapped[-1] ^= 0x01
+        client.send_message(3, bytes(wrapped))
+        client.socket.settimeout(5)
+        self.assertEqual(client.socket.recv(100), b"", "the gateway closed the connection")
+        self.assertEqual(self.server.bytes_received, 0, "nothing was relayed")
+        deadline = time.monotonic() + 5
+        while "per-message protection failed" not in self.gateway.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("per-message protection failed", self.gateway.output())
+
+    def test_principals_short_names_and_realms_in_the_policy(self):
+        client = self.client(user="bob")
+        self.assertEqual(client.connect("127.0.0.1", self.server.port), 0x02, "bob is denied by his short name")
+        carol = self.client(user="carol", level=1)
+        self.round_trip(carol)
+        lines = {r["claimedUser"]: r.get("ruleLine") for r in self.records(2)}
+        self.assertEqual(lines[f"bob@{REALM}"], 4)
+        self.assertEqual(lines[f"carol@{REALM}"], 6, "the realm rule")
+        shown = subprocess.run([BINARY, "audit", "show", self.gateway.audit_log], capture_output=True, text=True, timeout=30)
+        self.assertIn(f"carol@{REALM}", shown.stdout)
+
+    def test_without_a_valid_ticket_nothing_is_relayed(self):
+        # No ticket at all: the client library cannot even start.
+        with self.assertRaises(gssapi.exceptions.GSSError):
+            GSSSocksClient(self.gateway, os.path.join(self.realm.folder, "empty.ccache"))
+        # A ticket for another service: the gateway's keytab has no key for it.
+        with self.assertRaises((GSSAPIError, EOFError, ConnectionError)):
+            GSSSocksClient(self.gateway, self.realm.ticket("carol"), service="other@localhost")
+        # An expired ticket (a lifetime of one second, then waited out).
+        expired = self.realm.ticket("carol", lifetime="1s")
+        time.sleep(2.5)
+        with self.assertRaises((gssapi.exceptions.GSSError, GSSAPIError, EOFError, ConnectionError)):
+            GSSSocksClient(self.gateway, expired)
+        self.assertEqual(self.server.connections, 0)
+        self.assertIn("GSS-API authentication failed", self.gateway.output())
+
+
+if __name__ == "__main__":
+    unittest.main()
