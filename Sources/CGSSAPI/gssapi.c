@@ -202,16 +202,19 @@ int identgate_gss_wrap(identgate_gss_context *context, int confidential, const v
     return 0;
 }
 
-int identgate_gss_unwrap(identgate_gss_context *context, const void *input, size_t input_size, void **output,
-                         size_t *output_size, int *confidential, char *error, size_t error_size) {
+int identgate_gss_unwrap(identgate_gss_context *context, int datagram, const void *input, size_t input_size,
+                         void **output, size_t *output_size, int *confidential, char *error, size_t error_size) {
     gss_buffer_desc in = {input_size, (void *)input};
     gss_buffer_desc out = GSS_C_EMPTY_BUFFER;
     OM_uint32 minor;
     int encrypted = 0;
     OM_uint32 major = gss_unwrap(&minor, context->context, &in, &out, &encrypted, NULL);
     // Duplicate, old, unseq or gap tokens are supplementary info, not errors, to GSS:
-    // on a reliable stream they mean replay or reordering, and are refused.
-    if (GSS_ERROR(major) || (major & (GSS_S_DUPLICATE_TOKEN | GSS_S_OLD_TOKEN | GSS_S_UNSEQ_TOKEN | GSS_S_GAP_TOKEN))) {
+    // on a reliable stream they mean replay or reordering, and are refused; datagrams
+    // may be lost or reordered, but not replayed.
+    OM_uint32 refused = datagram ? GSS_S_DUPLICATE_TOKEN
+                                 : (GSS_S_DUPLICATE_TOKEN | GSS_S_OLD_TOKEN | GSS_S_UNSEQ_TOKEN | GSS_S_GAP_TOKEN);
+    if (GSS_ERROR(major) || (major & refused)) {
         gss_release_buffer(&minor, &out);
         gss_message(major & ~GSS_S_COMPLETE, minor, "message failed its GSS-API check", error, error_size);
         return -1;

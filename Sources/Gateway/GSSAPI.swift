@@ -1,4 +1,6 @@
 import CGSSAPI
+import NIOCore
+import SOCKSWire
 
 /// A GSS-API failure, with the library's own words.
 struct GSSError: Error, CustomStringConvertible {
@@ -104,14 +106,16 @@ final class GSSSecurityContext: @unchecked Sendable {
         return taken(output, count)
     }
 
-    /// The message, and whether it came encrypted.
-    func unwrap(_ token: UnsafeRawBufferPointer) throws -> (message: [UInt8], confidential: Bool) {
+    /// The message, and whether it came encrypted. `datagram`: lost and reordered tokens
+    /// are accepted (UDP); on a stream they are refused.
+    func unwrap(_ token: UnsafeRawBufferPointer, datagram: Bool = false) throws -> (message: [UInt8], confidential: Bool) {
         guard let handle else { throw GSSError(description: "no security context") }
         var output: UnsafeMutableRawPointer?
         var count = 0
         var confidential: Int32 = 0
         try checked {
-            identgate_gss_unwrap(handle, token.baseAddress, token.count, &output, &count, &confidential, $0, $1)
+            identgate_gss_unwrap(
+                handle, datagram ? 1 : 0, token.baseAddress, token.count, &output, &count, &confidential, $0, $1)
         }
         return (taken(output, count), confidential != 0)
     }
@@ -124,5 +128,36 @@ final class GSSSecurityContext: @unchecked Sendable {
             return nil
         }
         return limit
+    }
+}
+
+/// Per-message protection as a session negotiated it (RFC 1961 §5): the context and
+/// whether messages are encrypted. The stream's handler and a UDP association use it.
+struct GSSPerMessage {
+    let security: GSSSecurityContext
+    let confidential: Bool
+
+    /// A UDP datagram from the client: one whole `VER=1 MTYP=3 LEN TOKEN` message, its
+    /// token the wrapped RFC 1928 header and data. nil if it is anything else or fails
+    /// its check.
+    func unwrapDatagram(_ datagram: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        var bytes = datagram
+        guard let message = try? bytes.readGSSAPIMessage(), message.kind == .encapsulated, bytes.readableBytes == 0,
+            let unwrapped = try? message.token.withUnsafeBytes({ try security.unwrap($0, datagram: true) }),
+            unwrapped.confidential || !confidential
+        else { return nil }
+        var plain = allocator.buffer(capacity: unwrapped.message.count)
+        plain.writeBytes(unwrapped.message)
+        return plain
+    }
+
+    /// A datagram for the client, wrapped; nil if it does not fit in one message.
+    func wrapDatagram(_ plain: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard let token = try? plain.readableBytesView.withUnsafeBytes({ try security.wrap($0, confidential: confidential) }),
+            token.count <= GSSAPIMessage.largestToken
+        else { return nil }
+        var framed = allocator.buffer(capacity: token.count + 4)
+        framed.writeGSSAPIMessage(GSSAPIMessage(.encapsulated, token: token))
+        return framed
     }
 }

@@ -31,6 +31,9 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// RFC 1961: the client's security context, and what it negotiated.
     private var security: GSSSecurityContext?
     private var gssapi: RequestFacts.GSSAPISecurity?
+    /// Set when integrity or confidentiality was granted: the session's UDP datagrams
+    /// are wrapped too.
+    private var perMessage: GSSPerMessage?
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
@@ -119,6 +122,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .chooseGSSProtection(let token):
                 guard let protection = chooseProtection(token, context: context) else { return }
                 if protection > .none, let security {
+                    perMessage = GSSPerMessage(security: security, confidential: protection == .confidentiality)
                     // From here on every message is wrapped both ways: the level's reply
                     // leaves as it is, then the handler goes in front, and bytes already
                     // read after the level message (the wrapped request) go through it.
@@ -284,7 +288,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         facts.gssapi = gssapi
         let session = SessionSetup(
             gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
-            admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture))
+            admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture),
+            perMessage: perMessage)
         let next: any ChannelHandler =
             switch request.command {
             case .connect: ConnectSessionHandler(session, facts: facts, early: early)
@@ -314,6 +319,8 @@ struct SessionSetup {
     let id: UInt64
     let version: SOCKSVersion
     let admission: SessionAdmission
+    /// RFC 1961 per-message protection, when granted (the stream's handler is in place).
+    let perMessage: GSSPerMessage?
 
     var decider: RequestDecider { RequestDecider(gateway: gateway, session: id, admission: admission) }
 }

@@ -26,6 +26,8 @@ final class UDPAssociation {
     private let session: UInt64
     private let decider: RequestDecider
     private let logger: Logger
+    /// RFC 1961 §5: every datagram both ways is a wrapped message.
+    private let perMessage: GSSPerMessage?
     private var relay: (any Channel)?
     private var outbound: [Bool: any Channel] = [:]
     /// The client's UDP address: as requested, or learnt from its first datagram.
@@ -59,8 +61,9 @@ final class UDPAssociation {
 
     init(
         gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, session: UInt64,
-        admission: SessionAdmission, logger: Logger
+        admission: SessionAdmission, perMessage: GSSPerMessage? = nil, logger: Logger
     ) {
+        self.perMessage = perMessage
         self.session = session
         self.decider = RequestDecider(gateway: gateway, session: session, admission: admission)
         self.gateway = gateway
@@ -158,6 +161,13 @@ final class UDPAssociation {
             return
         }
         var datagram = envelope.data
+        if let perMessage {
+            guard let plain = perMessage.unwrapDatagram(datagram, allocator: control.allocator) else {
+                counts.malformed += 1
+                return
+            }
+            datagram = plain
+        }
         guard let header = try? datagram.readSOCKS5UDPHeader() else {
             counts.malformed += 1
             return
@@ -280,6 +290,13 @@ final class UDPAssociation {
         datagram.writeSOCKS5UDPHeader(host: SOCKSHost(from.address), port: from.port)
         var payload = envelope.data
         datagram.writeBuffer(&payload)
+        if let perMessage {
+            guard let wrapped = perMessage.wrapDatagram(datagram, allocator: relay.allocator) else {
+                counts.malformed += 1
+                return
+            }
+            datagram = wrapped
+        }
         counts.replies += 1
         relay.writeAndFlush(AddressedEnvelope(remoteAddress: clientSource, data: datagram), promise: nil)
     }
@@ -344,7 +361,7 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
         logger[metadataKey: "client"] = "\(facts.client)"
         let association = UDPAssociation(
             gateway: setup.gateway, facts: facts, expectedSource: expected, control: context.channel, session: setup.id,
-            admission: setup.admission, logger: logger)
+            admission: setup.admission, perMessage: setup.perMessage, logger: logger)
         self.association = association
         association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
             switch result {

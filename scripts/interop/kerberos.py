@@ -136,6 +136,13 @@ class GSSSocksClient:
         self.socket.connect((gateway.host, gateway.port))
         self.level = None
         self.buffer = b""
+        try:
+            self._negotiate(gssapi, ccache, level, nec, service)
+        except BaseException:
+            self.socket.close()
+            raise
+
+    def _negotiate(self, gssapi, ccache, level, nec, service):
         self.socket.sendall(b"\x05\x01\x01")
         if recv_exactly(self.socket, 2) != b"\x05\x01":
             raise GSSAPIError("the gateway did not select GSS-API")

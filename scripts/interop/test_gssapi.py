@@ -6,13 +6,15 @@ service; principals, realms and short names in the policy; the audit record."""
 import hashlib
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, echo, free_port, recv_exactly
+from peers import BINARY, Gateway, TCPServer, echo
+from test_bind_udp import UDPEcho
 
 try:
     import gssapi  # noqa: F401
@@ -108,6 +110,41 @@ class GSSAPITest(unittest.TestCase):
         self.assertEqual(record["protection"], "none")
         self.assertEqual(record["ruleLine"], 5, "alice by her short name")
         self.assertEqual({r["protection"] for r in self.records(6)}, {"none", "integrity", "confidentiality"})
+
+    def test_udp_datagrams_are_wrapped_both_ways(self):
+        with UDPEcho() as destination:
+            for level in (0, 1, 2):
+                with self.subTest(level=level):
+                    client = self.client(level=level)
+                    client.send(b"\x05\x03\x00\x01" + bytes(6))
+                    reply = client.receive(10)
+                    self.assertEqual(reply[1], 0)
+                    relay = (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+                    header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + destination.port.to_bytes(2, "big")
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                        udp.bind(("127.0.0.1", 0))
+                        udp.settimeout(5)
+                        payload = os.urandom(3000)
+                        for _ in range(2):
+                            datagram = header + payload
+                            if level:
+                                token = client.context.wrap(datagram, level == 2).message
+                                datagram = struct.pack("!BBH", 1, 3, len(token)) + token
+                            udp.sendto(datagram, relay)
+                            back, _ = udp.recvfrom(65535)
+                            if level:
+                                self.assertEqual(back[:2], b"\x01\x03")
+                                unwrapped = client.context.unwrap(back[4:])
+                                self.assertEqual(unwrapped.encrypted, level == 2)
+                                back = unwrapped.message
+                            self.assertEqual(back[10:], payload)
+                        if level:
+                            # The same token again is a replay: dropped.
+                            udp.sendto(datagram, relay)
+                            udp.settimeout(0.5)
+                            with self.assertRaises(socket.timeout):
+                                udp.recvfrom(65535)
+                    client.close()
 
     def test_an_altered_frame_closes_the_session(self):
         client = self.client(level=1)

@@ -33,11 +33,12 @@ int identgate_gss_peer(identgate_gss_context *context, char *principal, size_t p
                        size_t mechanism_size);
 
 /// gss_wrap with or without confidentiality; gss_unwrap, telling whether the message was
-/// encrypted.
+/// encrypted. On a stream every token must come in order; for `datagram`s (UDP), where
+/// loss and reordering are normal, only a replayed token is refused.
 int identgate_gss_wrap(identgate_gss_context *context, int confidential, const void *input, size_t input_size,
                        void **output, size_t *output_size, char *error, size_t error_size);
-int identgate_gss_unwrap(identgate_gss_context *context, const void *input, size_t input_size, void **output,
-                         size_t *output_size, int *confidential, char *error, size_t error_size);
+int identgate_gss_unwrap(identgate_gss_context *context, int datagram, const void *input, size_t input_size,
+                         void **output, size_t *output_size, int *confidential, char *error, size_t error_size);
 
 /// The largest message whose wrapped token fits in `token_limit` bytes.
 int identgate_gss_wrap_size_limit(identgate_gss_context *context, int confidential, size_t token_limit,
