@@ -179,12 +179,16 @@ int identgate_gss_peer(identgate_gss_context *context, char *principal, size_t p
     return 0;
 }
 
+_Static_assert(sizeof(identgate_gss_output) == sizeof(gss_buffer_desc), "identgate_gss_output is a gss_buffer_desc");
+
 int identgate_gss_wrap(identgate_gss_context *context, int confidential, const void *input, size_t input_size,
-                       void **output, size_t *output_size, char *error, size_t error_size) {
+                       identgate_gss_output *output, char *error, size_t error_size) {
     gss_buffer_desc in = {input_size, (void *)input};
     gss_buffer_desc out = GSS_C_EMPTY_BUFFER;
     OM_uint32 minor;
     int encrypted = 0;
+    output->length = 0;
+    output->value = NULL;
     OM_uint32 major = gss_wrap(&minor, context->context, confidential, GSS_C_QOP_DEFAULT, &in, &encrypted, &out);
     if (GSS_ERROR(major)) {
         gss_message(major, minor, "gss_wrap failed", error, error_size);
@@ -195,19 +199,19 @@ int identgate_gss_wrap(identgate_gss_context *context, int confidential, const v
         snprintf(error, error_size, "the mechanism cannot encrypt");
         return -1;
     }
-    if (copy_out(&out, output, output_size) != 0) {
-        snprintf(error, error_size, "out of memory");
-        return -1;
-    }
+    output->length = out.length;
+    output->value = out.value;
     return 0;
 }
 
 int identgate_gss_unwrap(identgate_gss_context *context, int datagram, const void *input, size_t input_size,
-                         void **output, size_t *output_size, int *confidential, char *error, size_t error_size) {
+                         identgate_gss_output *output, int *confidential, char *error, size_t error_size) {
     gss_buffer_desc in = {input_size, (void *)input};
     gss_buffer_desc out = GSS_C_EMPTY_BUFFER;
     OM_uint32 minor;
     int encrypted = 0;
+    output->length = 0;
+    output->value = NULL;
     OM_uint32 major = gss_unwrap(&minor, context->context, &in, &out, &encrypted, NULL);
     // Duplicate, old, unseq or gap tokens are supplementary info, not errors, to GSS:
     // on a reliable stream they mean replay or reordering, and are refused; datagrams
@@ -216,15 +220,21 @@ int identgate_gss_unwrap(identgate_gss_context *context, int datagram, const voi
                                  : (GSS_S_DUPLICATE_TOKEN | GSS_S_OLD_TOKEN | GSS_S_UNSEQ_TOKEN | GSS_S_GAP_TOKEN);
     if (GSS_ERROR(major) || (major & refused)) {
         gss_release_buffer(&minor, &out);
-        gss_message(major & ~GSS_S_COMPLETE, minor, "message failed its GSS-API check", error, error_size);
+        gss_message(major, minor, "message failed its GSS-API check", error, error_size);
         return -1;
     }
     *confidential = encrypted;
-    if (copy_out(&out, output, output_size) != 0) {
-        snprintf(error, error_size, "out of memory");
-        return -1;
-    }
+    output->length = out.length;
+    output->value = out.value;
     return 0;
+}
+
+void identgate_gss_release_output(identgate_gss_output *output) {
+    OM_uint32 minor;
+    gss_buffer_desc buffer = {output->length, output->value};
+    gss_release_buffer(&minor, &buffer);
+    output->length = 0;
+    output->value = NULL;
 }
 
 int identgate_gss_wrap_size_limit(identgate_gss_context *context, int confidential, size_t token_limit,

@@ -96,28 +96,54 @@ final class GSSSecurityContext: @unchecked Sendable {
         return (text(principal), text(mechanism))
     }
 
-    func wrap(_ message: UnsafeRawBufferPointer, confidential: Bool) throws -> [UInt8] {
+    /// Wraps `message` and appends it to `buffer` as one RFC 1961 message (`VER=1 MTYP=3
+    /// LEN TOKEN`), copying the token once, from the library's buffer.
+    func wrap(_ message: UnsafeRawBufferPointer, confidential: Bool, appendingTo buffer: inout ByteBuffer) throws {
         guard let handle else { throw GSSError(description: "no security context") }
-        var output: UnsafeMutableRawPointer?
-        var count = 0
+        var output = identgate_gss_output()
         try checked {
-            identgate_gss_wrap(handle, confidential ? 1 : 0, message.baseAddress, message.count, &output, &count, $0, $1)
+            identgate_gss_wrap(handle, confidential ? 1 : 0, message.baseAddress, message.count, &output, $0, $1)
         }
-        return taken(output, count)
+        defer { identgate_gss_release_output(&output) }
+        guard output.length <= GSSAPIMessage.largestToken else {
+            throw GSSError(description: "a token of \(output.length) bytes does not fit in a message")
+        }
+        buffer.writeMultipleIntegers(UInt8(1), GSSAPIMessage.Kind.encapsulated.rawValue, UInt16(output.length))
+        buffer.writeBytes(UnsafeRawBufferPointer(start: output.value, count: output.length))
     }
 
-    /// The message, and whether it came encrypted. `datagram`: lost and reordered tokens
-    /// are accepted (UDP); on a stream they are refused.
-    func unwrap(_ token: UnsafeRawBufferPointer, datagram: Bool = false) throws -> (message: [UInt8], confidential: Bool) {
+    /// The token of `message`, wrapped (for the protection-level reply).
+    func wrap(_ message: UnsafeRawBufferPointer, confidential: Bool) throws -> [UInt8] {
         guard let handle else { throw GSSError(description: "no security context") }
-        var output: UnsafeMutableRawPointer?
-        var count = 0
+        var output = identgate_gss_output()
+        try checked {
+            identgate_gss_wrap(handle, confidential ? 1 : 0, message.baseAddress, message.count, &output, $0, $1)
+        }
+        defer { identgate_gss_release_output(&output) }
+        return Array(UnsafeRawBufferPointer(start: output.value, count: output.length))
+    }
+
+    /// Unwraps `token`, appending the message to `buffer`; returns whether it came
+    /// encrypted. `datagram`: lost and reordered tokens are accepted (UDP); on a stream
+    /// they are refused.
+    func unwrap(_ token: UnsafeRawBufferPointer, datagram: Bool = false, appendingTo buffer: inout ByteBuffer) throws -> Bool {
+        guard let handle else { throw GSSError(description: "no security context") }
+        var output = identgate_gss_output()
         var confidential: Int32 = 0
         try checked {
             identgate_gss_unwrap(
-                handle, datagram ? 1 : 0, token.baseAddress, token.count, &output, &count, &confidential, $0, $1)
+                handle, datagram ? 1 : 0, token.baseAddress, token.count, &output, &confidential, $0, $1)
         }
-        return (taken(output, count), confidential != 0)
+        defer { identgate_gss_release_output(&output) }
+        buffer.writeBytes(UnsafeRawBufferPointer(start: output.value, count: output.length))
+        return confidential != 0
+    }
+
+    /// The message, and whether it came encrypted (for the protection-level message).
+    func unwrap(_ token: UnsafeRawBufferPointer) throws -> (message: [UInt8], confidential: Bool) {
+        var buffer = ByteBuffer()
+        let confidential = try unwrap(token, appendingTo: &buffer)
+        return (Array(buffer.readableBytesView), confidential)
     }
 
     /// The largest message whose token fits in `tokenLimit` bytes.
@@ -142,22 +168,22 @@ struct GSSPerMessage {
     /// its check.
     func unwrapDatagram(_ datagram: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
         var bytes = datagram
-        guard let message = try? bytes.readGSSAPIMessage(), message.kind == .encapsulated, bytes.readableBytes == 0,
-            let unwrapped = try? message.token.withUnsafeBytes({ try security.unwrap($0, datagram: true) }),
-            unwrapped.confidential || !confidential
+        guard let (version, kind, length) = bytes.readMultipleIntegers(as: (UInt8, UInt8, UInt16).self), version == 1,
+            kind == GSSAPIMessage.Kind.encapsulated.rawValue, bytes.readableBytes == Int(length)
         else { return nil }
-        var plain = allocator.buffer(capacity: unwrapped.message.count)
-        plain.writeBytes(unwrapped.message)
+        var plain = allocator.buffer(capacity: Int(length))
+        guard let encrypted = try? bytes.withUnsafeReadableBytes({ try security.unwrap($0, datagram: true, appendingTo: &plain) }),
+            encrypted || !confidential
+        else { return nil }
         return plain
     }
 
     /// A datagram for the client, wrapped; nil if it does not fit in one message.
     func wrapDatagram(_ plain: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        guard let token = try? plain.readableBytesView.withUnsafeBytes({ try security.wrap($0, confidential: confidential) }),
-            token.count <= GSSAPIMessage.largestToken
+        var framed = allocator.buffer(capacity: plain.readableBytes + 64)
+        guard (try? plain.withUnsafeReadableBytes({ try security.wrap($0, confidential: confidential, appendingTo: &framed) }))
+            != nil
         else { return nil }
-        var framed = allocator.buffer(capacity: token.count + 4)
-        framed.writeGSSAPIMessage(GSSAPIMessage(.encapsulated, token: token))
         return framed
     }
 }

@@ -48,30 +48,46 @@ final class GSSProtectionHandler: ChannelDuplexHandler {
     func unwrapMessages(_ bytes: inout ByteBuffer, context: ChannelHandlerContext) {
         guard !failed else { return }
         if var kept = cumulation {
+            // Released first, so that the append below writes in place, not into a copy.
+            cumulation = nil
             kept.writeBuffer(&bytes)
             bytes = kept
-            cumulation = nil
         }
-        var plain: ByteBuffer?
+        var plain = context.channel.allocator.buffer(capacity: 0)
         do {
-            while let message = try bytes.readGSSAPIMessage() {
-                guard message.kind == .encapsulated else {
-                    if message.kind == .abort { throw GSSError(description: "the client aborted") }
-                    throw GSSError(description: "a message of type \(message.kind.rawValue) under per-message protection")
+            // Each message is read in place: header, then the token unwrapped straight from
+            // the buffer into `plain`.
+            while let (version, type, length) = bytes.getMultipleIntegers(
+                at: bytes.readerIndex, as: (UInt8, UInt8, UInt16).self)
+            {
+                guard version == 1, type == GSSAPIMessage.Kind.encapsulated.rawValue else {
+                    if version == 1, type == GSSAPIMessage.Kind.abort.rawValue {
+                        throw GSSError(description: "the client aborted")
+                    }
+                    throw GSSError(description: "a message of version \(version), type \(type) under per-message protection")
                 }
-                let unwrapped = try message.token.withUnsafeBytes { token in try security.unwrap(token) }
-                guard unwrapped.confidential || !confidential else {
+                guard bytes.readableBytes >= 4 + Int(length) else { break }
+                bytes.moveReaderIndex(forwardBy: 4)
+                plain.reserveCapacity(minimumWritableBytes: Int(length))
+                let token = bytes.readSlice(length: Int(length)) ?? ByteBuffer()
+                let encrypted = try token.withUnsafeReadableBytes { token in
+                    try security.unwrap(token, appendingTo: &plain)
+                }
+                guard encrypted || !confidential else {
                     throw GSSError(description: "an unencrypted message where confidentiality was granted")
                 }
-                if plain == nil { plain = context.channel.allocator.buffer(capacity: unwrapped.message.count) }
-                plain?.writeBytes(unwrapped.message)
             }
         } catch {
             fail("\(error)", context: context)
             return
         }
-        if bytes.readableBytes > 0 { cumulation = bytes }
-        if let plain { context.fireChannelRead(wrapInboundOut(plain)) }
+        if bytes.readableBytes > 0 {
+            // At most one message (64 KiB) is kept: moved to the front, the buffer stays
+            // that size however long the stream.
+            bytes.discardReadBytes()
+            cumulation = bytes
+        }
+        if plain.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plain)) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -84,15 +100,13 @@ final class GSSProtectionHandler: ChannelDuplexHandler {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        var framed = context.channel.allocator.buffer(capacity: plain.readableBytes + 64)
+        var framed = context.channel.allocator.buffer(capacity: plain.readableBytes + 64 * (plain.readableBytes / chunk + 1))
         do {
-            var rest = plain.readableBytesView[...]
+            var rest = plain
             repeat {
-                let piece = rest.prefix(chunk)
-                rest = rest.dropFirst(piece.count)
-                let token = try piece.withUnsafeBytes { bytes in try security.wrap(bytes, confidential: confidential) }
-                framed.writeGSSAPIMessage(GSSAPIMessage(.encapsulated, token: token))
-            } while !rest.isEmpty
+                let piece = rest.readSlice(length: min(chunk, rest.readableBytes)) ?? ByteBuffer()
+                try piece.withUnsafeReadableBytes { try security.wrap($0, confidential: confidential, appendingTo: &framed) }
+            } while rest.readableBytes > 0
         } catch {
             promise?.fail(error)
             fail("\(error)", context: context)

@@ -32,13 +32,21 @@ int identgate_gss_accept(identgate_gss_acceptor *acceptor, identgate_gss_context
 int identgate_gss_peer(identgate_gss_context *context, char *principal, size_t principal_size, char *mechanism,
                        size_t mechanism_size);
 
+/// The library's own output buffer (laid out as gss_buffer_desc), read in place and given
+/// back with identgate_gss_release_output: wrapping and unwrapping copy nothing more.
+typedef struct identgate_gss_output {
+    size_t length;
+    void *value;
+} identgate_gss_output;
+
 /// gss_wrap with or without confidentiality; gss_unwrap, telling whether the message was
 /// encrypted. On a stream every token must come in order; for `datagram`s (UDP), where
 /// loss and reordering are normal, only a replayed token is refused.
 int identgate_gss_wrap(identgate_gss_context *context, int confidential, const void *input, size_t input_size,
-                       void **output, size_t *output_size, char *error, size_t error_size);
+                       identgate_gss_output *output, char *error, size_t error_size);
 int identgate_gss_unwrap(identgate_gss_context *context, int datagram, const void *input, size_t input_size,
-                         void **output, size_t *output_size, int *confidential, char *error, size_t error_size);
+                         identgate_gss_output *output, int *confidential, char *error, size_t error_size);
+void identgate_gss_release_output(identgate_gss_output *output);
 
 /// The largest message whose wrapped token fits in `token_limit` bytes.
 int identgate_gss_wrap_size_limit(identgate_gss_context *context, int confidential, size_t token_limit,
