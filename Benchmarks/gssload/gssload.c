@@ -80,13 +80,13 @@ static int send_message(int fd, int kind, const void *token, size_t size) {
     return write_all(fd, head, 4) || write_all(fd, token, size);
 }
 
-/// A message's token into `buffer` (at most 65535 bytes); returns its length or -1.
-static long read_message(int fd, int kind, unsigned char *buffer) {
+/// A message's token into `buffer`; returns its length, or -1 (also when it does not fit).
+static long read_message(int fd, int kind, unsigned char *buffer, size_t capacity) {
     unsigned char head[4];
     if (read_all(fd, head, 2) || head[0] != 1 || head[1] != kind) return -1;
     if (read_all(fd, head + 2, 2)) return -1;
     size_t size = (size_t)head[2] << 8 | head[3];
-    if (read_all(fd, buffer, size)) return -1;
+    if (size > capacity || read_all(fd, buffer, size)) return -1;
     return (long)size;
 }
 
@@ -101,7 +101,7 @@ static gss_name_t service_name(void) {
 /// Greeting with method 0x01, the context, and the level (wrapped). Returns the
 /// context, or GSS_C_NO_CONTEXT.
 static gss_ctx_id_t gss_login(int fd, int level) {
-    static unsigned char buffer[65536];
+    unsigned char buffer[1024];  // the level's reply: a few dozen bytes (threads each have their own)
     unsigned char greeting[3] = {5, 1, 1}, method[2];
     if (write_all(fd, greeting, 3) || read_all(fd, method, 2) || method[1] != 1) return GSS_C_NO_CONTEXT;
     OM_uint32 major, minor;
@@ -124,7 +124,7 @@ static gss_ctx_id_t gss_login(int fd, int level) {
             }
         }
         if (major & GSS_S_CONTINUE_NEEDED) {
-            long size = read_message(fd, 1, reply);
+            long size = read_message(fd, 1, reply, 65536);
             if (size < 0) {
                 major = GSS_S_FAILURE;
                 break;
@@ -135,6 +135,13 @@ static gss_ctx_id_t gss_login(int fd, int level) {
     } while (major & GSS_S_CONTINUE_NEEDED);
     free(reply);
     gss_release_name(&minor, &name);
+    if (GSS_ERROR(major) && getenv("GSSLOAD_VERBOSE")) {
+        OM_uint32 context_status = 0, ignored;
+        gss_buffer_desc text = GSS_C_EMPTY_BUFFER;
+        gss_display_status(&ignored, minor, GSS_C_MECH_CODE, GSS_C_NO_OID, &context_status, &text);
+        fprintf(stderr, "context failed: major %x: %.*s\n", major, (int)text.length, (char *)text.value);
+        gss_release_buffer(&ignored, &text);
+    }
     if (GSS_ERROR(major)) {
         if (context != GSS_C_NO_CONTEXT) gss_delete_sec_context(&minor, &context, GSS_C_NO_BUFFER);
         return GSS_C_NO_CONTEXT;
@@ -144,7 +151,7 @@ static gss_ctx_id_t gss_login(int fd, int level) {
     gss_wrap(&minor, context, 0, GSS_C_QOP_DEFAULT, &plain, NULL, &wrapped);
     int failed = send_message(fd, 2, wrapped.value, wrapped.length);
     gss_release_buffer(&minor, &wrapped);
-    long size = failed ? -1 : read_message(fd, 2, buffer);
+    long size = failed ? -1 : read_message(fd, 2, buffer, sizeof buffer);
     gss_buffer_desc token = {(size_t)(size < 0 ? 0 : size), buffer};
     if (size < 0 || GSS_ERROR(gss_unwrap(&minor, context, &token, &unwrapped, NULL, NULL)) || unwrapped.length != 1) {
         gss_delete_sec_context(&minor, &context, GSS_C_NO_BUFFER);
@@ -206,7 +213,10 @@ struct rate_shared {
 
 static int one_connection(struct rate_shared *s) {
     int fd = dial(s->proxy_port);
-    if (fd < 0) return -1;
+    if (fd < 0) {
+        if (getenv("GSSLOAD_VERBOSE")) perror("connect");
+        return -1;
+    }
     int ok = 0;
     unsigned char reply[16];
     if (!strcmp(s->method, "gssapi")) {
@@ -237,9 +247,12 @@ static int one_connection(struct rate_shared *s) {
                                  (unsigned char)s->dest_port};
     unsigned char payload[64];
     memset(payload, 'x', sizeof payload);
+    if (ok != 0 && getenv("GSSLOAD_VERBOSE")) fprintf(stderr, "authentication failed\n");
     if (ok == 0 && (write_all(fd, request, 10) || read_all(fd, reply, 10) || reply[1] != 0 ||
-                    write_all(fd, payload, 64) || read_all(fd, payload, 64)))
+                    write_all(fd, payload, 64) || read_all(fd, payload, 64))) {
+        if (getenv("GSSLOAD_VERBOSE")) perror("request or payload");
         ok = -1;
+    }
     close(fd);
     return ok;
 }
@@ -294,7 +307,7 @@ static int bulk(int confidential, int proxy_port, int dest_port, long mebibytes)
     gss_wrap(&minor, context, confidential, GSS_C_QOP_DEFAULT, &plain, NULL, &wrapped);
     send_message(fd, 3, wrapped.value, wrapped.length);
     gss_release_buffer(&minor, &wrapped);
-    long size = read_message(fd, 3, buffer);
+    long size = read_message(fd, 3, buffer, sizeof buffer);
     gss_buffer_desc token = {(size_t)(size < 0 ? 0 : size), buffer};
     if (size < 0 || GSS_ERROR(gss_unwrap(&minor, context, &token, &unwrapped, NULL, NULL)) ||
         ((unsigned char *)unwrapped.value)[1] != 0) {
