@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, echo
+from peers import BINARY, Gateway, TCPServer, echo, recv_exactly
 from test_bind_udp import UDPEcho
 
 try:
@@ -145,6 +145,53 @@ class GSSAPITest(unittest.TestCase):
                             with self.assertRaises(socket.timeout):
                                 udp.recvfrom(65535)
                     client.close()
+
+    def test_a_half_sent_frame_meets_the_negotiation_deadline(self):
+        with Gateway("--policy", self.policy, "--gssapi-keytab", self.realm.keytab, "--negotiate-timeout", "3s") as gateway:
+            with socket.create_connection((gateway.host, gateway.port), timeout=10) as raw:
+                raw.sendall(b"\x05\x01\x01")
+                self.assertEqual(recv_exactly(raw, 2), b"\x05\x01")
+                raw.sendall(b"\x01\x01\x00\x40abc")  # a 64-byte token, three bytes of it
+                started = time.monotonic()
+                self.assertEqual(recv_exactly(raw, 2), b"\x01\xff", "RFC 1961's abort")
+                self.assertEqual(raw.recv(10), b"")
+                self.assertLess(time.monotonic() - started, 8)
+
+    def test_the_policy_raises_the_level_to_its_minimum(self):
+        strict = os.path.join(self.folder, "strict.policy")
+        with open(strict, "w") as out:
+            out.write(POLICY + "gssapi require confidentiality\n")
+        with Gateway("--policy", strict, "--gssapi-keytab", self.realm.keytab) as gateway:
+            client = GSSSocksClient(gateway, self.realm.ticket("alice"), level=0)
+            self.addCleanup(client.close)
+            self.assertEqual(client.level, 2, "asked for none, granted confidentiality")
+            self.assertEqual(client.connect("127.0.0.1", self.server.port), 0)
+            client.send(b"ping")
+            self.assertEqual(client.receive(4), b"ping")
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to drop privileges")
+    def test_a_root_only_keytab_serves_after_the_privilege_drop(self):
+        # The keytab stays root's (0600): its keys were copied before the drop. The
+        # replay cache is written by the unprivileged user, in a directory it may write.
+        os.chmod(self.realm.folder, 0o755)
+        os.chmod(self.realm.keytab, 0o600)
+        os.chmod(self.policy, 0o644)
+        os.chmod(self.folder, 0o755)
+        replay = os.path.join(self.realm.folder, "rcache")
+        os.makedirs(replay, mode=0o1777, exist_ok=True)
+        os.chmod(replay, 0o1777)
+        saved = os.environ["KRB5RCACHEDIR"]
+        os.environ["KRB5RCACHEDIR"] = replay
+        try:
+            with Gateway("--policy", self.policy, "--gssapi-keytab", self.realm.keytab, "--user", "nobody") as gateway:
+                self.assertIn("privileges dropped", gateway.output())
+                client = GSSSocksClient(gateway, self.realm.ticket("alice"), level=2)
+                self.addCleanup(client.close)
+                self.assertEqual(client.connect("127.0.0.1", self.server.port), 0)
+                client.send(b"after the drop")
+                self.assertEqual(client.receive(14), b"after the drop")
+        finally:
+            os.environ["KRB5RCACHEDIR"] = saved
 
     def test_an_altered_frame_closes_the_session(self):
         client = self.client(level=1)
