@@ -45,6 +45,73 @@ def one_mib():
     return os.urandom(1 << 20)
 
 
+class Tamperer:
+    """A TCP forwarder to the gateway that flips the last bit of the client's third
+    RFC 1961 message of type 3 (the request is the first)."""
+
+    def __init__(self, gateway):
+        self.target = (gateway.host, gateway.port)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.host, self.port = self.listener.getsockname()
+        self.tampered = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        with client, socket.create_connection(self.target) as upstream:
+            threading.Thread(target=self.pipe, args=(upstream, client), daemon=True).start()
+            stream = b""
+            wrapped = 0
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                stream += data
+                # The greeting (3 bytes), then whole messages: forward each, altering one.
+                while True:
+                    if stream[:1] == b"\x05" and len(stream) >= 3:
+                        upstream.sendall(stream[:3])
+                        stream = stream[3:]
+                        continue
+                    if len(stream) < 4:
+                        break
+                    length = struct.unpack("!H", stream[2:4])[0]
+                    if len(stream) < 4 + length:
+                        break
+                    message, stream = bytearray(stream[:4 + length]), stream[4 + length:]
+                    if message[1] == 3:
+                        wrapped += 1
+                        if wrapped == 3:
+                            message[-1] ^= 0x01
+                            self.tampered = True
+                    upstream.sendall(bytes(message))
+            upstream.shutdown(socket.SHUT_WR)
+
+    def pipe(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
 class GSSAPITest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -192,6 +259,24 @@ class GSSAPITest(unittest.TestCase):
                 self.assertEqual(client.receive(14), b"after the drop")
         finally:
             os.environ["KRB5RCACHEDIR"] = saved
+
+    def test_a_man_in_the_middle_altering_a_frame_ends_the_session(self):
+        """A forwarder between client and gateway flips one bit in the second wrapped
+        message after the request: the gateway refuses it and closes, for each level."""
+        for level in (1, 2):
+            with self.subTest(level=level), Tamperer(self.gateway) as middle:
+                client = GSSSocksClient(middle, self.realm.ticket("alice"), level=level)
+                self.addCleanup(client.close)
+                self.assertEqual(client.connect("127.0.0.1", self.server.port), 0)
+                client.send(b"first")
+                self.assertEqual(client.receive(5), b"first", "untouched: relayed")
+                before = self.server.bytes_received
+                client.send(b"second")
+                client.socket.settimeout(5)
+                self.assertEqual(client.socket.recv(100), b"", "the gateway closed the connection")
+                self.assertEqual(self.server.bytes_received, before, "the altered message was not relayed")
+                self.assertTrue(middle.tampered)
+                client.close()
 
     def test_an_altered_frame_closes_the_session(self):
         client = self.client(level=1)
