@@ -72,10 +72,19 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // `identgate probe`: a SOCKS client on blocking sockets, for operators.
+        .target(
+            name: "Probe",
+            dependencies: [
+                "SOCKSWire", "NetAddress", "PosixEndpoint",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "identgate",
             dependencies: [
-                "Gateway", "OfflineCommands", "PolicyFiles", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
+                "Gateway", "OfflineCommands", "Probe", "PolicyFiles", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Probe
 import OfflineCommands
 
 /// The root command; `main.swift` dispatches to the subcommands.
@@ -7,7 +8,7 @@ struct Identgate: ParsableCommand {
         commandName: "identgate",
         abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",
         version: "0.1.0",
-        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, Audit.self, Passwd.self],
+        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, Audit.self, Passwd.self, Probe.self],
         defaultSubcommand: nil
     )
 }
