@@ -88,3 +88,23 @@ enum LocalAddress {
         return IPEndpoint(address: address, port: 0).posixAddress.withSockAddr { bind(socket, $0, $1) } == 0
     }
 }
+
+extension LocalAddress {
+    /// The IPv4 and IPv6 addresses of a network interface (`eth0`, `lo`), by getifaddrs.
+    static func ofInterface(_ name: String) -> [IPAddress] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var addresses: [IPAddress] = []
+        var entry = list
+        while let current = entry {
+            if let address = current.pointee.ifa_addr, String(cString: current.pointee.ifa_name) == name,
+                let endpoint = IPEndpoint(sockaddr: address), !addresses.contains(endpoint.address)
+            {
+                addresses.append(endpoint.address)
+            }
+            entry = current.pointee.ifa_next
+        }
+        return addresses
+    }
+}

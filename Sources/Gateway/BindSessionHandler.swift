@@ -131,7 +131,13 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Listens on the address this host would use to reach the expected peer (the
     /// "outside" address); with no usable peer address, on the one the client reached.
     private func listen(toward expected: IPAddress?, context: ChannelHandlerContext) {
-        let local = expected.flatMap(RouteSource.address(toward:)) ?? machine.facts.listener.address
+        // The configured outside address if there is one (`--external`), else the one the
+        // kernel would use to reach the expected peer.
+        let external = expected.flatMap { peer -> IPAddress? in
+            if case .address(let address) = setup.gateway.configuration.outboundSource(toward: peer) { return address }
+            return nil
+        }
+        let local = external ?? expected.flatMap(RouteSource.address(toward:)) ?? machine.facts.listener.address
         BindListener.listen(on: local, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .failure(let error):

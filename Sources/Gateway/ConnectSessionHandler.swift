@@ -128,7 +128,18 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func connect(to destination: IPEndpoint, context: ChannelHandlerContext) {
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
-        ClientBootstrap(group: context.eventLoop)
+        var bootstrap = ClientBootstrap(group: context.eventLoop)
+        switch setup.gateway.configuration.outboundSource(toward: destination.address) {
+        case .kernel:
+            break
+        case .address(let source):
+            bootstrap = bootstrap.bind(to: SocketAddress(IPEndpoint(address: source, port: 0)))
+        case .none:
+            // `--external` has no address of this family: nothing may leave from another.
+            perform(machine.connectFailed(.networkUnreachable), context: context)
+            return
+        }
+        bootstrap
             .connectTimeout(setup.gateway.configuration.connectTimeout)
             .channelInitializer { channel in
                 // Set here rather than with `channelOption`, which applies each option

@@ -24,8 +24,45 @@ public struct GatewayConfiguration: Sendable {
     /// when a password file is given (a password file then means a password is needed;
     /// offer both to let the policy's `auth` condition decide).
     public var methods: [SOCKS5AuthMethod] = []
+    /// `--external`: the addresses outbound traffic leaves from (CONNECT, BIND listeners,
+    /// UDP relays), the first of the destination's family; empty: the kernel chooses.
+    public var external: [IPAddress] = []
 
     public init() {}
+
+    /// Where an outbound socket toward `destination` is bound.
+    enum OutboundSource: Equatable {
+        /// No `--external`: the kernel chooses the source.
+        case kernel
+        case address(IPAddress)
+        /// `--external` names no address of this family: the destination is unreachable.
+        case none
+    }
+
+    func outboundSource(toward destination: IPAddress) -> OutboundSource {
+        guard !external.isEmpty else { return .kernel }
+        return external.first { $0.isIPv6 == destination.isIPv6 }.map(OutboundSource.address) ?? .none
+    }
+
+    /// `--external ADDR|IFACE`: an address assigned to this host, or every address of a
+    /// network interface (in the interface's order); an error says why not.
+    public static func externalAddresses(_ text: String) throws -> [IPAddress] {
+        if let address = IPAddress(text) {
+            guard LocalAddress.isAssigned(address) else {
+                throw ExternalAddressError(description: "--external \(text): not an address of this host")
+            }
+            return [address]
+        }
+        let addresses = LocalAddress.ofInterface(text)
+        guard !addresses.isEmpty else {
+            throw ExternalAddressError(description: "--external \(text): neither an address of this host nor an interface with an address")
+        }
+        return addresses
+    }
+}
+
+public struct ExternalAddressError: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// What every connection shares: the configuration and the services handlers call. A

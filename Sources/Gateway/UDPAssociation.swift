@@ -97,8 +97,15 @@ final class UDPAssociation {
                 }
             }
             .bind(to: SocketAddress(IPEndpoint(address: address, port: 0)))
+        let configuration = gateway.configuration
         @Sendable func outboundSocket(ipv6: Bool) -> EventLoopFuture<any Channel> {
-            DatagramBootstrap(group: eventLoop)
+            let source: IPAddress
+            switch configuration.outboundSource(toward: ipv6 ? .v6(.any) : .v4(.any)) {
+            case .kernel: source = ipv6 ? .v6(.any) : .v4(.any)
+            case .address(let address): source = address
+            case .none: return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+            }
+            return DatagramBootstrap(group: eventLoop)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.syncOptions?.setOption(.recvAllocator, value: Self.wholeDatagrams)
@@ -106,12 +113,13 @@ final class UDPAssociation {
                         try channel.pipeline.syncOperations.addHandler(Receiver({ association.fromDestination($0) }, idle: {}))
                     }
                 }
-                .bind(to: SocketAddress(IPEndpoint(address: ipv6 ? .v6(.any) : .v4(.any), port: 0)))
+                .bind(to: SocketAddress(IPEndpoint(address: source, port: 0)))
         }
         return relayBound.assumeIsolated().flatMap { relay in
             self.relay = relay
-            let v4 = outboundSocket(ipv6: false)
-            // IPv6 may be off on this host: then IPv6 destinations are simply unreachable.
+            // Either family may be unavailable (IPv6 off on this host, or no `--external`
+            // address of it): its destinations are then unreachable, the other works.
+            let v4 = outboundSocket(ipv6: false).map(Optional.some).recover { _ in nil }
             let v6 = outboundSocket(ipv6: true).map(Optional.some).recover { _ in nil }
             return v4.and(v6).assumeIsolated().flatMapThrowing { v4, v6 in
                 self.outbound[false] = v4

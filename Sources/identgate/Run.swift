@@ -77,6 +77,13 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Where outbound traffic leaves from (CONNECT, BIND listeners, UDP relays): an address of this host or an "
+                + "interface; repeatable; the first of the destination's family is used. Default: the kernel chooses.",
+            valueName: "addr|iface"))
+    var external: [String] = []
+
+    @Option(
+        help: ArgumentHelp(
             "The audit log (JSON lines, hash-chained); - for standard output; off for none (benchmarks).", valueName: "file"))
     var auditLog: String = "identgate-audit.jsonl"
 
@@ -147,6 +154,11 @@ struct Run: ParsableCommand {
         configuration.connectTimeout = connectTimeout.amount
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods
+        do {
+            configuration.external = try external.flatMap(GatewayConfiguration.externalAddresses)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
 
         let credentials: CredentialStore?
         let policyFile: PolicyFile

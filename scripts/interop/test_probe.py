@@ -122,11 +122,12 @@ class ProbeIdentgateTest(unittest.TestCase):
         finally:
             process.kill()
             process.wait()
+            process.stdout.close()
 
     def test_authentication_and_unreachable_and_time_out(self):
         users = os.path.join(self.folder.name, "users")
-        subprocess.run([BINARY, "passwd", "alice"], input="secret\n", text=True, check=True,
-                       stdout=open(users, "w"), timeout=30)
+        with open(users, "w") as out:
+            subprocess.run([BINARY, "passwd", "alice"], input="secret\n", text=True, check=True, stdout=out, timeout=30)
         secret = os.path.join(self.folder.name, "secret")
         with open(secret, "w") as out:
             out.write("secret\n")
