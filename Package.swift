@@ -6,6 +6,7 @@ import PackageDescription
 // Layers, each depending only on the ones above it:
 //   NetAddress      pure IP address and CIDR values
 //   PosixEndpoint   the one conversion between IPEndpoint and the socket calls' sockaddr
+//   ProxyURL        SOCKS URLs (socks5h://user@gw:1080): parents in the policy, servers for probe
 //   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
 //   AccessPolicy    pure request facts -> decision engine, and the policy language
 //   IdentProtocol   pure RFC 1413 query and reply
@@ -32,12 +33,15 @@ let package = Package(
     targets: [
         .target(name: "NetAddress"),
         .target(name: "PosixEndpoint", dependencies: ["NetAddress"]),
+        // SOCKS URLs (socks5h://user@gw:1080): the policy names parents by them, the wire
+        // speaks to them.
+        .target(name: "ProxyURL", dependencies: ["NetAddress"]),
         .target(
             name: "SOCKSWire",
-            dependencies: ["NetAddress", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["NetAddress", "ProxyURL", .product(name: "NIOCore", package: "swift-nio")]
         ),
-        .target(name: "AccessPolicy", dependencies: ["NetAddress"]),
-        .target(name: "SOCKSSession", dependencies: ["NetAddress", "SOCKSWire", "AccessPolicy"]),
+        .target(name: "AccessPolicy", dependencies: ["NetAddress", "ProxyURL"]),
+        .target(name: "SOCKSSession", dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy"]),
         .target(name: "IdentProtocol", dependencies: ["AccessPolicy"]),
         .target(
             name: "AuditLog",
@@ -54,7 +58,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "PosixEndpoint", "CCrypt",
-                "CGSSAPI",
+                "CGSSAPI", "ProxyURL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -76,7 +80,7 @@ let package = Package(
         .target(
             name: "Probe",
             dependencies: [
-                "SOCKSWire", "NetAddress", "PosixEndpoint",
+                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -107,8 +111,8 @@ let package = Package(
             path: "Tests/AllocationGuard"
         ),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "PosixEndpoint"]),
-        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress"]),
-        .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress"]),
+        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress", "ProxyURL"]),
+        .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
         .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),

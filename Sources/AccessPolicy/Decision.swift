@@ -1,3 +1,5 @@
+import ProxyURL
+
 /// Which rule decided, as a person would look it up: its line in the policy file (nil
 /// for rules built in code) and its label.
 public struct RuleReference: Hashable, Sendable, CustomStringConvertible {
@@ -35,6 +37,9 @@ public struct Decision: Hashable, Sendable {
         case identMismatch
         /// A rule allowed it, but a `limit` was reached (`Decision.limit` names it).
         case limitReached
+        /// A rule allowed it through parents (`via`), and this command cannot be chained
+        /// (BIND, UDP): refused rather than sent directly.
+        case notChainable
     }
 
     /// One rule considered, and why it did or did not match.
@@ -69,6 +74,8 @@ public struct Decision: Hashable, Sendable {
     public var note: String?
     /// The limit that refused what a rule allowed (`refusal == .limitReached`).
     public var limit: RuleReference?
+    /// The allowing rule's parents (`via`), in the order they are tried; nil: direct.
+    public var route: [SOCKSURL]?
 
     public var ident: IdentOutcome? { identAnswer?.outcome }
 

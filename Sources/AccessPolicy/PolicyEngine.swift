@@ -96,6 +96,7 @@ public struct PolicyEngine: PolicyDecider {
         var decision = Decision(
             verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
         decision.ruleNamesDestination = rule.namesDestination(of: facts)
+        decision.route = rule.verdict == .allow ? rule.route : nil
         return decision
     }
 
@@ -134,6 +135,7 @@ public struct PolicyEngine: PolicyDecider {
             trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
             var decision = ident.decision(rule: rule, trace: trace)
             decision.ruleNamesDestination = rule.namesDestination(of: facts)
+            decision.route = decision.verdict == .allow ? rule.route : nil
             return decision
         }
         return ident.decision(rule: nil, trace: trace)

@@ -1,4 +1,5 @@
 import NetAddress
+import ProxyURL
 
 /// A destination condition.
 public enum DestinationPattern: Hashable, Sendable, CustomStringConvertible {
@@ -127,6 +128,9 @@ public struct Rule: Hashable, Sendable {
     /// The client's identd must confirm the claimed user (or name any user when none
     /// is claimed).
     public var requiresIdent: Bool
+    /// `via URL, …` (allow rules): the parents to connect through, tried in order; nil:
+    /// connect directly.
+    public var route: [SOCKSURL]?
 
     public init(
         _ verdict: Decision.Verdict, _ reference: RuleReference = RuleReference(), text: String = "",

@@ -76,6 +76,8 @@ private struct JSONLineReader {
             case "ruleLine": return reader.integer(into: &record.ruleLine)
             case "ruleLabel": return reader.string(into: &record.ruleLabel)
             case "limitLine": return reader.integer(into: &record.limitLine)
+            case "route": return reader.strings(into: &record.route)
+            case "parent": return reader.string(into: &record.parent)
             case "limitLabel": return reader.string(into: &record.limitLabel)
             case "verdict": return reader.string(into: &record.verdict)
             case "reply": return reader.integer(into: &record.reply)

@@ -75,12 +75,17 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// The limit that refused what the rule allowed.
     public var limitLine: Int?
     public var limitLabel: String?
+    /// The allowing rule's parents (`via`), without passwords, in the order tried.
+    public var route: [String]?
     public var verdict: String?
     public var reply: Int?
     /// The request time the policy saw (seconds since 1970), for replay.
     public var requestTime: Int64?
 
     // session-end
+    /// The parent that carried the session (`via`), without its password, and which
+    /// attempt of the route it was: `socks5h://gw2:1080 (attempt 2)`.
+    public var parent: String?
     public var bytesFromClient: UInt64?
     public var bytesToClient: UInt64?
     public var durationMs: Int?

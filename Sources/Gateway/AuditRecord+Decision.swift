@@ -32,6 +32,7 @@ extension AuditRecord {
         }
         record.ruleLine = decision.rule?.line
         record.ruleLabel = decision.rule?.label
+        record.route = decision.verdict == .allow ? decision.route?.map(\.description) : nil
         record.limitLine = decision.limit?.line
         record.limitLabel = decision.limit?.label
         record.verdict = decision.verdict.rawValue

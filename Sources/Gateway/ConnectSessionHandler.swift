@@ -2,6 +2,7 @@ import AccessPolicy
 import NIOCore
 import NIOPosix
 import NetAddress
+import ProxyURL
 import SOCKSSession
 import SOCKSWire
 
@@ -24,6 +25,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// The connection being attempted: a client that leaves ends the attempt at once,
     /// rather than leaving it to `--connect-timeout`.
     private var attempt: (any Channel)?
+    /// The parent that carries the session, and which of the route it was (1: the first).
+    private var parent: (url: SOCKSURL, attempt: Int)?
 
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
@@ -94,6 +97,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         case .connect(let destination):
             connect(to: destination, context: context)
+        case .connectVia(let route, let destination, let port):
+            connectVia(route, destination: destination, port: port, context: context)
         case .startRelay:
             guard let outbound, let bound = outbound.localAddress?.ipEndpoint else {
                 // The destination's connection closed already: nothing to relay.
@@ -105,7 +110,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.outbound = nil
             SessionRelay.start(
                 client: context, outbound: outbound, reply: .granted(version: setup.version, boundAddress: bound), early: early,
-                gateway: setup.gateway, session: setup.id)
+                gateway: setup.gateway, session: setup.id, parent: parent.map { "\($0.url) (attempt \($0.attempt))" })
         case .fail(let failure, let recordEnd):
             endOutsideWork()
             let reply = SOCKSServerMessage.failed(failure, version: setup.version)
@@ -123,6 +128,33 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                     "client left before the reply", reply: nil, gateway: setup.gateway, session: setup.id)
             }
             context.close(promise: nil)
+        }
+    }
+
+    /// Through the allowing rule's parents (`ParentConnector`); the audit log hears which
+    /// parent carried the session.
+    private func connectVia(_ route: [SOCKSURL], destination: SOCKSHost, port: UInt16, context: ChannelHandlerContext) {
+        let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        ParentConnector.connect(
+            route: route, destination: destination, port: port, gateway: setup.gateway, eventLoop: context.eventLoop
+        ) { channel in
+            // The client left before the attempt began: nothing to connect for.
+            if this.value.machine.isEnded { channel.close(promise: nil) } else { this.value.attempt = channel }
+        }.assumeIsolated().whenComplete { result in
+            self.attempt = nil
+            switch result {
+            case .success(let connected):
+                self.outbound = connected.channel
+                self.parent = (connected.parent, connected.attempt)
+                self.perform(self.machine.connected(), context: context)
+            case .failure(let refused as ParentConnector.Refused):
+                self.setup.gateway.logger.info(
+                    "CONNECT through a parent refused", metadata: ["destination": "\(destination):\(port)", "reason": "\(refused.reason)"])
+                self.perform(self.machine.connectFailed(refused.failure), context: context)
+            case .failure(let error):
+                self.setup.gateway.logger.notice("CONNECT through a parent failed", metadata: ["error": "\(error)"])
+                self.perform(self.machine.connectFailed(.generalFailure), context: context)
+            }
         }
     }
 

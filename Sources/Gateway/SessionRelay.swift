@@ -11,7 +11,7 @@ import SOCKSWire
 enum SessionRelay {
     static func start(
         client context: ChannelHandlerContext, outbound: any Channel, reply: SOCKSServerMessage, early: EarlyClientData,
-        gateway: GatewayContext, session: UInt64
+        gateway: GatewayContext, session: UInt64, parent: String? = nil
     ) {
         guard context.channel.isActive else {
             outbound.close(promise: nil)
@@ -33,6 +33,7 @@ enum SessionRelay {
             let elapsed = ContinuousClock.now - started
             record.durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
             record.reason = client.closeReason
+            record.parent = parent
             audit.record(record)
         }
         do {

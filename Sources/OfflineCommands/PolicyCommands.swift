@@ -209,6 +209,13 @@ enum Explanation {
             decider = decision.rule.map { "\(named($0)), refused by the limit on \(named(limit))" } ?? "the limit on \(named(limit))"
         }
         lines.append(DisplayText.escaped("\(indent)decided by \(decider): \(outcome(decision, facts: facts))"))
+        if let route = decision.route, decision.verdict == .allow {
+            let through = route.map(\.description).joined(separator: ", then ")
+            let names =
+                route.first.map { $0.scheme.proxyResolves ? "the parent resolves host names" : "the gateway resolves host names" }
+                ?? ""
+            lines.append(DisplayText.escaped("\(indent)route: via \(through) (\(names))"))
+        }
         return lines.joined(separator: "\n")
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import NIOCore
 import NetAddress
 import PosixEndpoint
+import ProxyURL
 import SOCKSWire
 
 #if canImport(Glibc)
@@ -112,9 +113,8 @@ public struct Probe: ParsableCommand {
         let total = Clock()
         let proxyAddresses: [IPAddress]
         switch server.host {
-        case .ipv4(let address): proxyAddresses = [.v4(address)]
-        case .ipv6(let address): proxyAddresses = [.v6(address)]
-        case .domain(let name): proxyAddresses = Self.resolve(name)
+        case .address(let address): proxyAddresses = [address]
+        case .name(let name): proxyAddresses = Self.resolve(name)
         }
         guard let proxyAddress = proxyAddresses.first else {
             report.step(total.ms, "resolve the server", "\(server.host) does not resolve")

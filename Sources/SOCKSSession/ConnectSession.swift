@@ -1,5 +1,6 @@
 import AccessPolicy
 import NetAddress
+import ProxyURL
 import SOCKSWire
 
 /// A CONNECT request's life after negotiation: resolve (a host name) → decide → connect
@@ -26,6 +27,10 @@ public struct ConnectSession: Sendable {
         case decide(RequestFacts)
         /// Connect to this endpoint, then `connected()` or `connectFailed(_:)`.
         case connect(IPEndpoint)
+        /// Through the allowing rule's parents (`via`), tried in order, asking the first
+        /// that answers for this destination: a name when the parent resolves
+        /// (socks4a, socks5h), else the address decided on.
+        case connectVia([SOCKSURL], SOCKSHost, UInt16)
         /// Send the success reply (the outbound socket's local address) and hand both
         /// connections to the relay.
         case startRelay
@@ -97,6 +102,17 @@ public struct ConnectSession: Sendable {
             return fail(previousFailure ?? SOCKSRequestFailure(decision.refusal ?? .notAllowed))
         }
         ledger.allowed(recordPending: recordPending)
+        if let route = decision.route, let parent = route.first {
+            // A parent that resolves gets the name, resolved here or not: the policy
+            // decided on what the gateway could know (docs/policy-language.md, "Parents").
+            if case .hostName(let name) = facts.destination, parent.scheme.proxyResolves {
+                state = .connecting(candidates: [])
+                return .connectVia(route, .domain(name), facts.destinationPort)
+            }
+            guard let address = candidates.first else { return fail(.hostUnreachable) }
+            state = .connecting(candidates: candidates)
+            return .connectVia(route, SOCKSHost(address), facts.destinationPort)
+        }
         guard let address = candidates.first else { return fail(.hostUnreachable) }
         state = .connecting(candidates: candidates)
         return .connect(IPEndpoint(address: address, port: facts.destinationPort))

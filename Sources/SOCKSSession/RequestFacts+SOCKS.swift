@@ -70,6 +70,7 @@ extension SOCKSRequestFailure {
         // A limit is the ruleset's refusal too (SOCKS4 91, SOCKS5 0x02), not a fault of
         // the gateway's: see docs/policy-language.md, "Limits".
         case .notAllowed, .limitReached: self = .notAllowed
+        case .notChainable: self = .commandNotSupported
         case .identUnreachable: self = .identUnreachable
         case .identMismatch: self = .identMismatch
         }

@@ -1,5 +1,6 @@
 import NIOCore
 import NetAddress
+import ProxyURL
 
 /// The client side of a SOCKS negotiation, for `identgate probe` (and a gateway talking
 /// to its parent): greeting, RFC 1929 authentication, the request, and the reply (BIND:
@@ -187,3 +188,13 @@ public struct SOCKSClientStateMachine: Sendable {
     }
 }
 
+
+extension SOCKSURL.Scheme {
+    public var version: SOCKSVersion {
+        switch self {
+        case .socks4: .socks4
+        case .socks4a: .socks4a
+        case .socks5, .socks5h: .socks5
+        }
+    }
+}

@@ -3,11 +3,12 @@ import NetAddress
 import Testing
 
 @testable import SOCKSWire
+import ProxyURL
 
 /// The client side, against the server side: every exchange the probe makes.
 @Suite struct ClientStateMachineTests {
     func url(_ text: String) -> SOCKSURL {
-        (try? SOCKSURL.parse(text)) ?? SOCKSURL(scheme: .socks5, host: .domain("invalid"))
+        (try? SOCKSURL.parse(text)) ?? SOCKSURL(scheme: .socks5, host: .name("invalid"))
     }
 
     @Test func socks5WithAPasswordAgainstOurServer() {

@@ -2,20 +2,21 @@ import NetAddress
 import Testing
 
 @testable import SOCKSWire
+import ProxyURL
 
 @Suite struct SOCKSURLTests {
     @Test func theFormsClientsWrite() throws {
         let four = try SOCKSURL.parse("socks4://10.0.0.1:1080")
-        #expect(four.scheme == .socks4 && four.host == .ipv4(IPv4Address(10, 0, 0, 1)) && four.port == 1080)
+        #expect(four.scheme == .socks4 && four.host == .address(.v4(IPv4Address(10, 0, 0, 1))) && four.port == 1080)
         let five = try SOCKSURL.parse("socks5://root:123@10.0.0.2:1080")
         #expect(five.user == "root" && five.password == "123" && five.scheme.version == .socks5)
         #expect(five.description == "socks5://root@10.0.0.2:1080", "no password in what is shown")
         let fourA = try SOCKSURL.parse("socks4a://85.224.100.1:9010")
         #expect(fourA.scheme.proxyResolves && fourA.port == 9010)
         let named = try SOCKSURL.parse("SOCKS5H://gw.corp.example/")
-        #expect(named.host == .domain("gw.corp.example") && named.port == 1080 && named.scheme == .socks5h)
+        #expect(named.host == .name("gw.corp.example") && named.port == 1080 && named.scheme == .socks5h)
         let six = try SOCKSURL.parse("socks5://[2001:db8::1]:1081")
-        #expect(six.host == .ipv6(IPv6Address("2001:db8::1")!) && six.port == 1081)
+        #expect(six.host == .address(IPAddress("2001:db8::1")!) && six.port == 1081)
         #expect(six.description == "socks5://[2001:db8::1]:1081")
         let plain = try SOCKSURL.parse("socks://proxy.example")
         #expect(plain.scheme == .socks4 && plain.writtenAsPlainSOCKS, "as curl and browsers read it")

@@ -1,3 +1,5 @@
+import ProxyURL
+
 /// An `expect` line: a request and the outcome the policy author promises for it.
 public struct Expectation: Sendable {
     public enum Result: String, Hashable, Sendable {
@@ -17,6 +19,8 @@ public struct Expectation: Sendable {
     /// The load the request meets (`open N`, `recent N`): sessions already open, and
     /// started just now, in every limit that counts it.
     public var load: (open: Int, recent: Int) = (0, 0)
+    /// `via URL`: the request is allowed and goes through this parent first.
+    public var via: SOCKSURL?
     public var file: String
     public var line: Int
     public var lineText: String
@@ -35,7 +39,8 @@ public struct Expectation: Sendable {
     }
 
     public func isMet(by decision: Decision) -> Bool {
-        switch result {
+        if let via, decision.route?.first?.description != via.description { return false }
+        return switch result {
         case .allow: decision.verdict == .allow
         case .deny: decision.verdict == .deny
         case .identUnreachable: decision.verdict == .deny && decision.refusal == .identUnreachable

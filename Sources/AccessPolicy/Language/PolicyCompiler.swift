@@ -1,4 +1,5 @@
 import NetAddress
+import ProxyURL
 
 /// The result of reading a policy file: the policy if there were no errors, and every
 /// diagnostic (errors, then lint warnings) in line order.
@@ -159,7 +160,7 @@ private struct Parser {
         self.file = file
     }
 
-    static let ruleKeywords = ["from", "to", "port", "user", "ident", "version", "auth", "time", "label"]
+    static let ruleKeywords = ["from", "to", "port", "user", "ident", "version", "auth", "time", "via", "label"]
 
     mutating func parse(_ text: String, expectationsOnly: Bool = false) {
         for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -445,6 +446,32 @@ private struct Parser {
                 var windows: [WeeklyWindow] = []
                 repeat { windows.append(try timeWindow(&cursor)) } while cursor.skipComma()
                 rule.times = windows
+            case "via":
+                guard rule.verdict == .allow else {
+                    throw ParseError(column: column, message: "'via' is for allow rules: a denied request goes nowhere")
+                }
+                var parents: [SOCKSURL] = []
+                repeat {
+                    let (text, urlColumn) = try cursor.word("a parent's SOCKS URL, like socks5h://gw.example:1080")
+                    do {
+                        var url = try SOCKSURL.parse(text)
+                        if url.password != nil {
+                            report(
+                                .warning, column: urlColumn,
+                                "the password of \(url) is written in the policy: whoever can read the policy can read it")
+                        }
+                        if url.writtenAsPlainSOCKS {
+                            report(
+                                .warning, column: urlColumn,
+                                "socks:// is read as socks4:// (as curl does); write socks4://, socks5:// or socks5h:// to say which")
+                        }
+                        url.writtenAsPlainSOCKS = false
+                        parents.append(url)
+                    } catch {
+                        throw ParseError(column: urlColumn + error.offset, message: "not a SOCKS URL: \(error.message)")
+                    }
+                } while cursor.skipComma()
+                rule.route = parents
             default:  // label
                 guard case .string(let label)? = cursor.next()?.kind else {
                     throw ParseError(column: column + 6, message: "expected the label as a \"quoted string\" after 'label'")
@@ -696,8 +723,8 @@ private struct Parser {
         }
         expectations.append(
             Expectation(
-                result: result, facts: request.facts, ident: request.ident, load: request.load, file: file, line: lineNumber,
-                lineText: lineText))
+                result: result, facts: request.facts, ident: request.ident, load: request.load, via: request.via, file: file,
+                line: lineNumber, lineText: lineText))
     }
 }
 
@@ -706,7 +733,7 @@ private struct Parser {
 /// [version V] [auth A] [at TIME] [resolved IP]`.
 private enum RequestParser {
     static func parse(_ cursor: inout Cursor, defaultVersion: RequestFacts.Version) throws(ParseError) -> (
-        facts: RequestFacts, ident: IdentOutcome?, load: (open: Int, recent: Int)
+        facts: RequestFacts, ident: IdentOutcome?, load: (open: Int, recent: Int), via: SOCKSURL?
     ) {
         var command = RequestFacts.Command.connect
         if let word = cursor.peek?.word, let named = ["connect": RequestFacts.Command.connect, "bind": .bind, "udp": .udp][word] {
@@ -722,10 +749,18 @@ private enum RequestParser {
         var time: Int64?
         var resolved: IPAddress?
         var load = (open: 0, recent: 0)
+        var via: SOCKSURL?
         while !cursor.atEnd {
             let (word, column) = try cursor.word(
-                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved, open, recent)")
+                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved, open, recent, via)")
             switch word {
+            case "via":
+                let (text, column) = try cursor.word("the parent's SOCKS URL the request goes through")
+                do {
+                    via = try SOCKSURL.parse(text)
+                } catch {
+                    throw ParseError(column: column + error.offset, message: "not a SOCKS URL: \(error.message)")
+                }
             case "open", "recent":
                 let (text, column) = try cursor.word("a number of sessions")
                 guard text.allSatisfy(\.isASCII), let count = Int(text), (0...SessionLimit.largestCount).contains(count) else {
@@ -812,7 +847,7 @@ private enum RequestParser {
             listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time
         )
-        return (facts, ident, load)
+        return (facts, ident, load, via)
     }
 }
 

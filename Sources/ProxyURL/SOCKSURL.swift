@@ -14,21 +14,29 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
         /// SOCKS5, the proxy resolves a destination name (curl's `socks5h`).
         case socks5h
 
-        public var version: SOCKSVersion {
-            switch self {
-            case .socks4: .socks4
-            case .socks4a: .socks4a
-            case .socks5, .socks5h: .socks5
-            }
-        }
+        /// SOCKS5 (with or without remote resolution), else SOCKS4.
+        public var isSOCKS5: Bool { self == .socks5 || self == .socks5h }
 
         /// The proxy, not the client, resolves a destination name.
         public var proxyResolves: Bool { self == .socks4a || self == .socks5h }
     }
 
+    /// Where the proxy is: an address, or a name the client resolves to reach it.
+    public enum Host: Hashable, Sendable, CustomStringConvertible {
+        case address(IPAddress)
+        case name(String)
+
+        public var description: String {
+            switch self {
+            case .address(.v6(let address)): "[\(address)]"
+            case .address(let address): address.description
+            case .name(let name): name
+            }
+        }
+    }
+
     public var scheme: Scheme
-    /// An address, or a name the client resolves to reach the proxy.
-    public var host: SOCKSHost
+    public var host: Host
     public var port: UInt16
     /// SOCKS5: the RFC 1929 user; SOCKS4: the USERID.
     public var user: String?
@@ -38,7 +46,7 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
 
     public static let defaultPort: UInt16 = 1080
 
-    public init(scheme: Scheme, host: SOCKSHost, port: UInt16 = Self.defaultPort, user: String? = nil, password: String? = nil) {
+    public init(scheme: Scheme, host: Host, port: UInt16 = Self.defaultPort, user: String? = nil, password: String? = nil) {
         self.scheme = scheme
         self.host = host
         self.port = port
@@ -49,12 +57,7 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
     /// The URL without its password: what logs and the audit log show.
     public var description: String {
         let userPart = user.map { Self.percentEncoded($0) + "@" } ?? ""
-        let hostPart: String =
-            switch host {
-            case .ipv6(let address): "[\(address)]"
-            default: host.description
-            }
-        return "\(scheme.rawValue)://\(userPart)\(hostPart):\(port)"
+        return "\(scheme.rawValue)://\(userPart)\(host):\(port)"
     }
 
     /// Why a text is not a SOCKS URL, and where (a 0-based character offset).
@@ -141,7 +144,7 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
             }
             let portOffset: Int = index + rest.count - (portText?.count ?? 0)
             let port = try Self.port(portText, offset: portOffset)
-            var url = SOCKSURL(scheme: scheme, host: .ipv6(address), port: port, user: user, password: password)
+            var url = SOCKSURL(scheme: scheme, host: .address(.v6(address)), port: port, user: user, password: password)
             url.writtenAsPlainSOCKS = plain
             return url
         }
@@ -153,19 +156,16 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
             portText = rest[rest.index(after: colon)...]
         }
         guard !hostText.isEmpty else { throw ParseError(offset: index, message: "the proxy's host is missing") }
-        let host: SOCKSHost
+        let host: Host
         if let address = IPAddress(hostText) {
-            guard case .v4(let v4) = address else {
-                throw ParseError(offset: index, message: "an IPv6 address goes in brackets: [\(hostText)]")
-            }
-            host = .ipv4(v4)
+            host = .address(address)
         } else {
             guard hostText.utf8.count <= 253,
                 hostText.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") })
             else {
                 throw ParseError(offset: index, message: "'\(hostText)' is not a host name or address")
             }
-            host = .domain(hostText)
+            host = .name(hostText)
         }
         let port = try Self.port(portText, offset: index + hostText.count + 1)
         var url = SOCKSURL(scheme: scheme, host: host, port: port, user: user, password: password)

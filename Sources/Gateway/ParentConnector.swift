@@ -1,0 +1,206 @@
+import Logging
+import NIOCore
+import NIOPosix
+import NetAddress
+import ProxyURL
+import SOCKSWire
+
+/// CONNECT through the allowing rule's parents (`via`): each parent in order gets a TCP
+/// connection (from `--external`'s address, if set) and a SOCKS negotiation for the
+/// destination, the whole attempt within `--connect-timeout`. A parent that cannot be
+/// reached, breaks the protocol, refuses our credentials or stalls is passed over for
+/// the next; a parent's refusal of the destination ends the search (another parent
+/// would reach the same destination) and is our client's answer.
+enum ParentConnector {
+    struct Connected {
+        let channel: any Channel
+        let parent: SOCKSURL
+        /// 1 for the first parent of the route.
+        let attempt: Int
+    }
+
+    struct Refused: Error {
+        let failure: SOCKSRequestFailure
+        let reason: String
+    }
+
+    static func connect(
+        route: [SOCKSURL], destination: SOCKSHost, port: UInt16, gateway: GatewayContext, eventLoop: any EventLoop,
+        attempting: @escaping @Sendable (any Channel) -> Void
+    ) -> EventLoopFuture<Connected> {
+        let result = eventLoop.makePromise(of: Connected.self)
+        @Sendable func tryParent(_ index: Int, lastReason: String) {
+            guard index < route.count else {
+                result.fail(Refused(failure: .generalFailure, reason: "no parent could be used: \(lastReason)"))
+                return
+            }
+            let parent = route[index]
+            attempt(parent, destination: destination, port: port, gateway: gateway, eventLoop: eventLoop, attempting: attempting)
+                .whenComplete { outcome in
+                    switch outcome {
+                    case .success(let channel):
+                        result.succeed(Connected(channel: channel, parent: parent, attempt: index + 1))
+                    case .failure(let refused as Refused):
+                        result.fail(refused)
+                    case .failure(let error):
+                        gateway.logger.notice(
+                            "parent unusable, trying the next", metadata: ["parent": "\(parent)", "error": "\(error)"])
+                        tryParent(index + 1, lastReason: "\(parent): \(error)")
+                    }
+                }
+        }
+        tryParent(0, lastReason: "")
+        return result.futureResult
+    }
+
+    private static func attempt(
+        _ parent: SOCKSURL, destination: SOCKSHost, port: UInt16, gateway: GatewayContext, eventLoop: any EventLoop,
+        attempting: @escaping @Sendable (any Channel) -> Void
+    ) -> EventLoopFuture<any Channel> {
+        let address: EventLoopFuture<IPAddress>
+        switch parent.host {
+        case .address(let literal): address = eventLoop.makeSucceededFuture(literal)
+        case .name(let name):
+            address = gateway.resolver.resolve(name, on: eventLoop, logger: gateway.logger).flatMapThrowing { addresses in
+                guard let first = addresses.first else { throw ParentError("\(name) does not resolve") }
+                return first
+            }
+        }
+        return address.flatMap { parentAddress in
+            let handshake = eventLoop.makePromise(of: Void.self)
+            let machine = SOCKSClientStateMachine(url: parent, command: .connect, destination: destination, port: port)
+            var bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(gateway.configuration.connectTimeout)
+            if case .address(let source) = gateway.configuration.outboundSource(toward: parentAddress) {
+                bootstrap = bootstrap.bind(to: SocketAddress(IPEndpoint(address: source, port: 0)))
+            }
+            let connection = bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    attempting(channel)
+                    let options = channel.syncOptions
+                    try options?.setOption(.allowRemoteHalfClosure, value: true)
+                    try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
+                    try options?.setOption(.autoRead, value: false)
+                    try channel.pipeline.syncOperations.addHandler(ParentHandshakeHandler(machine: machine, done: handshake))
+                }
+            }.connect(to: SocketAddress(IPEndpoint(address: parentAddress, port: parent.port)))
+            // The negotiation is bounded too: a parent that accepts and then says nothing.
+            let deadline = eventLoop.scheduleTask(in: gateway.configuration.connectTimeout) {
+                handshake.fail(ParentError("no answer within --connect-timeout"))
+            }
+            handshake.futureResult.whenComplete { _ in deadline.cancel() }
+            return connection.flatMap { channel in
+                handshake.futureResult.map { channel }.flatMapErrorThrowing { error in
+                    channel.close(promise: nil)
+                    throw error
+                }
+            }
+        }
+    }
+}
+
+struct ParentError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs the client side of the SOCKS negotiation with a parent on the outbound channel,
+/// then stays as a pass-through that hands the relay any bytes the parent sent right
+/// after its reply (they arrived with it, before the relay was in place).
+private final class ParentHandshakeHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var machine: SOCKSClientStateMachine
+    private let done: EventLoopPromise<Void>
+    private var buffer = ByteBuffer()
+    private var negotiating = true
+    /// Bytes after the parent's reply, for the relay's first read.
+    private var early: ByteBuffer?
+
+    init(machine: SOCKSClientStateMachine, done: EventLoopPromise<Void>) {
+        self.machine = machine
+        self.done = done
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: machine.start())), promise: nil)
+        context.read()
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard negotiating else { return context.fireChannelRead(data) }
+        var bytes = unwrapInboundIn(data)
+        buffer.writeBuffer(&bytes)
+        while negotiating {
+            switch machine.receive(&buffer) {
+            case .waitForMoreBytes:
+                context.read()
+                return
+            case .methodChosen(let method, let next):
+                guard method == .noAuthentication || method == .usernamePassword, !next.isEmpty else {
+                    return finish(ParentError("the parent offers no method we can use (\(method.name))"), context: context)
+                }
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: next)), promise: nil)
+            case .authenticated(let accepted, let next):
+                guard accepted else { return finish(ParentError("the parent refused our credentials"), context: context) }
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: next)), promise: nil)
+            case .protocolError(let message):
+                return finish(ParentError("protocol error: \(message)"), context: context)
+            case .reply(let reply, _):
+                guard reply.granted else {
+                    return finish(
+                        ParentConnector.Refused(failure: Self.failure(reply), reason: "the parent answered \(reply.meaning)"),
+                        context: context)
+                }
+                negotiating = false
+                if buffer.readableBytes > 0 { early = buffer }
+                buffer = ByteBuffer()
+                done.succeed(())
+            }
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let early {
+            self.early = nil
+            context.fireChannelRead(wrapInboundOut(early))
+            context.fireChannelReadComplete()
+        }
+        context.read()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if negotiating { finish(ParentError("the parent closed the connection"), context: context) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if negotiating { finish(error, context: context) }
+        context.fireErrorCaught(error)
+    }
+
+    private func finish(_ error: any Error, context: ChannelHandlerContext) {
+        guard negotiating else { return }
+        negotiating = false
+        done.fail(error)
+    }
+
+    /// The parent's refusal as our client's: SOCKS5's codes as they are; SOCKS4's 91,
+    /// 92 and 93 (rejected, its identd) as a general failure, the code in the log.
+    static func failure(_ reply: SOCKSClientStateMachine.Reply) -> SOCKSRequestFailure {
+        guard reply.version == .socks5 else { return .generalFailure }
+        switch SOCKS5ReplyCode(rawValue: reply.code) {
+        case .notAllowedByRuleset: return .notAllowed
+        case .networkUnreachable: return .networkUnreachable
+        case .hostUnreachable: return .hostUnreachable
+        case .connectionRefused: return .connectionRefused
+        case .ttlExpired: return .timedOut
+        case .commandNotSupported: return .commandNotSupported
+        case .addressTypeNotSupported: return .addressTypeNotSupported
+        default: return .generalFailure
+        }
+    }
+}
