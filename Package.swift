@@ -113,7 +113,7 @@ let package = Package(
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "PosixEndpoint"]),
         .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress", "ProxyURL"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
-        .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress"]),
+        .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress", "ProxyURL"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(name: "PolicyFilesTests", dependencies: ["PolicyFiles", "AuditLog", "AccessPolicy"]),

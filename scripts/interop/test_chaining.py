@@ -104,6 +104,11 @@ class ChainingTest(unittest.TestCase):
                 client.close()
                 self.assertEqual(code, expected)
 
+    def test_a_route_through_the_gateway_itself_is_warned_about(self):
+        port = free_port()
+        with Gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{port}\n"), port=port) as loop:
+            self.assertIn("routes through this gateway itself (socks5://127.0.0.1:", loop.output())
+
     def test_bind_through_a_parent_is_refused_not_sent_direct(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
         child = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{parent.port}\n"))
