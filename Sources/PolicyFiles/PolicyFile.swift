@@ -17,7 +17,23 @@ public struct PolicyFile: Sendable {
         let testsPath = path + ".tests"
         let tests = TextFile.exists(testsPath) ? (text: try TextFile.read(testsPath), file: testsPath) : nil
         return PolicyFile(
-            path: path, compilation: PolicyCompiler.compile(text, file: path, tests: tests), sha256: Self.sha256(of: text))
+            path: path, compilation: PolicyCompiler.compile(text, file: path, tests: tests, readSecret: Self.readSecret),
+            sha256: Self.sha256(of: text))
+    }
+
+    /// A parent's password file (`via … password-file FILE`): its first line. Read at
+    /// start, as root, and again at each reload, as the unprivileged user: the file must
+    /// be readable by it then, or the reload is refused and says so.
+    static let readSecret: PolicyCompiler.SecretReader = { path in
+        do {
+            let text = try TextFile.read(path)
+            let line = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let password = line.hasSuffix("\r") ? String(line.dropLast()) : line
+            guard !password.isEmpty else { return .failure(.init("its first line is empty")) }
+            return .success(password)
+        } catch {
+            return .failure(.init("\(error)"))
+        }
     }
 
     /// The embedded default policy, as if read from its file.

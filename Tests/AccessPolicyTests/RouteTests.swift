@@ -31,6 +31,22 @@ import Testing
         #expect(await ExpectationReport.run(compiled).failures.count == 1)
     }
 
+    @Test func aPasswordFileFillsTheParentsWithAUser() {
+        let secrets: PolicyCompiler.SecretReader = { path in
+            path == "/etc/identgate/gw.pw" ? .success("s3cret") : .failure(.init("no such file"))
+        }
+        let compiled = PolicyCompiler.compile(
+            "allow via socks5://alice@gw1, socks5://gw2, socks5://bob:own@gw3 password-file /etc/identgate/gw.pw",
+            file: "p", readSecret: secrets)
+        #expect(compiled.errors.isEmpty, "\(compiled.diagnostics)")
+        let route = compiled.policy?.rules.first?.route
+        #expect(route?.map(\.password) == ["s3cret", nil, "own"])
+        let missing = PolicyCompiler.compile("allow via socks5://a@gw password-file /nope", file: "p", readSecret: secrets)
+        #expect(missing.errors.first?.description.hasPrefix("p:1:25: error: cannot read the password file /nope: no such file") == true)
+        let offline = PolicyCompiler.compile("allow via socks5://a@gw password-file /x", file: "p")
+        #expect(offline.errors.first?.message == "password-file needs a policy read from a file")
+    }
+
     @Test(arguments: [
         ("deny via socks5://gw", "1:6: error: 'via' is for allow rules"),
         ("allow via http://gw", "1:11: error: not a SOCKS URL: unknown scheme 'http'"),

@@ -155,9 +155,16 @@ class ChainingTest(unittest.TestCase):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: (micro.terminate(), micro.wait(timeout=10)))
         wait_for_port("127.0.0.1", port)
-        child = self.gateway("--policy", self.policy(
+        inline = self.gateway("--policy", self.policy(
             f"allow from 127.0.0.0/8 via socks5://bob:hunter2@127.0.0.1:{port}\n"))
-        self.assertIn("is written in the policy", child.output(), "check warns about an inline password")
+        self.assertIn("is written in the policy", inline.output(), "check warns about an inline password")
+        self.assertEqual(curl(inline, f"http://127.0.0.1:{self.http.port}/", "--socks5").returncode, 0)
+        secret = os.path.join(self.folder.name, "parent.pw")
+        with open(secret, "w") as out:
+            out.write("hunter2\n")
+        child = self.gateway("--policy", self.policy(
+            f"allow from 127.0.0.0/8 via socks5://bob@127.0.0.1:{port} password-file {secret}\n"))
+        self.assertNotIn("is written in the policy", child.output())
         self.assertEqual(curl(child, f"http://127.0.0.1:{self.http.port}/", "--socks5").returncode, 0)
         self.mebibyte_each_way(child.port)
         wrong = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://bob:nope@127.0.0.1:{port}\n"))

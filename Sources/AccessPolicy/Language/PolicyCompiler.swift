@@ -20,9 +20,22 @@ public struct PolicyCompilation: Sendable {
 /// line-by-line recursive-descent parser that reports every error with its line and
 /// column and goes on to the next line, then compiles to a `Policy` and lints it.
 public enum PolicyCompiler {
+    /// Reads a secret file (`via … password-file FILE`): its first line, or why not.
+    public typealias SecretReader = @Sendable (String) -> Result<String, SecretError>
+
+    public struct SecretError: Error, Sendable {
+        public var message: String
+        public init(_ message: String) { self.message = message }
+    }
+
     /// `tests`: a sibling `FILE.tests` with more `expect` lines, if there is one.
-    public static func compile(_ text: String, file: String, tests: (text: String, file: String)? = nil) -> PolicyCompilation {
+    /// `readSecret`: how `password-file` is read (the compiler does no I/O of its own);
+    /// nil: a `password-file` is an error.
+    public static func compile(
+        _ text: String, file: String, tests: (text: String, file: String)? = nil, readSecret: SecretReader? = nil
+    ) -> PolicyCompilation {
         var parser = Parser(file: file)
+        parser.readSecret = readSecret
         parser.parse(text)
         if let tests {
             parser.file = tests.file
@@ -144,6 +157,7 @@ private struct Parser {
     var diagnostics: [Diagnostic] = []
     var rules: [RuleSource] = []
     var limits: [LimitSource] = []
+    var readSecret: PolicyCompiler.SecretReader?
     var identScopes: [IdentScope] = []
     var minimumProtection = MessageProtection.none
     var localRealms: Set<String> = []
@@ -471,6 +485,29 @@ private struct Parser {
                         throw ParseError(column: urlColumn + error.offset, message: "not a SOCKS URL: \(error.message)")
                     }
                 } while cursor.skipComma()
+                if cursor.peek?.word == "password-file" {
+                    let fileColumn = cursor.column
+                    _ = cursor.next()
+                    let path: String
+                    if case .string(let quoted)? = cursor.peek?.kind {
+                        _ = cursor.next()
+                        path = quoted
+                    } else {
+                        path = try cursor.word("the password file's path").text
+                    }
+                    guard let readSecret else {
+                        throw ParseError(column: fileColumn, message: "password-file needs a policy read from a file")
+                    }
+                    switch readSecret(path) {
+                    case .failure(let error):
+                        throw ParseError(column: fileColumn, message: "cannot read the password file \(path): \(error.message)")
+                    case .success(let password):
+                        // For every parent with a user and no password of its own.
+                        for index in parents.indices where parents[index].user != nil && parents[index].password == nil {
+                            parents[index].password = password
+                        }
+                    }
+                }
                 rule.route = parents
             default:  // label
                 guard case .string(let label)? = cursor.next()?.kind else {
