@@ -1,6 +1,7 @@
 import AccessPolicy
 import NIOCore
 import NetAddress
+import ProxyURL
 import SOCKSSession
 import SOCKSWire
 
@@ -90,6 +91,8 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .listen(let toward):
             listen(toward: toward, context: context)
+        case .listenVia(let route, let destination, let port):
+            listenVia(route, destination: destination, port: port, context: context)
         case .sendListeningReply(let address):
             context.write(.granted(version: setup.version, boundAddress: address))
             context.flush()
@@ -125,6 +128,50 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .closePeer:
             peer?.close(promise: nil)
             peer = nil
+        }
+    }
+
+    /// Asks the rule's parents to listen: their first reply (where the parent listens) is
+    /// ours; their second (the peer) is decided like a peer of our own, and the parent's
+    /// connection then carries the relay.
+    private func listenVia(_ route: [SOCKSURL], destination: SOCKSHost, port: UInt16, context: ChannelHandlerContext) {
+        let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        ParentConnector.connect(
+            route: route, command: .bind, destination: destination, port: port, gateway: setup.gateway,
+            eventLoop: context.eventLoop
+        ) { channel in
+            if this.value.machine.isEnded { channel.close(promise: nil) } else { this.value.peer = channel }
+        }.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let connected):
+                self.peer = connected.channel
+                connected.second?.assumeIsolated().whenComplete { second in
+                    switch second {
+                    case .success(let reply):
+                        self.perform(self.machine.peerArrived(from: Self.endpoint(reply)), context: context)
+                    case .failure(let refused as ParentConnector.Refused):
+                        self.perform(self.machine.peerFailed(refused.failure), context: context)
+                    case .failure:
+                        self.perform(self.machine.peerFailed(.generalFailure), context: context)
+                    }
+                }
+                self.perform(self.machine.listening(at: Self.endpoint(connected.reply)), context: context)
+            case .failure(let refused as ParentConnector.Refused):
+                self.setup.gateway.logger.info("BIND through a parent refused", metadata: ["reason": "\(refused.reason)"])
+                self.perform(self.machine.listenFailed(refused.failure), context: context)
+            case .failure(let error):
+                self.setup.gateway.logger.notice("BIND through a parent failed", metadata: ["error": "\(error)"])
+                self.perform(self.machine.listenFailed(), context: context)
+            }
+        }
+    }
+
+    /// A parent's reply address as an endpoint; a name (rare in replies) as 0.0.0.0.
+    private static func endpoint(_ reply: SOCKSClientStateMachine.Reply) -> IPEndpoint {
+        switch reply.host {
+        case .ipv4(let address): IPEndpoint(address: .v4(address), port: reply.port)
+        case .ipv6(let address): IPEndpoint(address: .v6(address), port: reply.port)
+        case .domain: IPEndpoint(address: .v4(.any), port: reply.port)
         }
     }
 

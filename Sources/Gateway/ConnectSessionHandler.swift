@@ -136,7 +136,8 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func connectVia(_ route: [SOCKSURL], destination: SOCKSHost, port: UInt16, context: ChannelHandlerContext) {
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
         ParentConnector.connect(
-            route: route, destination: destination, port: port, gateway: setup.gateway, eventLoop: context.eventLoop
+            route: route, command: .connect, destination: destination, port: port, gateway: setup.gateway,
+            eventLoop: context.eventLoop
         ) { channel in
             // The client left before the attempt began: nothing to connect for.
             if this.value.machine.isEnded { channel.close(promise: nil) } else { this.value.attempt = channel }

@@ -17,6 +17,10 @@ enum ParentConnector {
         let parent: SOCKSURL
         /// 1 for the first parent of the route.
         let attempt: Int
+        /// The parent's reply: CONNECT's, or BIND's first (where the parent listens).
+        let reply: SOCKSClientStateMachine.Reply
+        /// BIND: the parent's second reply, when its peer has connected.
+        let second: EventLoopFuture<SOCKSClientStateMachine.Reply>?
     }
 
     struct Refused: Error {
@@ -25,8 +29,8 @@ enum ParentConnector {
     }
 
     static func connect(
-        route: [SOCKSURL], destination: SOCKSHost, port: UInt16, gateway: GatewayContext, eventLoop: any EventLoop,
-        attempting: @escaping @Sendable (any Channel) -> Void
+        route: [SOCKSURL], command: SOCKSCommand = .connect, destination: SOCKSHost, port: UInt16, gateway: GatewayContext,
+        eventLoop: any EventLoop, attempting: @escaping @Sendable (any Channel) -> Void
     ) -> EventLoopFuture<Connected> {
         let result = eventLoop.makePromise(of: Connected.self)
         @Sendable func tryParent(_ index: Int, lastReason: String) {
@@ -35,11 +39,15 @@ enum ParentConnector {
                 return
             }
             let parent = route[index]
-            attempt(parent, destination: destination, port: port, gateway: gateway, eventLoop: eventLoop, attempting: attempting)
+            attempt(
+                parent, command: command, destination: destination, port: port, gateway: gateway, eventLoop: eventLoop,
+                attempting: attempting
+            )
                 .whenComplete { outcome in
                     switch outcome {
-                    case .success(let channel):
-                        result.succeed(Connected(channel: channel, parent: parent, attempt: index + 1))
+                    case .success(let (channel, reply, second)):
+                        result.succeed(
+                            Connected(channel: channel, parent: parent, attempt: index + 1, reply: reply, second: second))
                     case .failure(let refused as Refused):
                         result.fail(refused)
                     case .failure(let error):
@@ -54,9 +62,9 @@ enum ParentConnector {
     }
 
     private static func attempt(
-        _ parent: SOCKSURL, destination: SOCKSHost, port: UInt16, gateway: GatewayContext, eventLoop: any EventLoop,
-        attempting: @escaping @Sendable (any Channel) -> Void
-    ) -> EventLoopFuture<any Channel> {
+        _ parent: SOCKSURL, command: SOCKSCommand, destination: SOCKSHost, port: UInt16, gateway: GatewayContext,
+        eventLoop: any EventLoop, attempting: @escaping @Sendable (any Channel) -> Void
+    ) -> EventLoopFuture<(any Channel, SOCKSClientStateMachine.Reply, EventLoopFuture<SOCKSClientStateMachine.Reply>?)> {
         let address: EventLoopFuture<IPAddress>
         switch parent.host {
         case .address(let literal): address = eventLoop.makeSucceededFuture(literal)
@@ -67,8 +75,9 @@ enum ParentConnector {
             }
         }
         return address.flatMap { parentAddress in
-            let handshake = eventLoop.makePromise(of: Void.self)
-            let machine = SOCKSClientStateMachine(url: parent, command: .connect, destination: destination, port: port)
+            let handshake = eventLoop.makePromise(of: SOCKSClientStateMachine.Reply.self)
+            let second = command == .bind ? eventLoop.makePromise(of: SOCKSClientStateMachine.Reply.self) : nil
+            let machine = SOCKSClientStateMachine(url: parent, command: command, destination: destination, port: port)
             var bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(gateway.configuration.connectTimeout)
             if case .address(let source) = gateway.configuration.outboundSource(toward: parentAddress) {
                 bootstrap = bootstrap.bind(to: SocketAddress(IPEndpoint(address: source, port: 0)))
@@ -80,7 +89,8 @@ enum ParentConnector {
                     try options?.setOption(.allowRemoteHalfClosure, value: true)
                     try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
                     try options?.setOption(.autoRead, value: false)
-                    try channel.pipeline.syncOperations.addHandler(ParentHandshakeHandler(machine: machine, done: handshake))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ParentHandshakeHandler(machine: machine, done: handshake, second: second))
                 }
             }.connect(to: SocketAddress(IPEndpoint(address: parentAddress, port: parent.port)))
             // The negotiation is bounded too: a parent that accepts and then says nothing.
@@ -89,7 +99,7 @@ enum ParentConnector {
             }
             handshake.futureResult.whenComplete { _ in deadline.cancel() }
             return connection.flatMap { channel in
-                handshake.futureResult.map { channel }.flatMapErrorThrowing { error in
+                handshake.futureResult.map { (channel, $0, second?.futureResult) }.flatMapErrorThrowing { error in
                     channel.close(promise: nil)
                     throw error
                 }
@@ -113,15 +123,23 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private var machine: SOCKSClientStateMachine
-    private let done: EventLoopPromise<Void>
+    /// The first reply: CONNECT's only one, BIND's "listening" one.
+    private let done: EventLoopPromise<SOCKSClientStateMachine.Reply>
+    /// BIND's second reply (the peer).
+    private let second: EventLoopPromise<SOCKSClientStateMachine.Reply>?
+    private var firstReplied = false
     private var buffer = ByteBuffer()
     private var negotiating = true
     /// Bytes after the parent's reply, for the relay's first read.
     private var early: ByteBuffer?
 
-    init(machine: SOCKSClientStateMachine, done: EventLoopPromise<Void>) {
+    init(
+        machine: SOCKSClientStateMachine, done: EventLoopPromise<SOCKSClientStateMachine.Reply>,
+        second: EventLoopPromise<SOCKSClientStateMachine.Reply>?
+    ) {
         self.machine = machine
         self.done = done
+        self.second = second
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -149,16 +167,22 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: next)), promise: nil)
             case .protocolError(let message):
                 return finish(ParentError("protocol error: \(message)"), context: context)
-            case .reply(let reply, _):
+            case .reply(let reply, let final):
                 guard reply.granted else {
                     return finish(
                         ParentConnector.Refused(failure: Self.failure(reply), reason: "the parent answered \(reply.meaning)"),
                         context: context)
                 }
+                if !final {
+                    // BIND's first reply: the parent listens; its second comes with the peer.
+                    firstReplied = true
+                    done.succeed(reply)
+                    continue
+                }
                 negotiating = false
                 if buffer.readableBytes > 0 { early = buffer }
                 buffer = ByteBuffer()
-                done.succeed(())
+                if firstReplied { second?.succeed(reply) } else { done.succeed(reply) }
             }
         }
     }
@@ -185,7 +209,7 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
     private func finish(_ error: any Error, context: ChannelHandlerContext) {
         guard negotiating else { return }
         negotiating = false
-        done.fail(error)
+        if firstReplied { second?.fail(error) } else { done.fail(error) }
     }
 
     /// The parent's refusal as our client's: SOCKS5's codes as they are; SOCKS4's 91,

@@ -60,12 +60,12 @@ struct RequestDecider {
         report: @escaping (DecisionEvent) -> Void
     ) {
         var decision = refusingLoops(decision, facts)
-        if decision.verdict == .allow, decision.route != nil, facts.command != .connect {
+        if decision.verdict == .allow, decision.route != nil, facts.command == .udp {
             // The rule wants this through a parent; going direct could take a path the
-            // operator closed, so it is refused instead (SOCKS5 0x07, SOCKS4 91).
+            // operator closed, so it is refused instead (the datagram is dropped).
             decision.verdict = .deny
             decision.refusal = .notChainable
-            decision.note = "refused: \(facts.command.rawValue) through a parent is not supported; not sent directly either"
+            decision.note = "refused: UDP through a parent is not supported; not sent directly either"
         }
         if decision.verdict == .allow, let refusal = admission.admit(facts) {
             decision = decision.refused(by: refusal)

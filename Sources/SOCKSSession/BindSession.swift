@@ -1,5 +1,6 @@
 import AccessPolicy
 import NetAddress
+import ProxyURL
 import SOCKSWire
 
 /// A BIND request's life after negotiation: resolve (a host name) → decide → listen →
@@ -23,6 +24,9 @@ public struct BindSession: Sendable {
         /// expected peer); on the address the client reached if there is none. Then
         /// `listening(at:)` or `listenFailed()`.
         case listen(toward: IPAddress?)
+        /// Ask the allowing rule's parents (`via`) to listen instead: their first reply
+        /// is `listening(at:)`, their second `peerArrived(from:)`.
+        case listenVia([SOCKSURL], SOCKSHost, UInt16)
         /// Send the first reply (where the gateway listens), and wait for the peer
         /// (`peerArrived(from:)`) at most the BIND time-out (`peerTimedOut()`).
         case sendListeningReply(IPEndpoint)
@@ -89,6 +93,12 @@ public struct BindSession: Sendable {
             guard decision.verdict == .allow else { return fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed)) }
             ledger.allowed(recordPending: recordPending)
             state = .listening
+            if let route = decision.route, let parent = route.first {
+                if case .hostName(let name) = facts.destination, parent.scheme.proxyResolves {
+                    return .listenVia(route, .domain(name), facts.destinationPort)
+                }
+                return .listenVia(route, SOCKSHost(facts.destinationAddress ?? .v4(.any)), facts.destinationPort)
+            }
             return .listen(toward: facts.destinationAddress)
         case .decidingPeer(let peer):
             guard decision.verdict == .allow else { return fail(SOCKSRequestFailure(decision.refusal ?? .notAllowed)) }
@@ -117,9 +127,15 @@ public struct BindSession: Sendable {
         return .sendListeningReply(address)
     }
 
-    public mutating func listenFailed() -> Action {
+    public mutating func listenFailed(_ failure: SOCKSRequestFailure = .generalFailure) -> Action {
         guard state == .listening else { return .none }
-        return fail(.generalFailure)
+        return fail(failure)
+    }
+
+    /// Through a parent: it refused or lost the peer after listening.
+    public mutating func peerFailed(_ failure: SOCKSRequestFailure) -> Action {
+        guard state == .awaitingPeer else { return .none }
+        return fail(failure)
     }
 
     /// SOCKS4 demands the peer be the host the client named (DSTIP); every version asks

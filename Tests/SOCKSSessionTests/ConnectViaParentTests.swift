@@ -50,3 +50,40 @@ import Testing
         #expect(session.decided(routed("socks4://gw"), recordPending: false) == .fail(.hostUnreachable, recordEnd: true))
     }
 }
+
+/// BIND under a `via` rule: the parent listens; its two replies drive the session.
+@Suite struct BindViaParentTests {
+    @Test func theParentListensAndItsPeerIsDecided() {
+        var session = BindSession(facts: facts(.address(a1), command: .bind))
+        guard case .decide = session.start() else {
+            Issue.record("no decision")
+            return
+        }
+        var decision = allow
+        decision.route = [(try? SOCKSURL.parse("socks5://site-gw")) ?? SOCKSURL(scheme: .socks5, host: .name("x"))]
+        guard case .listenVia(_, let host, 443) = session.decided(decision, recordPending: false) else {
+            Issue.record("not through the parent")
+            return
+        }
+        #expect(host == .ipv4(IPv4Address(192, 0, 2, 1)))
+        let parentListens = IPEndpoint("198.51.100.7:40000")!
+        #expect(session.listening(at: parentListens) == .sendListeningReply(parentListens))
+        guard case .decide(let peer, step: BindSession.peerDecisionStep) = session.peerArrived(from: IPEndpoint("192.0.2.1:5000")!)
+        else {
+            Issue.record("the peer is not decided")
+            return
+        }
+        #expect(peer.destinationAddress == a1)
+        #expect(session.peerFailed(.generalFailure) == .none, "too late: deciding already")
+    }
+
+    @Test func aParentThatLosesThePeerFailsTheSession() {
+        var session = BindSession(facts: facts(.address(a1), command: .bind))
+        _ = session.start()
+        var decision = allow
+        decision.route = [SOCKSURL(scheme: .socks5, host: .name("gw"))]
+        _ = session.decided(decision, recordPending: false)
+        _ = session.listening(at: IPEndpoint("198.51.100.7:40000")!)
+        #expect(session.peerFailed(.connectionRefused) == .fail(.connectionRefused, recordEnd: true))
+    }
+}

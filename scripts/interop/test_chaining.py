@@ -109,15 +109,54 @@ class ChainingTest(unittest.TestCase):
         with Gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{port}\n"), port=port) as loop:
             self.assertIn("routes through this gateway itself (socks5://127.0.0.1:", loop.output())
 
-    def test_bind_through_a_parent_is_refused_not_sent_direct(self):
+    def bind_through(self, child_port, scheme="socks5"):
+        """A BIND through the child: its first reply must be where the parent listens; a
+        peer connecting there gives the second reply and a relay to the client."""
+        from peers import BINARY
+        probe = subprocess.Popen([BINARY, "probe", f"{scheme}://127.0.0.1:{child_port}", "--command", "bind",
+                                  "--to", "127.0.0.1:10", "--timeout", "10"], stdout=subprocess.PIPE, text=True)
+        try:
+            lines = ""
+            while "first reply" not in lines:
+                line = probe.stdout.readline()
+                self.assertTrue(line, lines)
+                lines += line
+            import re
+            match = re.search(r"first reply \(listening\): (0x00|90) .*bound ([\d.]+):(\d+)", lines)
+            self.assertIsNotNone(match, lines)
+            host, port = match.group(2), int(match.group(3))
+            if host == "0.0.0.0":
+                host = "127.0.0.1"
+            socket.create_connection((host, port), timeout=5).close()
+            rest = probe.stdout.read()
+            self.assertIn("second reply (the peer)", rest)
+            self.assertEqual(probe.wait(timeout=15), 0, lines + rest)
+            return port
+        finally:
+            probe.kill()
+            probe.wait()
+            probe.stdout.close()
+
+    def test_bind_through_an_identgate_parent(self):
+        parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
+        child = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{parent.port}\n"))
+        self.bind_through(child.port)
+        self.bind_through(child.port, scheme="socks4")
+        binds = [r for r in self.audit(parent, "decision", 2) if r.get("command") == "bind"]
+        self.assertTrue(binds, "the parent listened")
+
+    def test_udp_through_a_parent_is_refused_not_sent_direct(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
         child = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{parent.port}\n"))
         from peers import BINARY
-        result = subprocess.run([BINARY, "probe", f"socks5://{child.address}", "--command", "bind", "--to", "127.0.0.1:10"],
-                                capture_output=True, text=True, timeout=30)
-        self.assertIn("0x07 command not supported", result.stdout)
-        record = self.audit(child, "decision")[0]
-        self.assertIn("through a parent is not supported", record["reason"])
+        from test_bind_udp import UDPEcho
+        with UDPEcho() as destination:
+            result = subprocess.run([BINARY, "probe", f"socks5://{child.address}", "--command", "udp",
+                                     "--to", f"127.0.0.1:{destination.port}", "--send", "x", "--timeout", "1"],
+                                    capture_output=True, text=True, timeout=30)
+            self.assertIn("nothing came back", result.stdout)
+        record = [r for r in self.audit(child, "decision") if r.get("command") == "udp"][0]
+        self.assertIn("UDP through a parent is not supported", record["reason"])
 
     def test_no_usable_parent_is_a_general_failure(self):
         child = self.gateway("--policy", self.policy(
@@ -134,7 +173,8 @@ class ChainingTest(unittest.TestCase):
         with open(config, "w") as out:
             out.write(f"logoutput: /dev/null\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\n"
                       "clientmethod: none\nsocksmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n"
-                      "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\nsocks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n")
+                      "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\nsocks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n"
+                      "socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: bindreply }\n")
         dante = subprocess.Popen(["danted", "-f", config, "-p", os.path.join(self.folder.name, "pid")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: (dante.terminate(), dante.wait(timeout=10)))
@@ -147,6 +187,8 @@ class ChainingTest(unittest.TestCase):
                     result = curl(child, f"http://localhost:{self.http.port}/")
                     self.assertEqual(result.returncode, 0, result.stderr)
                     self.mebibyte_each_way(child.port)
+                    if scheme == "socks5":
+                        self.bind_through(child.port)
 
     @unittest.skipUnless(shutil.which("microsocks"), "needs microsocks")
     def test_microsocks_with_a_password_as_the_parent(self):
