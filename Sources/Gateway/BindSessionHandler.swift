@@ -22,8 +22,11 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var early: EarlyClientData
     private var listener: (any Channel)?
     private var peerDeadline: Scheduled<Void>?
-    /// The peer's connection, from accept until the relay takes it.
+    /// The peer's connection, from accept until the relay takes it (through a parent:
+    /// the parent's connection).
     private var peer: (any Channel)?
+    /// The parent that listens for this session, and which of the route it was.
+    private var parent: String?
 
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
@@ -108,7 +111,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.peer = nil
             SessionRelay.start(
                 client: context, outbound: peer, reply: .granted(version: setup.version, boundAddress: from), early: early,
-                gateway: setup.gateway, session: setup.id)
+                gateway: setup.gateway, session: setup.id, parent: parent)
         case .fail(let failure, let recordEnd):
             endOutsideWork()
             let reply = SOCKSServerMessage.failed(failure, version: setup.version)
@@ -145,6 +148,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch result {
             case .success(let connected):
                 self.peer = connected.channel
+                self.parent = "\(connected.parent) (attempt \(connected.attempt))"
                 connected.second?.assumeIsolated().whenComplete { second in
                     switch second {
                     case .success(let reply):

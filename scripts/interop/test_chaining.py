@@ -144,6 +144,8 @@ class ChainingTest(unittest.TestCase):
         self.bind_through(child.port, scheme="socks4")
         binds = [r for r in self.audit(parent, "decision", 2) if r.get("command") == "bind"]
         self.assertTrue(binds, "the parent listened")
+        ended = self.audit(child, "session-end", 2)
+        self.assertTrue(all(r.get("parent") == f"socks5://127.0.0.1:{parent.port} (attempt 1)" for r in ended), ended)
 
     def test_udp_through_a_parent_is_refused_not_sent_direct(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
