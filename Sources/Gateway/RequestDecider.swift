@@ -60,12 +60,12 @@ struct RequestDecider {
         report: @escaping (DecisionEvent) -> Void
     ) {
         var decision = refusingLoops(decision, facts)
-        if decision.verdict == .allow, decision.route != nil, facts.command == .udp {
-            // The rule wants this through a parent; going direct could take a path the
-            // operator closed, so it is refused instead (the datagram is dropped).
+        if decision.verdict == .allow, facts.command == .udp, let route = decision.route, !route.contains(where: \.scheme.isSOCKS5) {
+            // SOCKS4 has no UDP: a route without a SOCKS5 parent cannot carry datagrams,
+            // and going direct could take a path the operator closed.
             decision.verdict = .deny
             decision.refusal = .notChainable
-            decision.note = "refused: UDP through a parent is not supported; not sent directly either"
+            decision.note = "refused: UDP needs a SOCKS5 parent; not sent directly either"
         }
         if decision.verdict == .allow, let refusal = admission.admit(facts) {
             decision = decision.refused(by: refusal)

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NetAddress
+import ProxyURL
 import SOCKSSession
 import SOCKSWire
 
@@ -34,7 +35,7 @@ final class UDPAssociation {
     private var clientSource: SocketAddress?
     /// Decided destinations (address and port) and whether each is allowed, under the
     /// policy generation `verdictsGeneration`; at most `Limits.destinations`.
-    private var verdicts = BoundedCache<IPEndpoint, Bool>(capacity: Limits.destinations)
+    private var verdicts = BoundedCache<IPEndpoint, Verdict>(capacity: Limits.destinations)
     private var verdictsGeneration: UInt64 = 0
     /// Destinations whose decision is under way: their datagrams wait for none (dropped).
     private var deciding: Set<IPEndpoint> = []
@@ -47,6 +48,22 @@ final class UDPAssociation {
         relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0, pending: 0, overRate: 0
     )
     private var closed = false
+
+    /// What was decided for a destination: dropped, sent directly, or through the parent.
+    private enum Verdict: Equatable {
+        case denied, direct, viaParent
+    }
+
+    /// The parent's UDP association (`via` on a udp rule): one per association, made on
+    /// the first destination that needs it, through the rule's parents in order. Its
+    /// control connection lives as long as this association.
+    private enum ParentRelay {
+        case connecting(route: [SOCKSURL])
+        case ready(route: [SOCKSURL], control: any Channel, relay: IPEndpoint)
+        case failed
+    }
+
+    private var parentRelay: ParentRelay?
 
     /// What one association may make the gateway hold or write, whatever its client sends.
     enum Limits {
@@ -139,6 +156,7 @@ final class UDPAssociation {
         closed = true
         relay?.close(promise: nil)
         for channel in outbound.values { channel.close(promise: nil) }
+        if case .ready(_, let parentControl, _)? = parentRelay { parentControl.close(promise: nil) }
         if wasOpen, relay != nil {
             if let audit = gateway.audit {
                 var record = AuditRecord(event: .sessionEnd)
@@ -230,8 +248,12 @@ final class UDPAssociation {
             verdicts.removeAll()
             verdictsGeneration = generation
         }
-        if let allowed = verdicts[destination] {
-            if allowed { send(payload, to: destination) } else { counts.denied += 1 }
+        if let verdict = verdicts[destination] {
+            switch verdict {
+            case .direct: send(payload, to: destination)
+            case .viaParent: sendViaParent(payload, to: destination)
+            case .denied: counts.denied += 1
+            }
             return
         }
         guard !deciding.contains(destination) else {
@@ -251,16 +273,16 @@ final class UDPAssociation {
             switch event {
             case .decided(let decision, let recordPending):
                 self.deciding.remove(destination)
-                let allowed = decision.verdict == .allow
-                self.verdicts.set(allowed, for: destination)
-                if !allowed {
+                let verdict = self.verdict(for: decision)
+                self.verdicts.set(verdict, for: destination)
+                if verdict == .denied {
                     self.counts.denied += 1
                 } else if !recordPending {
-                    self.send(payload, to: destination)
+                    self.relay(payload, to: destination, verdict)
                 }
             case .recordWritten:
                 // The first datagram to a destination waited until its decision was logged.
-                self.send(payload, to: destination)
+                if let verdict = self.verdicts[destination] { self.relay(payload, to: destination, verdict) }
             case .recordFailed:
                 self.verdicts.remove(destination)
                 self.counts.denied += 1
@@ -270,6 +292,83 @@ final class UDPAssociation {
                 self.counts.denied += 1
             }
         }
+    }
+
+    /// Direct, through the parent, or dropped: a `via` rule's destination goes through
+    /// this association's parent, which the first such rule chooses; a rule naming other
+    /// parents than that one is not served (dropped and counted), nor sent directly.
+    private func verdict(for decision: Decision) -> Verdict {
+        guard decision.verdict == .allow else { return .denied }
+        guard let route = decision.route, !route.isEmpty else { return .direct }
+        switch parentRelay {
+        case nil:
+            startParentRelay(route)
+            return .viaParent
+        case .connecting(let chosen), .ready(let chosen, _, _):
+            return chosen == route ? .viaParent : .denied
+        case .failed:
+            return .denied
+        }
+    }
+
+    private func relay(_ payload: ByteBuffer, to destination: IPEndpoint, _ verdict: Verdict) {
+        switch verdict {
+        case .direct: send(payload, to: destination)
+        case .viaParent: sendViaParent(payload, to: destination)
+        case .denied: counts.denied += 1
+        }
+    }
+
+    /// A UDP ASSOCIATE with the first parent of the route that answers.
+    private func startParentRelay(_ route: [SOCKSURL]) {
+        parentRelay = .connecting(route: route)
+        let eventLoop = control.eventLoop
+        // SOCKS4 has no UDP: only the route's SOCKS5 parents are asked.
+        ParentConnector.connect(
+            route: route.filter(\.scheme.isSOCKS5), command: .udpAssociate, destination: .ipv4(.any), port: 0, gateway: gateway, eventLoop: eventLoop
+        ) { _ in }.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let connected):
+                guard !self.closed else {
+                    connected.channel.close(promise: nil)
+                    return
+                }
+                var relayAddress: IPAddress
+                switch connected.reply.host {
+                case .ipv4(let address): relayAddress = .v4(address)
+                case .ipv6(let address): relayAddress = .v6(address)
+                case .domain: relayAddress = .v4(.any)
+                }
+                // "0.0.0.0" in a reply means "where you reached me".
+                if relayAddress == .v4(.any) || relayAddress == .v6(.any) {
+                    relayAddress = connected.channel.remoteAddress?.ipEndpoint?.address ?? relayAddress
+                }
+                self.parentRelay = .ready(
+                    route: route, control: connected.channel, relay: IPEndpoint(address: relayAddress, port: connected.reply.port))
+                try? connected.channel.syncOptions?.setOption(.autoRead, value: true)
+                // The parent's association ends with its control connection: so does ours.
+                connected.channel.closeFuture.assumeIsolated().whenComplete { _ in self.close() }
+            case .failure(let error):
+                self.logger.notice("UDP through a parent: no parent could associate", metadata: ["error": "\(error)"])
+                self.parentRelay = .failed
+            }
+        }
+    }
+
+    private func sendViaParent(_ payload: ByteBuffer, to destination: IPEndpoint) {
+        guard case .ready(_, _, let parentRelayAddress)? = parentRelay, !closed,
+            let channel = outbound[parentRelayAddress.address.isIPv6]
+        else {
+            // Still associating (or failed): this datagram is not sent; later ones are.
+            counts.pending += 1
+            return
+        }
+        var datagram = channel.allocator.buffer(capacity: payload.readableBytes + 22)
+        datagram.writeSOCKS5UDPHeader(host: SOCKSHost(destination.address), port: destination.port)
+        var body = payload
+        datagram.writeBuffer(&body)
+        counts.relayed += 1
+        channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(parentRelayAddress), data: datagram), promise: nil)
     }
 
     /// True if one more new destination may be decided (and recorded) this second.
@@ -290,13 +389,33 @@ final class UDPAssociation {
     // MARK: Destination → client
 
     private func fromDestination(_ envelope: AddressedEnvelope<ByteBuffer>) {
-        guard let from = envelope.remoteAddress.ipEndpoint, verdicts[from] == true, let relay, let clientSource else {
+        guard var from = envelope.remoteAddress.ipEndpoint else {
             counts.foreign += 1
             return
         }
-        var datagram = relay.allocator.buffer(capacity: envelope.data.readableBytes + 22)
-        datagram.writeSOCKS5UDPHeader(host: SOCKSHost(from.address), port: from.port)
         var payload = envelope.data
+        var expected = Verdict.direct
+        if case .ready(_, _, let parentRelayAddress)? = parentRelay, from == parentRelayAddress {
+            // From the parent's relay: its header names the destination that answered.
+            guard let header = try? payload.readSOCKS5UDPHeader(), header.fragment == 0 else {
+                counts.malformed += 1
+                return
+            }
+            switch header.host {
+            case .ipv4(let address): from = IPEndpoint(address: .v4(address), port: header.port)
+            case .ipv6(let address): from = IPEndpoint(address: .v6(address), port: header.port)
+            case .domain:
+                counts.malformed += 1
+                return
+            }
+            expected = .viaParent
+        }
+        guard verdicts[from] == expected, let relay, let clientSource else {
+            counts.foreign += 1
+            return
+        }
+        var datagram = relay.allocator.buffer(capacity: payload.readableBytes + 22)
+        datagram.writeSOCKS5UDPHeader(host: SOCKSHost(from.address), port: from.port)
         datagram.writeBuffer(&payload)
         if let perMessage {
             guard let wrapped = perMessage.wrapDatagram(datagram, allocator: relay.allocator) else {

@@ -147,9 +147,35 @@ class ChainingTest(unittest.TestCase):
         ended = self.audit(child, "session-end", 2)
         self.assertTrue(all(r.get("parent") == f"socks5://127.0.0.1:{parent.port} (attempt 1)" for r in ended), ended)
 
-    def test_udp_through_a_parent_is_refused_not_sent_direct(self):
+    def test_udp_through_a_socks5_parent(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
-        child = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{parent.port}\n"))
+        child = self.gateway("--policy", self.policy(
+            f"allow from 127.0.0.0/8 via socks4://127.0.0.1:{free_port()}, socks5://127.0.0.1:{parent.port}\n"))
+        from test_bind_udp import UDPEcho, udp_associate
+        with UDPEcho() as destination:
+            control, relay = udp_associate(child.port)
+            header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + destination.port.to_bytes(2, "big")
+            with control, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", 0))
+                udp.settimeout(0.2)
+                payload = os.urandom(1200)
+                back = None
+                # The first datagram starts the parent's association and is not sent.
+                for _ in range(25):
+                    udp.sendto(header + payload, relay)
+                    try:
+                        back = udp.recvfrom(65535)[0]
+                        break
+                    except socket.timeout:
+                        continue
+                self.assertIsNotNone(back, "a reply came back through the parent")
+                self.assertEqual(back[:10], header)
+                self.assertEqual(back[10:], payload)
+        udp_records = [r for r in self.audit(parent, "decision") if r.get("command") == "udp"]
+        self.assertTrue(udp_records, "the parent decided the destination")
+
+    def test_udp_through_socks4_parents_only_is_refused_not_sent_direct(self):
+        child = self.gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks4://127.0.0.1:{free_port()}\n"))
         from peers import BINARY
         from test_bind_udp import UDPEcho
         with UDPEcho() as destination:
@@ -158,7 +184,7 @@ class ChainingTest(unittest.TestCase):
                                     capture_output=True, text=True, timeout=30)
             self.assertIn("nothing came back", result.stdout)
         record = [r for r in self.audit(child, "decision") if r.get("command") == "udp"][0]
-        self.assertIn("UDP through a parent is not supported", record["reason"])
+        self.assertIn("UDP needs a SOCKS5 parent", record["reason"])
 
     def test_no_usable_parent_is_a_general_failure(self):
         child = self.gateway("--policy", self.policy(
