@@ -186,6 +186,20 @@ class ChainingTest(unittest.TestCase):
         record = [r for r in self.audit(child, "decision") if r.get("command") == "udp"][0]
         self.assertIn("UDP needs a SOCKS5 parent", record["reason"])
 
+    def test_a_parent_that_stalls_is_bounded_by_the_connect_timeout(self):
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        self.addCleanup(silent.close)
+        child = self.gateway("--connect-timeout", "1s", "--policy", self.policy(
+            f"allow from 127.0.0.1 via socks5://127.0.0.1:{silent.getsockname()[1]}\n"))
+        started = time.monotonic()
+        client, code = socks5_request(child.port, "127.0.0.1", self.echo.port)
+        client.close()
+        self.assertEqual(code, 0x01)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("no answer within --connect-timeout", child.output())
+
     def test_no_usable_parent_is_a_general_failure(self):
         child = self.gateway("--policy", self.policy(
             f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{free_port()}, socks4://127.0.0.1:{free_port()}\n"))
@@ -217,6 +231,14 @@ class ChainingTest(unittest.TestCase):
                     self.mebibyte_each_way(child.port)
                     if scheme == "socks5":
                         self.bind_through(child.port)
+        # A parent's 91 (Dante refuses SOCKS4a) reaches our SOCKS5 client as 0x01, the code in the log.
+        with Gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks4a://127.0.0.1:{port}\n")) as child:
+            with socket.create_connection(("127.0.0.1", child.port), timeout=20) as client:
+                client.sendall(b"\x05\x01\x00")
+                self.assertEqual(recv_exactly(client, 2), b"\x05\x00")
+                client.sendall(b"\x05\x01\x00\x03\x09localhost" + self.echo.port.to_bytes(2, "big"))
+                self.assertEqual(recv_exactly(client, 10)[1], 0x01)
+            self.assertIn("the parent answered 91 rejected or failed", child.output())
 
     @unittest.skipUnless(shutil.which("microsocks"), "needs microsocks")
     def test_microsocks_with_a_password_as_the_parent(self):
