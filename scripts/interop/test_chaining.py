@@ -147,6 +147,18 @@ class ChainingTest(unittest.TestCase):
         ended = self.audit(child, "session-end", 2)
         self.assertTrue(all(r.get("parent") == f"socks5://127.0.0.1:{parent.port} (attempt 1)" for r in ended), ended)
 
+    def test_socks4_and_socks4a_identgate_parents_for_connect_and_bind(self):
+        parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
+        for scheme in ("socks4", "socks4a"):
+            with self.subTest(scheme=scheme):
+                with Gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via {scheme}://127.0.0.1:{parent.port}\n")) as child:
+                    result = curl(child, f"http://localhost:{self.http.port}/")
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                    self.mebibyte_each_way(child.port)
+                    self.bind_through(child.port)
+        names = [r["destination"] for r in self.audit(parent, "decision", 2) if r.get("socks") == "socks4a"]
+        self.assertIn("localhost", names, "socks4a passed the name up")
+
     def test_udp_through_a_socks5_parent(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
         child = self.gateway("--policy", self.policy(
