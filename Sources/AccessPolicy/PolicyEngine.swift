@@ -1,4 +1,5 @@
 import NetAddress
+import ProxyURL
 
 /// For which clients identd is asked, and believed, and how long to wait.
 public struct IdentScope: Hashable, Sendable {
@@ -49,6 +50,20 @@ public struct Policy: Sendable {
             let at = user.lastIndex(of: "@"), localRealms.contains(String(user[user.index(after: at)...]))
         else { return facts.claimedUser }
         return String(user[..<at])
+    }
+
+    /// Rules whose parents (`via`) are one of `listening`, the gateway's own addresses: a
+    /// loop. Line and the parent, for `check --listen` and the start of `run`.
+    public func routesToItself(listening: [IPEndpoint]) -> [(line: Int, parent: SOCKSURL)] {
+        rules.compactMap { rule in
+            let loop = rule.route?.first { parent in
+                guard case .address(let address) = parent.host else { return false }
+                return listening.contains {
+                    $0.port == parent.port && ($0.address == address || $0.address == .v4(.any) || $0.address == .v6(.any))
+                }
+            }
+            return loop.map { (rule.reference.line ?? 0, $0) }
+        }
     }
 
     /// The first scope whose networks hold the client.

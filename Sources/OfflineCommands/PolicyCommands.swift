@@ -20,8 +20,29 @@ public struct Check: AsyncParsableCommand {
     @Flag(help: "Fail on warnings too.")
     var strict = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Where the gateway will listen (repeatable): a rule whose parent is one of these is a loop.",
+            valueName: "host:port"))
+    var listen: [String] = []
+
     public func run() async throws {
-        let compilation = try loadCompilation(file)
+        var compilation = try loadCompilation(file)
+        let listening = try listen.map { text in
+            guard let endpoint = IPEndpoint(text) else { throw ValidationError("--listen: '\(text)' is not HOST:PORT") }
+            return endpoint
+        }
+        if let policy = compilation.policy {
+            let lines = (try? TextFile.read(file))?.split(separator: "\n", omittingEmptySubsequences: false) ?? []
+            for (line, parent) in policy.routesToItself(listening: listening) {
+                let text = line > 0 && line <= lines.count ? String(lines[line - 1]) : ""
+                let column = (text.range(of: "via").map { text.distance(from: text.startIndex, to: $0.lowerBound) } ?? 0) + 1
+                compilation.diagnostics.append(
+                    Diagnostic(
+                        .warning, file: file, line: line, column: column,
+                        message: "a loop: \(parent) is where this gateway listens", lineText: text))
+            }
+        }
         for diagnostic in compilation.diagnostics { print(diagnostic) }
         let rules = compilation.policy.map { "\($0.rules.count) rules, \($0.expectations.count) tests; " } ?? ""
         print("\(file): \(rules)\(compilation.errors.count) errors, \(compilation.warnings.count) warnings")

@@ -224,20 +224,6 @@ struct Run: ParsableCommand {
         }
     }
 
-    /// Rules whose parents are this gateway's own listening addresses: a loop that only
-    /// the gateway can see (`check` does not know where it will listen).
-    static func routesToItself(_ policy: Policy, listening: [IPEndpoint]) -> [String] {
-        policy.rules.compactMap { rule in
-            guard let route = rule.route else { return nil }
-            let loops = route.filter { parent in
-                guard case .address(let address) = parent.host else { return false }
-                return listening.contains { $0.port == parent.port && ($0.address == address || $0.address == .v4(.any) || $0.address == .v6(.any)) }
-            }
-            guard let first = loops.first else { return nil }
-            return "the rule on line \(rule.reference.line ?? 0) routes through this gateway itself (\(first)): a loop"
-        }
-    }
-
     /// `path` from the working directory; `-` (standard output) and `off` as they are.
     static func absolute(_ path: String) -> String {
         guard !path.hasPrefix("/"), path != "-", path != "off", let cwd = getcwd(nil, 0) else { return path }
@@ -328,7 +314,9 @@ struct Run: ParsableCommand {
         } catch {
             throw FailedStart(message: "\(error)")
         }
-        for warning in Self.routesToItself(compiled, listening: bound) { logger.warning("\(warning)") }
+        for (line, parent) in compiled.routesToItself(listening: bound) {
+            logger.warning("the rule on line \(line) routes through this gateway itself (\(parent)): a loop")
+        }
         var started = AuditRecord(event: .gatewayStart)
         started.version = Identgate.configuration.version
         started.listen = bound.map(\.description)

@@ -108,6 +108,11 @@ class ChainingTest(unittest.TestCase):
         port = free_port()
         with Gateway("--policy", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{port}\n"), port=port) as loop:
             self.assertIn("routes through this gateway itself (socks5://127.0.0.1:", loop.output())
+        from peers import BINARY
+        checked = subprocess.run([BINARY, "check", self.policy(f"allow from 127.0.0.0/8 via socks5://127.0.0.1:{port}\n"),
+                                  "--listen", f"127.0.0.1:{port}", "--strict"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(checked.returncode, 1)
+        self.assertRegex(checked.stdout, rf":1:24: warning: a loop: socks5://127.0.0.1:{port} is where this gateway listens")
 
     def bind_through(self, child_port, scheme="socks5"):
         """A BIND through the child: its first reply must be where the parent listens; a
