@@ -175,6 +175,8 @@ struct Run: ParsableCommand {
         guard let compiled = policyFile.compilation.policy else { throw FailedStart(message: "\(policyFile.path) did not compile") }
         for warning in policyFile.compilation.warnings { logger.warning("\(warning)") }
 
+        // Connected while still root: systemd's socket need not admit the dropped user.
+        let notifier = ServiceNotifier()
         let identity = try privilegeTarget()
         let sockets: [[ListeningSocket]]
         do {
@@ -220,7 +222,7 @@ struct Run: ParsableCommand {
             try await command.serve(
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
                 gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
-                logger: logger)
+                notifier: notifier, logger: logger)
         }
     }
 
@@ -261,7 +263,8 @@ struct Run: ParsableCommand {
 
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
-        gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?, logger: Logger
+        gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
+        notifier: ServiceNotifier, logger: Logger
     ) async throws {
         audit?.start()
         defer { audit?.shutdown() }
@@ -331,6 +334,16 @@ struct Run: ParsableCommand {
                 "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
             ]
         )
+        // Ready only now: bound, privileges dropped and verified, policy loaded.
+        notifier.notify("READY=1", "STATUS=serving on \(bound.map(\.description).joined(separator: " "))", "MAINPID=\(getpid())")
+        let watchdog = notifier.watchdogInterval.map { interval in
+            Task {
+                while !Task.isCancelled {
+                    notifier.notify("WATCHDOG=1")
+                    try? await Task.sleep(for: interval / 2)
+                }
+            }
+        }
 
         var signal = ""
         for await event in signals.events {
@@ -338,7 +351,9 @@ struct Run: ParsableCommand {
             case .shutdown(let name):
                 signal = name
             case .reload:
+                notifier.reloading()
                 await reloadPolicy(into: policyStore, audit: audit, logger: logger)
+                notifier.notify("READY=1", "STATUS=serving; policy reload done (see the log)")
                 continue
             case .reopenAuditLog:
                 logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(Self.absolute(auditLog))"])
@@ -347,6 +362,8 @@ struct Run: ParsableCommand {
             }
             break
         }
+        notifier.notify("STOPPING=1", "STATUS=stopping")
+        watchdog?.cancel()
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])

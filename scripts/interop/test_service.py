@@ -1,0 +1,102 @@
+"""systemd's readiness protocol with a NOTIFY_SOCKET the test owns: READY=1 only once
+the gateway serves (after the privilege drop, when root), RELOADING=1 then READY=1 around
+a SIGHUP reload, STOPPING=1 at SIGTERM, WATCHDOG=1 at half the WATCHDOG_USEC interval."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from peers import BINARY, ROOT, Gateway
+
+
+class NotifySocket:
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="identgate-notify-")
+        os.chmod(self.folder, 0o755)
+        self.path = os.path.join(self.folder, "notify")
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(self.path)
+        self.socket.settimeout(0.1)
+        self.messages = []
+
+    def collect(self, until, deadline=10):
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                self.messages.append(self.socket.recv(4096).decode())
+            except socket.timeout:
+                pass
+            if any(until in message for message in self.messages):
+                return True
+        return False
+
+    def close(self):
+        self.socket.close()
+        os.unlink(self.path)
+        os.rmdir(self.folder)
+
+
+class ServiceManagerTest(unittest.TestCase):
+    def setUp(self):
+        self.notify = NotifySocket()
+        self.addCleanup(self.notify.close)
+        self.saved = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(self.saved)))
+        os.environ["NOTIFY_SOCKET"] = self.notify.path
+
+    def test_ready_reloading_stopping(self):
+        args = ("--user", "nobody") if os.geteuid() == 0 else ()
+        with Gateway(*args) as gateway:
+            self.assertTrue(self.notify.collect("READY=1"), self.notify.messages)
+            ready = next(m for m in self.notify.messages if "READY=1" in m)
+            self.assertIn(f"MAINPID={gateway.process.pid}", ready)
+            self.assertIn("STATUS=serving on 127.0.0.1:", ready)
+            if args:
+                self.assertIn("privileges dropped", gateway.output(), "ready only after the drop")
+            self.notify.messages.clear()
+            gateway.process.send_signal(signal.SIGHUP)
+            self.assertTrue(self.notify.collect("policy reload done"), self.notify.messages)
+            self.assertTrue(self.notify.messages[0].startswith("RELOADING=1\nMONOTONIC_USEC="), self.notify.messages)
+            self.notify.messages.clear()
+            gateway.process.send_signal(signal.SIGTERM)
+            self.assertTrue(self.notify.collect("STOPPING=1"), self.notify.messages)
+            self.assertEqual(gateway.process.wait(timeout=15), 0)
+
+    def test_watchdog(self):
+        os.environ["WATCHDOG_USEC"] = "400000"
+        with Gateway():
+            self.assertTrue(self.notify.collect("READY=1"))
+            self.notify.messages.clear()
+            time.sleep(1.0)
+            self.notify.collect("never", deadline=0.2)
+            beats = [m for m in self.notify.messages if m == "WATCHDOG=1"]
+            self.assertGreaterEqual(len(beats), 3, self.notify.messages)
+            self.assertLessEqual(len(beats), 8, self.notify.messages)
+
+    @unittest.skipUnless(shutil.which("systemd-analyze"), "needs systemd-analyze")
+    def test_the_unit_file_verifies(self):
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(ROOT, "contrib", "identgate.service")) as unit:
+                text = unit.read().replace("/usr/local/bin/identgate", os.path.abspath(BINARY))
+            path = os.path.join(folder, "identgate.service")
+            with open(path, "w") as out:
+                out.write(text)
+            result = subprocess.run(["systemd-analyze", "verify", "--man=no", path], capture_output=True, text=True,
+                                    timeout=60, cwd=folder)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stderr.strip(), "", "no complaint about the unit")
+
+    def test_without_notify_socket_nothing_is_sent(self):
+        del os.environ["NOTIFY_SOCKET"]
+        with Gateway() as gateway:
+            self.assertFalse(self.notify.collect("READY=1", deadline=0.5))
+            self.assertIn("identgate serving", gateway.output())
+
+
+if __name__ == "__main__":
+    unittest.main()
