@@ -108,6 +108,13 @@ struct Run: ParsableCommand {
     @Option(help: "How much to log on standard error.")
     var logLevel = LogLevelArgument(.info)
 
+    enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+        case text, json
+    }
+
+    @Option(help: "text (a line per event), or json (an object per line, for log shippers).")
+    var logFormat: LogFormat = .text
+
     func validate() throws {
         guard (1...65535).contains(identPort) else { throw ValidationError("--ident-port: \(identPort) is not a port (1-65535)") }
         if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
@@ -131,7 +138,13 @@ struct Run: ParsableCommand {
     /// and verified. Only then do the threads of SwiftNIO and Swift concurrency start.
     func run() throws {
         let level = logLevel.level
+        let json = logFormat == .json
         LoggingSystem.bootstrap { label in
+            if json {
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler

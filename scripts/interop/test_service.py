@@ -1,6 +1,9 @@
-"""systemd's readiness protocol with a NOTIFY_SOCKET the test owns: READY=1 only once
-the gateway serves (after the privilege drop, when root), RELOADING=1 then READY=1 around
-a SIGHUP reload, STOPPING=1 at SIGTERM, WATCHDOG=1 at half the WATCHDOG_USEC interval."""
+"""Operating it: systemd's readiness protocol with a NOTIFY_SOCKET the test owns (READY=1
+only once the gateway serves, after the privilege drop when root; RELOADING=1 then READY=1
+around a SIGHUP reload; STOPPING=1 at SIGTERM; WATCHDOG=1 at half WATCHDOG_USEC), the unit
+file verified, and `--log-format json`."""
+
+import json
 
 import os
 import shutil
@@ -11,7 +14,7 @@ import tempfile
 import time
 import unittest
 
-from peers import BINARY, ROOT, Gateway
+from peers import BINARY, ROOT, Gateway, recv_exactly
 
 
 class NotifySocket:
@@ -96,6 +99,34 @@ class ServiceManagerTest(unittest.TestCase):
         with Gateway() as gateway:
             self.assertFalse(self.notify.collect("READY=1", deadline=0.5))
             self.assertIn("identgate serving", gateway.output())
+
+
+class JSONLogTest(unittest.TestCase):
+    def test_every_line_is_one_json_object_and_client_text_stays_escaped(self):
+        with tempfile.TemporaryDirectory() as folder:
+            passwords = os.path.join(folder, "passwords")
+            line = subprocess.run([BINARY, "passwd", "alice"], input=b"secret\n", capture_output=True, timeout=30,
+                                  check=True).stdout
+            with open(passwords, "wb") as file:
+                file.write(line)
+            with Gateway("--password-file", passwords, "--log-format", "json") as gateway:
+                with socket.create_connection((gateway.host, gateway.port), timeout=5) as client:
+                    name = "mal\nFORGED line\x1b[31m\u2028x".encode()
+                    client.sendall(b"\x05\x01\x02")
+                    self.assertEqual(recv_exactly(client, 2), b"\x05\x02")
+                    client.sendall(b"\x01" + bytes([len(name)]) + name + b"\x05wrong")
+                    self.assertEqual(recv_exactly(client, 2), b"\x01\x01")
+                gateway.stop()
+                output = gateway.output()
+        lines = [line for line in output.splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]  # every line parses
+        self.assertTrue(all({"time", "level", "label", "message"} <= set(r) for r in records), records)
+        failed = [r for r in records if r["message"] == "password authentication failed"]
+        self.assertEqual(len(failed), 1, records)
+        self.assertNotIn("\n", failed[0]["metadata"]["user"], "the client's newline is escaped, not decoded")
+        self.assertNotIn("\x1b", output)
+        self.assertNotIn("\u2028", output)
+        self.assertTrue(any(r["message"] == "identgate serving" for r in records))
 
 
 if __name__ == "__main__":
