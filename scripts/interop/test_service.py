@@ -101,6 +101,29 @@ class ServiceManagerTest(unittest.TestCase):
             self.assertIn("identgate serving", gateway.output())
 
 
+class ManualTest(unittest.TestCase):
+    def test_manual_page_and_completions_come_from_the_command_definitions(self):
+        with tempfile.TemporaryDirectory() as folder:
+            result = subprocess.run([os.path.join(ROOT, "scripts", "manual"), folder, "debug"], capture_output=True,
+                                    text=True, timeout=600)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(os.path.join(folder, "man1", "identgate.1")) as page:
+                text = page.read()
+            self.assertIn(".Dt IDENTGATE 1", text)
+            for command in ("run", "check", "explain", "audit", "probe", "passwd"):
+                self.assertIn(command, text)
+            if shutil.which("man"):
+                rendered = subprocess.run(["man", "-l", os.path.join(folder, "man1", "identgate.1")],
+                                          capture_output=True, text=True, timeout=60, env=dict(os.environ, MANPAGER="cat"))
+                self.assertIn("identgate", rendered.stdout)
+            bash = os.path.join(folder, "completions", "identgate.bash")
+            self.assertEqual(subprocess.run(["bash", "-n", bash], timeout=30).returncode, 0)
+            with open(bash) as script:
+                self.assertIn("probe", script.read())
+            for name in ("_identgate", "identgate.fish"):
+                self.assertGreater(os.path.getsize(os.path.join(folder, "completions", name)), 100)
+
+
 class JSONLogTest(unittest.TestCase):
     def test_every_line_is_one_json_object_and_client_text_stays_escaped(self):
         with tempfile.TemporaryDirectory() as folder:
