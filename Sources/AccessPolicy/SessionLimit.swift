@@ -27,8 +27,6 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
     public var measure: Measure
     public var scope: Scope
     public var reference: RuleReference
-    /// The line as written, for `explain` and the audit record.
-    public var text: String
     /// Which sessions count: the `limit` line's conditions (command, from, user, version,
     /// auth), as a rule's; its verdict means nothing here.
     public var conditions: Rule
@@ -37,12 +35,11 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
     /// typo, not a limit.
     public static let largestCount = 1_000_000
 
-    public init(_ measure: Measure, _ scope: Scope, conditions: Rule = Rule(.allow), reference: RuleReference, text: String = "") {
+    public init(_ measure: Measure, _ scope: Scope, conditions: Rule = Rule(.allow), reference: RuleReference) {
         self.measure = measure
         self.scope = scope
         self.conditions = conditions
         self.reference = reference
-        self.text = text
     }
 
     /// The counter this request counts against, or nil if the limit does not count it.
@@ -215,8 +212,8 @@ public struct LimitLedger: Sendable {
         return ledger
     }
 
-    /// Sessions open right now (for tests and metrics).
-    public var openSessions: Int { leases.count }
+    /// Sessions open right now under a `sessions` limit (for tests).
+    var openSessions: Int { leases.count }
 
     /// Rate buckets kept (for tests: full ones are swept out).
     var bucketCount: Int { buckets.count }

@@ -41,9 +41,6 @@ public final class PolicyStore: PolicyDecider {
         limiter.release(lease)
     }
 
-    /// Sessions counted by a `sessions` limit right now (for tests and metrics).
-    public var limitedSessions: Int { limiter.openSessions }
-
     public func decide(_ facts: RequestFacts) async -> Decision {
         let (engine, sha256, _) = current.withLockedValue { $0 }
         var decision = await engine.decide(facts, identLookup: identLookup)

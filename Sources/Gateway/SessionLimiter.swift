@@ -24,7 +24,4 @@ final class SessionLimiter: Sendable {
     func adopt(_ limits: [SessionLimit]) {
         ledger.withLock { $0 = $0.adopting(limits) }
     }
-
-    /// Sessions counted by a `sessions` limit right now (for tests and metrics).
-    var openSessions: Int { ledger.withLock { $0.openSessions } }
 }

@@ -564,7 +564,7 @@ private struct Parser {
         limits.append(
             LimitSource(
                 limit: SessionLimit(
-                    measure, scope, conditions: conditions, reference: conditions.reference, text: lineText.trimmedPolicyLine),
+                    measure, scope, conditions: conditions, reference: conditions.reference),
                 lineText: lineText, columns: columns))
     }
 
