@@ -71,14 +71,20 @@ class ChainingTest(unittest.TestCase):
     def test_two_identgates_with_fail_over_and_the_route_in_the_audit_log(self):
         parent = self.gateway("--policy", self.policy("allow from 127.0.0.0/8\n"))
         dead = free_port()
-        child = self.gateway("--policy", self.policy(
+        child_policy = self.policy(
             f"net loopback = 127.0.0.0/8\n"
             f"allow from @loopback to 127.0.0.1 port {self.echo.port}, {self.http.port} "
             f"via socks5://127.0.0.1:{dead}, socks5h://127.0.0.1:{parent.port} label \"via the site gateway\"\n"
-            f"expect allow from 127.0.0.1 to 127.0.0.1:{self.http.port} via socks5://127.0.0.1:{dead}\n"))
+            f"expect allow from 127.0.0.1 to 127.0.0.1:{self.http.port} via socks5://127.0.0.1:{dead}\n")
+        child = self.gateway("--policy", child_policy)
         result = curl(child, f"http://127.0.0.1:{self.http.port}/")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.mebibyte_each_way(child.port)
+        from peers import BINARY
+        explained = subprocess.run([BINARY, "explain", child_policy, "--from", "127.0.0.1", "--to",
+                                    f"127.0.0.1:{self.http.port}"], capture_output=True, text=True, timeout=30)
+        self.assertIn(f"route: via socks5://127.0.0.1:{dead}, then socks5h://127.0.0.1:{parent.port} "
+                      "(the gateway resolves host names)", explained.stdout)
         decision = self.audit(child, "decision")[0]
         self.assertEqual(decision["route"], [f"socks5://127.0.0.1:{dead}", f"socks5h://127.0.0.1:{parent.port}"])
         ended = self.audit(child, "session-end", 2)

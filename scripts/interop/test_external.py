@@ -49,16 +49,21 @@ class Recorder:
         self.socket.close()
 
 
+def sources_seen(recorder, count=1):
+    """The recorder's sources once `count` have arrived (or after 2.5 s)."""
+    for _ in range(50):
+        if len(recorder.sources) >= count:
+            break
+        threading.Event().wait(0.05)
+    return recorder.sources
+
+
 class ExternalAddressTest(unittest.TestCase):
     def test_connect_bind_and_udp_leave_from_the_external_address(self):
         with Gateway("--external", "127.0.0.2") as gateway:
             with Recorder(socket.SOCK_STREAM) as destination:
                 socks5_connect(gateway, "127.0.0.1", destination.port).close()
-                for _ in range(50):
-                    if destination.sources:
-                        break
-                    threading.Event().wait(0.05)
-                self.assertEqual(destination.sources, ["127.0.0.2"], "CONNECT")
+                self.assertEqual(sources_seen(destination), ["127.0.0.2"], "CONNECT")
 
             probe = subprocess.Popen([BINARY, "probe", f"socks5://{gateway.address}", "--command", "bind",
                                       "--to", "127.0.0.1:10"], stdout=subprocess.PIPE, text=True)
@@ -105,11 +110,7 @@ class ExternalAddressTest(unittest.TestCase):
         with Gateway("--external", "lo") as gateway:
             with Recorder(socket.SOCK_STREAM) as destination:
                 socks5_connect(gateway, "127.0.0.1", destination.port).close()
-                for _ in range(50):
-                    if destination.sources:
-                        break
-                    threading.Event().wait(0.05)
-                self.assertEqual(destination.sources, ["127.0.0.1"])
+                self.assertEqual(sources_seen(destination), ["127.0.0.1"])
 
 
 if __name__ == "__main__":

@@ -150,6 +150,15 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual(record["command"], "udp")
         self.assertNotIn("ruleLine", record, "no rule decides an ASSOCIATE")
 
+    def test_explain_shows_each_limit_at_a_posed_load(self):
+        result = subprocess.run([BINARY, "explain", self.policy, "--from", "127.0.0.2", "--to", "127.0.0.1:80",
+                                 "--open", "2"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("limits, with 2 open and 0 just started", result.stdout)
+        self.assertRegex(result.stdout, r"line 4 +reached +2 open sessions per client \(client 127.0.0.2\) \"two each\"")
+        self.assertRegex(result.stdout, r"line 7 +not counted +1 open session per client: command connect is not udp")
+        self.assertIn('decided by line 3 "loopback", refused by the limit on line 4 "two each": deny (reply 0x02', result.stdout)
+
     def test_open_sessions_stay_counted_across_a_reload(self):
         for _ in range(2):
             self.hold(*socks5_request(self.gateway, "127.0.0.2", "127.0.0.1", self.server.port))
