@@ -80,7 +80,7 @@ let package = Package(
         .target(
             name: "Probe",
             dependencies: [
-                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL",
+                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL", "AuditLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -65,6 +65,16 @@ extension AuditRecord {
     }
 }
 
+/// JSON string literals as the audit log writes them (RFC 8259, and DEL), for the other
+/// JSON the gateway prints (`--log-format json`).
+public enum JSONText {
+    public static func quoted(_ text: String) -> String {
+        var writer = JSONObjectWriter()
+        writer.string(text)
+        return String(decoding: writer.out, as: UTF8.self)
+    }
+}
+
 private struct JSONObjectWriter {
     var out: [UInt8] = []
     /// No field written yet in the object being written (no comma before the next key).
@@ -120,15 +130,32 @@ private struct JSONObjectWriter {
 
     /// Copies the string in runs between the bytes that need escaping: most audit strings
     /// (addresses, names, digests) have none and go in with one copy.
-    private mutating func string(_ value: String) {
+    mutating func string(_ value: String) {
         out.append(UInt8(ascii: "\""))
         var value = value
         value.withUTF8 { bytes in
             var runStart = 0
-            for (index, byte) in bytes.enumerated() where Self.needsEscape(byte) {
+            var index = 0
+            while index < bytes.count {
+                let byte = bytes[index]
+                // U+2028 and U+2029 (E2 80 A8/A9) are valid in JSON but end a line for
+                // many line readers (JavaScript, Python's splitlines): escaped too.
+                let separator =
+                    byte == 0xE2 && index + 2 < bytes.count && bytes[index + 1] == 0x80
+                    && (bytes[index + 2] == 0xA8 || bytes[index + 2] == 0xA9)
+                guard Self.needsEscape(byte) || separator else {
+                    index += 1
+                    continue
+                }
                 out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
-                escape(byte)
-                runStart = index + 1
+                if separator {
+                    out += Array((bytes[index + 2] == 0xA8 ? "\\u2028" : "\\u2029").utf8)
+                    index += 3
+                } else {
+                    escape(byte)
+                    index += 1
+                }
+                runStart = index
             }
             out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart...]))
         }

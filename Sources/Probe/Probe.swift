@@ -1,4 +1,5 @@
 import ArgumentParser
+import AuditLog
 import NIOCore
 import NetAddress
 import PosixEndpoint
@@ -342,16 +343,7 @@ struct Report {
     }
 
     private func jsonString(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += String(format4: scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        JSONText.quoted(text)
     }
 }
 
@@ -362,10 +354,6 @@ extension String {
 
     init(format3 value: Double) {
         self = String(Int((value * 1000).rounded()) / 1000) + "." + String(Int((value * 1000).rounded()) % 1000).leftPaddedZeros(3)
-    }
-
-    init(format4 value: UInt32) {
-        self = "\\u" + String(value, radix: 16).leftPaddedZeros(4)
     }
 
     func leftPaddedZeros(_ width: Int) -> String {

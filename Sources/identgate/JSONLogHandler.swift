@@ -1,3 +1,4 @@
+import AuditLog
 import Logging
 
 #if canImport(Glibc)
@@ -6,9 +7,9 @@ import Logging
 
 /// `--log-format json`: one JSON object a line on standard error, for log shippers
 /// (journald, Vector, Loki): `time`, `level`, `label`, `message`, `source`, and the
-/// metadata as an object. Every string is escaped as RFC 8259 says (control characters as
-/// `\u00XX`), so no value can break a line; the values a client or identd chose are
-/// escaped once more where they are logged (`DisplayText`), as in the text form.
+/// metadata as an object. Strings are escaped as the audit log's (`JSONText`), so no value
+/// can break a line; the values a client or identd chose are escaped once more where they
+/// are logged (`DisplayText`), as in the text form.
 struct JSONLogHandler: LogHandler {
     let label: String
     var logLevel: Logger.Level = .info
@@ -38,23 +39,7 @@ struct JSONLogHandler: LogHandler {
     }
 
     static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value)
-                || scalar.value == 0x2028 || scalar.value == 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default:
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        JSONText.quoted(text)
     }
 
     /// `2026-12-02T13:48:19.123Z`.

@@ -27,6 +27,14 @@ import Testing
         return record
     }
 
+    /// Line separators are valid JSON but end a line for many readers: escaped, and read back.
+    @Test func lineSeparatorsAreEscaped() throws {
+        let text = "a\u{2028}b\u{2029}c\"\u{1B}"
+        let quoted = JSONText.quoted(text)
+        #expect(quoted == #""a\u2028b\u2029c\"\u001b""#)
+        #expect(try JSONDecoder().decode(String.self, from: Data(quoted.utf8)) == text)
+    }
+
     @Test func handWrittenJSONReadsBackEqual() throws {
         var chain = AuditChain()
         let line = try chain.line(for: sample())
