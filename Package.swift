@@ -16,6 +16,14 @@ import PackageDescription
 //   OfflineCommands check, test, explain, audit: files and the pure core, no SwiftNIO I/O
 //   Gateway         SwiftNIO handlers, relay, resolver, ident client, audit writer (all the I/O)
 //   identgate       the command line: run (Gateway) and the offline commands
+// The commit `identgate --version` names: IDENTGATE_COMMIT if set (scripts/package sets
+// it from `git describe`), else the package's own git state as SwiftPM reads it.
+let buildCommit: String = {
+    if let commit = Context.environment["IDENTGATE_COMMIT"], !commit.isEmpty { return commit }
+    guard let git = Context.gitInformation else { return "unknown" }
+    return String(git.currentCommit.prefix(12)) + (git.hasUncommittedChanges ? "-modified" : "")
+}()
+
 let package = Package(
     name: "identgate",
     products: [
@@ -27,6 +35,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // The metrics endpoint's registry and exposition format (`--metrics-listen`).
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // Counts allocations for the allocation guard (Tests/AllocationGuard) only.
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -51,6 +61,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
+        // The commit the binary was built from, for `--version` and the build_info metric.
+        .target(name: "CBuildInfo", cSettings: [.define("IDENTGATE_COMMIT", to: "\"\(buildCommit)\"")]),
         // MIT Kerberos' GSS-API, for RFC 1961 (Debian: libkrb5-dev).
         .target(name: "CGSSAPI", linkerSettings: [.linkedLibrary("gssapi_krb5"), .linkedLibrary("krb5")]),
         .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress", "PosixEndpoint"]),
@@ -63,7 +75,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // The offline commands (check, test, explain, audit verify|show|summary|replay):
@@ -89,6 +103,7 @@ let package = Package(
             name: "identgate",
             dependencies: [
                 "Gateway", "OfflineCommands", "Probe", "PolicyFiles", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
+                "CBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -80,6 +80,8 @@ public final class AuditWriter: Sendable {
         var healthy = true
         /// Requests refused since requests were last admitted (`admitRequest`).
         var refused = 0
+        /// Failed write attempts since the start (metrics).
+        var writeFailures = 0
         var failure: String?
         var chain: AuditChain
         var descriptor: Int32
@@ -187,6 +189,26 @@ public final class AuditWriter: Sendable {
             }
             state.refused += 1
             return .refused(first: state.refused == 1)
+        }
+    }
+
+    /// The writer's state for the metrics endpoint and `/healthz`.
+    public struct Health: Sendable {
+        /// Records queued or being written.
+        public var queued: Int
+        /// Failed write attempts since the start.
+        public var writeFailures: Int
+        /// True while new requests are refused (fail-closed, and failing or too far behind).
+        public var refusingRequests: Bool
+        /// Why the log is failing, while it is.
+        public var failure: String?
+    }
+
+    public var health: Health {
+        state.withLockedValue { state in
+            Health(
+                queued: state.queue.count + state.writing, writeFailures: state.writeFailures, refusingRequests: !admits(state),
+                failure: state.healthy ? nil : state.failure)
         }
     }
 
@@ -332,6 +354,7 @@ public final class AuditWriter: Sendable {
             defer {
                 state.healthy = false
                 state.failure = reason
+                state.writeFailures += 1
             }
             if state.healthy {
                 // Says in the log itself that it had a gap; as long as it is queued the

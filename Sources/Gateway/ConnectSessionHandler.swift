@@ -135,6 +135,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// parent carried the session.
     private func connectVia(_ route: [SOCKSURL], destination: SOCKSHost, port: UInt16, context: ChannelHandlerContext) {
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timing = ConnectTiming(setup.gateway.metrics)
         ParentConnector.connect(
             route: route, command: .connect, destination: destination, port: port, gateway: setup.gateway,
             eventLoop: context.eventLoop
@@ -145,15 +146,18 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.attempt = nil
             switch result {
             case .success(let connected):
+                timing.connected()
                 self.outbound = connected.channel
                 self.parent = (connected.parent, connected.attempt)
                 self.perform(self.machine.connected(), context: context)
             case .failure(let refused as ParentConnector.Refused):
                 self.setup.gateway.logger.info(
                     "CONNECT through a parent refused", metadata: ["destination": "\(destination):\(port)", "reason": "\(refused.reason)"])
+                timing.failed(refused.failure)
                 self.perform(self.machine.connectFailed(refused.failure), context: context)
             case .failure(let error):
                 self.setup.gateway.logger.notice("CONNECT through a parent failed", metadata: ["error": "\(error)"])
+                timing.failed(.generalFailure)
                 self.perform(self.machine.connectFailed(.generalFailure), context: context)
             }
         }
@@ -161,6 +165,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func connect(to destination: IPEndpoint, context: ChannelHandlerContext) {
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timing = ConnectTiming(setup.gateway.metrics)
         var bootstrap = ClientBootstrap(group: context.eventLoop)
         switch setup.gateway.configuration.outboundSource(toward: destination.address) {
         case .kernel:
@@ -195,13 +200,36 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 self.attempt = nil
                 switch result {
                 case .success(let channel):
+                    timing.connected()
                     self.outbound = channel
                     self.perform(self.machine.connected(), context: context)
                 case .failure(let error):
                     self.setup.gateway.logger.debug(
                         "connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                    self.perform(self.machine.connectFailed(SOCKSRequestFailure(connectError: error)), context: context)
+                    let failure = SOCKSRequestFailure(connectError: error)
+                    timing.failed(failure)
+                    self.perform(self.machine.connectFailed(failure), context: context)
                 }
             }
+    }
+}
+
+/// An outbound connect timed for the metrics (`identgate_connect_duration_seconds`,
+/// `identgate_connect_failures_total`); with metrics off, no clock is read.
+struct ConnectTiming {
+    private let metrics: GatewayMetrics?
+    private let started: ContinuousClock.Instant?
+
+    init(_ metrics: GatewayMetrics?) {
+        self.metrics = metrics
+        started = metrics == nil ? nil : .now
+    }
+
+    func connected() {
+        if let metrics, let started { metrics.connected(after: .now - started) }
+    }
+
+    func failed(_ failure: SOCKSRequestFailure) {
+        metrics?.connectFailed(failure)
     }
 }

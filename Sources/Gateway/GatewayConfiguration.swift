@@ -87,6 +87,8 @@ final class GatewayContext: Sendable {
     let logger: Logger
     /// Where every decision and session end is recorded; nil: no audit log (tests).
     let audit: AuditWriter?
+    /// What is counted for `--metrics-listen`; nil: nothing is.
+    let metrics: GatewayMetrics?
 
     /// How much a relayed socket reads at once: starts small (an idle connection holds
     /// little) and grows with the traffic, up to 256 KiB rather than NIO's 64 KiB, so a
@@ -98,8 +100,10 @@ final class GatewayContext: Sendable {
 
     init(
         configuration: GatewayConfiguration, policy: any PolicyDecider, credentials: (any PasswordVerifier)?,
-        resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?, gssAcceptor: GSSAcceptor? = nil
+        resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?, gssAcceptor: GSSAcceptor? = nil,
+        metrics: GatewayMetrics? = nil
     ) {
+        self.metrics = metrics
         self.gssAcceptor = gssAcceptor
         self.configuration = configuration
         self.policy = policy

@@ -28,6 +28,7 @@ public final class GatewayServer: Sendable {
         logger: Logger,
         audit: AuditWriter? = nil,
         gssAcceptor: GSSAcceptor? = nil,
+        metrics: GatewayMetrics? = nil,
         lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) {
         self.group = group
@@ -44,7 +45,8 @@ public final class GatewayServer: Sendable {
             threadPool: threadPool,
             logger: logger,
             audit: audit,
-            gssAcceptor: gssAcceptor
+            gssAcceptor: gssAcceptor,
+            metrics: metrics
         )
     }
 
@@ -56,6 +58,15 @@ public final class GatewayServer: Sendable {
 
     /// Accepts that failed (the descriptor limit reached, say) since the start.
     public var acceptFailures: Int { context.acceptFailures.withLockedValue { $0.total } }
+
+    /// The audit writer's state (queue, failures), for the metrics endpoint; nil: no log.
+    public var auditHealth: AuditWriter.Health? { context.audit?.health }
+
+    /// Another address this process serves on (the metrics endpoint): a CONNECT to it
+    /// is refused like one to the SOCKS listeners, unless a rule names it.
+    public func addOwnListener(_ endpoint: IPEndpoint) {
+        context.ownListeners.withLockedValue { $0.append(endpoint) }
+    }
 
     /// Binds every listen address; returns the bound addresses (port 0 becomes a real one).
     /// If one cannot be bound, those already bound are closed and the error is thrown.
@@ -94,7 +105,7 @@ public final class GatewayServer: Sendable {
             _ = try? await shutdown(grace: .zero)
             throw error
         }
-        context.ownListeners.withLockedValue { $0 = bound }
+        context.ownListeners.withLockedValue { $0 += bound }
         return bound
     }
 

@@ -16,19 +16,30 @@ public struct IdentClient: Sendable {
     let group: any EventLoopGroup
     let port: Int
     let logger: Logger
+    let metrics: GatewayMetrics?
 
     /// `port` is 113 except in tests.
-    public init(group: any EventLoopGroup, port: Int = 113, logger: Logger) {
+    public init(group: any EventLoopGroup, port: Int = 113, logger: Logger, metrics: GatewayMetrics? = nil) {
         self.group = group
         self.port = port
         self.logger = logger
+        self.metrics = metrics
     }
 
     /// The engine's `IdentLookup`.
     public var lookup: IdentLookup {
         { facts, timeoutSeconds in
+            let started = ContinuousClock.now
             let answer = await self.query(
                 client: facts.client, listener: facts.listener, timeout: .nanoseconds(Int64(timeoutSeconds * 1e9)))
+            if let metrics = self.metrics {
+                let outcome: String =
+                    switch answer.outcome {
+                    case .userID: "user-id"
+                    case .failure(let failure): failure.rawValue
+                    }
+                metrics.identLookup(outcome, after: .now - started)
+            }
             self.logger.info(
                 "ident lookup",
                 metadata: [

@@ -290,6 +290,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture),
             perMessage: perMessage)
+        gateway.metrics?.sessionStarted(request.command, request.version, closed: context.channel.closeFuture)
         let next: any ChannelHandler =
             switch request.command {
             case .connect: ConnectSessionHandler(session, facts: facts, early: early)

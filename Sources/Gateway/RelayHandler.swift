@@ -1,5 +1,6 @@
 import NIOCore
 import NIOExtras
+import Prometheus
 
 /// One half of a relay: a pair of these, one in each channel's pipeline, passes bytes
 /// between the client and the destination (the "glue" pattern of NIO's connect-proxy
@@ -27,16 +28,22 @@ final class RelayHandler: ChannelDuplexHandler {
     /// Why the session ended, for the audit log.
     private(set) var closeReason = "closed"
     private let onClose: ((RelayHandler) -> Void)?
+    /// The metrics' counter of the bytes this side reads (`--metrics-listen`), if on.
+    private let readCounter: Counter?
 
-    private init(onClose: ((RelayHandler) -> Void)?) {
+    private init(onClose: ((RelayHandler) -> Void)?, readCounter: Counter?) {
         self.onClose = onClose
+        self.readCounter = readCounter
     }
 
     /// A matched pair: the first goes into the client's channel, the second into the
     /// destination's. `onClientClose` runs once when the client's channel closes.
-    static func matchedPair(onClientClose: ((RelayHandler) -> Void)? = nil) -> (client: RelayHandler, destination: RelayHandler) {
-        let client = RelayHandler(onClose: onClientClose)
-        let destination = RelayHandler(onClose: nil)
+    /// `counting`: the metrics' counters of the bytes each way, added to as they are read.
+    static func matchedPair(
+        counting counters: (fromClient: Counter, toClient: Counter)? = nil, onClientClose: ((RelayHandler) -> Void)? = nil
+    ) -> (client: RelayHandler, destination: RelayHandler) {
+        let client = RelayHandler(onClose: onClientClose, readCounter: counters?.fromClient)
+        let destination = RelayHandler(onClose: nil, readCounter: counters?.toClient)
         client.partner = destination
         destination.partner = client
         return (client, destination)
@@ -107,7 +114,9 @@ final class RelayHandler: ChannelDuplexHandler {
     // MARK: Pipeline events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        bytesRead &+= UInt64(unwrapInboundIn(data).readableBytes)
+        let count = unwrapInboundIn(data).readableBytes
+        bytesRead &+= UInt64(count)
+        readCounter?.increment(by: Int64(count))
         partner?.partnerWrite(data)
     }
 

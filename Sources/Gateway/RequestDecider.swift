@@ -29,8 +29,10 @@ struct RequestDecider {
     func decide(
         _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop, report: @escaping (DecisionEvent) -> Void
     ) -> PendingDecisionTask? {
+        // Timed for the metrics only when they are on: a clock read is not free.
+        let started = gateway.metrics == nil ? nil : ContinuousClock.now
         if let decision = gateway.policy.decideImmediately(facts) {
-            decided(decision, facts, step: step, on: eventLoop, report: report)
+            decided(decision, facts, step: step, started: started, on: eventLoop, report: report)
             return nil
         }
         let policy = gateway.policy
@@ -38,7 +40,7 @@ struct RequestDecider {
         let deadline = gateway.configuration.negotiationTimeout
         let timer = eventLoop.assumeIsolated().scheduleTask(in: deadline) {
             guard let report = pending.take() else { return }
-            self.recordTimeout(facts, step: step, after: deadline)
+            self.recordTimeout(facts, step: step, after: deadline, started: started)
             report(.timedOut)
         }
         let decision = eventLoop.makePromise(of: Decision.self)
@@ -47,7 +49,7 @@ struct RequestDecider {
             timer.cancel()
             guard let report = pending.take() else { return }
             switch result {
-            case .success(let decision): self.decided(decision, facts, step: step, on: eventLoop, report: report)
+            case .success(let decision): self.decided(decision, facts, step: step, started: started, on: eventLoop, report: report)
             case .failure: report(.timedOut)
             }
         }
@@ -56,7 +58,7 @@ struct RequestDecider {
 
     /// Logs and records the decision, then reports it (and later its record's write).
     private func decided(
-        _ decision: Decision, _ facts: RequestFacts, step: String?, on eventLoop: any EventLoop,
+        _ decision: Decision, _ facts: RequestFacts, step: String?, started: ContinuousClock.Instant?, on eventLoop: any EventLoop,
         report: @escaping (DecisionEvent) -> Void
     ) {
         var decision = refusingLoops(decision, facts)
@@ -71,6 +73,9 @@ struct RequestDecider {
             decision = decision.refused(by: refusal)
         }
         log(decision, facts, step: step)
+        if let started {
+            gateway.metrics?.decided(decision, reply: decision.replyCode(for: facts.version), after: .now - started)
+        }
         guard let audit = gateway.audit else { return report(.decided(decision, recordPending: false)) }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
             audit.recordDecision(facts, decision, session: session, step: step)
@@ -119,12 +124,18 @@ struct RequestDecider {
     func refuse(_ facts: RequestFacts, _ refusal: LimitRefusal) {
         let decision = Decision(verdict: .allow, refusal: nil, rule: nil, trace: []).refused(by: refusal)
         log(decision, facts, step: nil)
+        gateway.metrics?.decided(decision, reply: decision.replyCode(for: facts.version), after: nil)
         gateway.audit?.recordDecision(facts, decision, session: session, step: nil)
     }
 
     /// The deadline passed: a decision record says so (deny, general failure), with
     /// every fact the engine had, so the auditor sees the request and why it failed.
-    private func recordTimeout(_ facts: RequestFacts, step: String?, after deadline: TimeAmount) {
+    private func recordTimeout(_ facts: RequestFacts, step: String?, after deadline: TimeAmount, started: ContinuousClock.Instant?) {
+        let reply = SOCKSServerMessage.failed(.generalFailure, version: SOCKSVersion(facts.version)).replyCode ?? 0
+        if let started {
+            gateway.metrics?.decided(
+                Decision(verdict: .deny, refusal: nil, rule: nil, trace: []), reply: reply, after: .now - started, timedOut: true)
+        }
         let reason = "decision timed out after \(deadline) (identd did not answer in time)"
         gateway.logger.notice(
             "request refused: \(reason)",
@@ -132,7 +143,7 @@ struct RequestDecider {
         guard let audit = gateway.audit else { return }
         var record = AuditRecord.decision(
             facts, Decision(verdict: .deny, refusal: nil, rule: nil, trace: []), session: session, step: step)
-        record.reply = Int(SOCKSServerMessage.failed(.generalFailure, version: SOCKSVersion(facts.version)).replyCode ?? 0)
+        record.reply = Int(reply)
         record.reason = step.map { "\($0): \(reason)" } ?? reason
         audit.record(record)
     }

@@ -24,7 +24,8 @@ enum SessionRelay {
 
         let started = ContinuousClock.now
         let audit = gateway.audit
-        let (clientSide, destinationSide) = RelayHandler.matchedPair { client in
+        let counters = gateway.metrics.map { (fromClient: $0.tcpFromClients, toClient: $0.tcpToClients) }
+        let (clientSide, destinationSide) = RelayHandler.matchedPair(counting: counters) { client in
             guard let audit else { return }
             var record = AuditRecord(event: .sessionEnd)
             record.session = session

@@ -134,6 +134,10 @@ final class UDPAssociation {
         }
         return relayBound.assumeIsolated().flatMap { relay in
             self.relay = relay
+            if let metrics = self.gateway.metrics {
+                metrics.udpAssociationOpened()
+                relay.closeFuture.whenComplete { _ in metrics.udpAssociationClosed() }
+            }
             // Either family may be unavailable (IPv6 off on this host, or no `--external`
             // address of it): its destinations are then unreachable, the other works.
             let v4 = outboundSocket(ipv6: false).map(Optional.some).recover { _ in nil }
@@ -368,6 +372,7 @@ final class UDPAssociation {
         var body = payload
         datagram.writeBuffer(&body)
         counts.relayed += 1
+        gateway.metrics?.udpRelayed(fromClient: payload.readableBytes)
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(parentRelayAddress), data: datagram), promise: nil)
     }
 
@@ -383,6 +388,7 @@ final class UDPAssociation {
     private func send(_ payload: ByteBuffer, to destination: IPEndpoint) {
         guard !closed, let channel = outbound[destination.address.isIPv6] else { return }
         counts.relayed += 1
+        gateway.metrics?.udpRelayed(fromClient: payload.readableBytes)
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(destination), data: payload), promise: nil)
     }
 
@@ -416,6 +422,7 @@ final class UDPAssociation {
         }
         var datagram = relay.allocator.buffer(capacity: payload.readableBytes + 22)
         datagram.writeSOCKS5UDPHeader(host: SOCKSHost(from.address), port: from.port)
+        gateway.metrics?.udpRelayed(toClient: payload.readableBytes)
         datagram.writeBuffer(&payload)
         if let perMessage {
             guard let wrapped = perMessage.wrapDatagram(datagram, allocator: relay.allocator) else {

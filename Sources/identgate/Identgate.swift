@@ -1,4 +1,5 @@
 import ArgumentParser
+import CBuildInfo
 import Probe
 import OfflineCommands
 
@@ -7,8 +8,14 @@ struct Identgate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "identgate",
         abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",
-        version: "0.1.0",
+        version: "\(version) (commit \(commit))",
         subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, Audit.self, Passwd.self, Probe.self],
         defaultSubcommand: nil
     )
+}
+
+extension Identgate {
+    /// The release, and the commit it was built from (Package.swift's `buildCommit`).
+    static let version = "0.1.0"
+    static let commit = String(cString: identgate_build_commit())
 }

@@ -1,6 +1,7 @@
 import AccessPolicy
 import ArgumentParser
 import AuditLog
+import CBuildInfo
 import Foundation
 import Gateway
 import Logging
@@ -105,6 +106,13 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("The identd port on clients (RFC 1413: 113). For tests.", visibility: .hidden))
     var identPort: Int = 113
 
+    @Option(
+        name: .customLong("metrics-listen"),
+        help: ArgumentHelp(
+            "Serve Prometheus metrics (/metrics) and a health check (/healthz) over HTTP on HOST:PORT. Default: off.",
+            valueName: "host:port"))
+    var metricsListen: ListenAddress?
+
     @Option(help: "How much to log on standard error.")
     var logLevel = LogLevelArgument(.info)
 
@@ -119,6 +127,9 @@ struct Run: ParsableCommand {
         guard (1...65535).contains(identPort) else { throw ValidationError("--ident-port: \(identPort) is not a port (1-65535)") }
         if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
             throw ValidationError("--methods password needs --password-file")
+        }
+        if let metrics = metricsListen?.endpoint, listen.contains(where: { $0.endpoint == metrics }) {
+            throw ValidationError("--metrics-listen \(metrics) is also a --listen address: the metrics need a port of their own")
         }
     }
 
@@ -192,10 +203,12 @@ struct Run: ParsableCommand {
         let notifier = ServiceNotifier()
         let identity = try privilegeTarget()
         let sockets: [[ListeningSocket]]
+        let metricsSocket: ListeningSocket?
         do {
             sockets = try configuration.listen.map {
                 try ListeningSocket.open($0, count: eventLoops)
             }
+            metricsSocket = try metricsListen.map { try ListeningSocket.open($0.endpoint, backlog: 64) }
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -231,11 +244,14 @@ struct Run: ParsableCommand {
         let settings = configuration
         let verified = dropped
         let policySHA256 = policyFile.sha256
+        let metrics = metricsSocket.map { socket in
+            (GatewayMetrics(version: Identgate.version, commit: Identgate.commit), socket)
+        }
         try waitFor {
             try await command.serve(
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
                 gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
-                notifier: notifier, logger: logger)
+                metrics: metrics, notifier: notifier, logger: logger)
         }
     }
 
@@ -277,8 +293,9 @@ struct Run: ParsableCommand {
     private func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
         gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
-        notifier: ServiceNotifier, logger: Logger
+        metrics metricsSetup: (GatewayMetrics, ListeningSocket)?, notifier: ServiceNotifier, logger: Logger
     ) async throws {
+        let metrics = metricsSetup?.0
         audit?.start()
         defer { audit?.shutdown() }
         var privileges = AuditRecord(event: .privileges)
@@ -309,7 +326,7 @@ struct Run: ParsableCommand {
 
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
-        let identClient = IdentClient(group: group, port: identPort, logger: logger)
+        let identClient = IdentClient(group: group, port: identPort, logger: logger, metrics: metrics)
         let policyStore = PolicyStore(engine, sha256: policySHA256, identLookup: identClient.lookup)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
@@ -321,14 +338,28 @@ struct Run: ParsableCommand {
             threadPool: threadPool,
             logger: logger,
             audit: audit,
-            gssAcceptor: gssAcceptor
+            gssAcceptor: gssAcceptor,
+            metrics: metrics
         )
+        metrics?.policyLoaded(sha256: policySHA256, file: policy ?? DefaultPolicy.fileName)
 
         let bound: [IPEndpoint]
         do {
             bound = try await gateway.start(adopting: descriptors)
         } catch {
             throw FailedStart(message: "\(error)")
+        }
+        var metricsEndpoint: MetricsEndpoint?
+        if let (metrics, socket) = metricsSetup {
+            let endpoint = MetricsEndpoint(metrics: metrics, gateway: gateway)
+            do {
+                let served = try await endpoint.start(socket.endpoint, adopting: socket.descriptor, group: group)
+                logger.info("metrics served", metadata: ["listen": "\(served)", "paths": "/metrics /healthz"])
+            } catch {
+                _ = try? await gateway.shutdown(grace: .zero)
+                throw FailedStart(message: "\(error)")
+            }
+            metricsEndpoint = endpoint
         }
         for (line, parent) in compiled.routesToItself(listening: bound) {
             logger.warning("the rule on line \(line) routes through this gateway itself (\(parent)): a loop")
@@ -348,6 +379,7 @@ struct Run: ParsableCommand {
             ]
         )
         // Ready only now: bound, privileges dropped and verified, policy loaded.
+        metrics?.markReady()
         notifier.notify("READY=1", "STATUS=serving on \(bound.map(\.description).joined(separator: " "))", "MAINPID=\(getpid())")
         let watchdog = notifier.watchdogInterval.map { interval in
             Task {
@@ -365,7 +397,7 @@ struct Run: ParsableCommand {
                 signal = name
             case .reload:
                 notifier.reloading()
-                await reloadPolicy(into: policyStore, audit: audit, logger: logger)
+                await reloadPolicy(into: policyStore, audit: audit, metrics: metrics, logger: logger)
                 notifier.notify("READY=1", "STATUS=serving; policy reload done (see the log)")
                 continue
             case .reopenAuditLog:
@@ -380,6 +412,7 @@ struct Run: ParsableCommand {
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
+        await metricsEndpoint?.stop()
         let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
         if !inTime { logger.notice("grace period over; closing the sessions still running") }
         var stopped = AuditRecord(event: .gatewayStop)
@@ -418,12 +451,13 @@ extension Run {
     /// SIGHUP: read, check and test the policy file again; swap only if all is well. The
     /// engine the tests ran on is the one that serves, and the recorded SHA-256 is of the
     /// bytes it was compiled from.
-    private func reloadPolicy(into store: PolicyStore, audit: AuditWriter?, logger: Logger) async {
+    private func reloadPolicy(into store: PolicyStore, audit: AuditWriter?, metrics: GatewayMetrics?, logger: Logger) async {
         guard let path = policy else {
             logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
             return
         }
         func reject(_ problem: String) {
+            metrics?.policyReloaded(applied: false)
             logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
             var rejected = AuditRecord(event: .policyReloadRejected)
             rejected.policyFile = path
@@ -441,6 +475,8 @@ extension Run {
         }
         guard let engine = tested.engine, let report = tested.report else { return reject("\(path) did not compile") }
         store.replace(with: engine, sha256: tested.file.sha256)
+        metrics?.policyReloaded(applied: true)
+        metrics?.policyLoaded(sha256: tested.file.sha256, file: path)
         var reloaded = AuditRecord(event: .policyReload)
         reloaded.policyFile = path
         reloaded.policySHA256 = tested.file.sha256

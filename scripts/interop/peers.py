@@ -253,3 +253,30 @@ def recv_exactly(connection, count):
             raise EOFError(f"connection ended after {len(data)} of {count} bytes")
         data += chunk
     return data
+
+
+class FullDisk:
+    """A 256 KiB tmpfs (root only) that the test can fill to its last block and empty
+    again: for what happens when the audit log cannot be written."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, "disk")
+        os.mkdir(self.path)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", self.path], check=True)
+        self.filler = os.path.join(self.path, "filler")
+
+    def fill(self):
+        filler = os.open(self.filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(filler, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+
+    def empty(self):
+        os.unlink(self.filler)
+
+    def unmount(self):
+        subprocess.run(["umount", "-l", self.path])

@@ -14,7 +14,7 @@ import unittest
 
 import jsonschema
 
-from peers import BINARY, ROOT, Gateway, HTTPServer, TCPServer, echo, recv_exactly, socks5_connect
+from peers import BINARY, ROOT, FullDisk, Gateway, HTTPServer, TCPServer, echo, recv_exactly, socks5_connect
 
 SCHEMA = json.load(open(os.path.join(ROOT, "docs", "audit-log.schema.json")))
 
@@ -160,22 +160,13 @@ class AuditLogTests(unittest.TestCase):
 
     @unittest.skipUnless(os.geteuid() == 0, "mounting a small tmpfs needs root")
     def test_full_disk_fails_closed(self):
-        disk = os.path.join(self.folder, "disk")
-        os.mkdir(disk)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", disk], check=True)
-        self.addCleanup(lambda: subprocess.run(["umount", "-l", disk]))
+        full = FullDisk(self.folder)
+        self.addCleanup(full.unmount)
+        disk = full.path
         with TCPServer(echo) as server, Gateway("--audit-log", os.path.join(disk, "audit.jsonl")) as gateway:
             self.assertEqual(socks5_exchange(gateway.port, server.port), 0)
             served = server.bytes_received
-            # Fill the disk to the last block.
-            filler = os.open(os.path.join(disk, "filler"), os.O_WRONLY | os.O_CREAT)
-            try:
-                while True:
-                    os.write(filler, b"\0" * 4096)
-            except OSError:
-                pass
-            finally:
-                os.close(filler)
+            full.fill()
             # A few records may still fit in the log's last page; then requests are refused.
             replies = []
             while len(replies) < 200 and (not replies or replies[-1] == 0):
@@ -189,7 +180,7 @@ class AuditLogTests(unittest.TestCase):
             refusals = sum(replies[-1:]) + 5
             self.assertEqual(gateway.output().count("requests refused"), 1, f"one line for {refusals} refusals")
             # Room again: requests are served again.
-            os.unlink(os.path.join(disk, "filler"))
+            full.empty()
             self.assertTrue(wait_for(lambda: socks5_exchange(gateway.port, server.port) == 0, seconds=10))
             # Each episode of refusals is logged at its start and its end, not per request
             # (a disk at its last block may let a record through between two episodes).
