@@ -8,6 +8,7 @@ import PackageDescription
 //   PosixEndpoint   the one conversion between IPEndpoint and the socket calls' sockaddr
 //   ProxyURL        SOCKS URLs (socks5h://user@gw:1080): parents in the policy, servers for probe
 //   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
+//   ProxyProtocol   pure PROXY protocol v1/v2 header parser (clients behind a load balancer)
 //   AccessPolicy    pure request facts -> decision engine, and the policy language
 //   IdentProtocol   pure RFC 1413 query and reply
 //   SOCKSSession    pure session state machines (CONNECT, BIND) and the wire <-> policy vocabulary
@@ -51,6 +52,8 @@ let package = Package(
             dependencies: ["NetAddress", "ProxyURL", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "AccessPolicy", dependencies: ["NetAddress", "ProxyURL"]),
+        // HAProxy's PROXY protocol (v1 and v2): the real client behind a load balancer.
+        .target(name: "ProxyProtocol", dependencies: ["NetAddress"]),
         .target(name: "SOCKSSession", dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy"]),
         .target(name: "IdentProtocol", dependencies: ["AccessPolicy"]),
         .target(
@@ -70,7 +73,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "PosixEndpoint", "CCrypt",
-                "CGSSAPI", "ProxyURL",
+                "CGSSAPI", "ProxyURL", "ProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -126,7 +129,7 @@ let package = Package(
             path: "Tests/AllocationGuard"
         ),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "PosixEndpoint"]),
-        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress", "ProxyURL"]),
+        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress", "ProxyURL", "ProxyProtocol"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
         .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress", "ProxyURL"]),
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),

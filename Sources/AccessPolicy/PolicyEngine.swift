@@ -209,3 +209,13 @@ private struct IdentCheck {
         return Decision(verdict: .allow, refusal: nil, rule: rule.reference, trace: trace, identAnswer: answer)
     }
 }
+
+extension Policy {
+    /// What `check --proxy-protocol-from` and `run` say of each `ident from` line when
+    /// clients may come through a load balancer.
+    public static func identBehindBalancerWarning(_ balancers: [IPNetwork]) -> String {
+        "clients that come through the load balancers (\(balancers.map(\.description).joined(separator: ", "))) "
+            + "cannot be asked: their identd answers only about connections to the balancer, so an ident "
+            + "condition fails for them (SOCKS4: 92)"
+    }
+}

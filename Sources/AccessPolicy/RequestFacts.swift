@@ -60,6 +60,10 @@ public struct RequestFacts: Hashable, Sendable {
     /// When the request was made, in seconds since 1970 (UTC); time-window conditions
     /// need it. nil: no time known, and no time window matches.
     public var time: Int64?
+    /// The load balancer the request came through (PROXY protocol); `client` and
+    /// `listener` are then the addresses its header gave. Its client's identd cannot be
+    /// asked: the client's connection ends at the balancer.
+    public var balancer: IPEndpoint?
 
     public init(
         version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,

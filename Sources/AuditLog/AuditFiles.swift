@@ -84,6 +84,121 @@ public struct AuditFiles {
     }
 }
 
+extension AuditFiles {
+    /// The files grouped by the gateway instance that wrote them (the `instance` of each
+    /// file's first record; "" for logs from before instances were named), each group in
+    /// the order given. Each group is one hash chain.
+    public func byInstance() throws -> [(instance: String, paths: [String])] {
+        var groups: [(instance: String, paths: [String])] = []
+        for path in paths {
+            let reader = LineReader(paths: [path])
+            let first = try reader.next().flatMap { AuditRecord(jsonLine: $0.line) }
+            let instance = first?.instance ?? ""
+            if let index = groups.firstIndex(where: { $0.instance == instance }) {
+                groups[index].paths.append(path)
+            } else {
+                groups.append((instance, [path]))
+            }
+        }
+        return groups
+    }
+
+    /// Like `forEachLine`, for the logs of several instances: each instance's files in
+    /// the order given, the instances merged by record time (a k-way merge, one line per
+    /// instance in memory). One instance: exactly `forEachLine`.
+    public func forEachLineMerged(_ body: (Data, _ file: String, _ line: Int) throws -> Bool) throws {
+        let groups = try byInstance()
+        guard groups.count > 1 else { return try forEachLine(body) }
+        let readers = groups.map { LineReader(paths: $0.paths) }
+        var heads: [(line: Data, file: String, number: Int, time: Data)?] = try readers.map { reader in
+            try reader.next().map { ($0.line, $0.file, $0.number, Self.time(of: $0.line)) }
+        }
+        while true {
+            var earliest: Int?
+            for (index, head) in heads.enumerated() {
+                guard let head else { continue }
+                if let best = earliest, let current = heads[best], !head.time.lexicographicallyPrecedes(current.time) { continue }
+                earliest = index
+            }
+            guard let index = earliest, let head = heads[index] else { return }
+            if try !body(head.line, head.file, head.number) { return }
+            heads[index] = try readers[index].next().map { ($0.line, $0.file, $0.number, Self.time(of: $0.line)) }
+        }
+    }
+
+    /// A record's `"time"` value, as bytes (ISO 8601 UTC sorts as text); empty if none,
+    /// so a damaged line goes first rather than holding its instance back.
+    static func time(of line: Data) -> Data {
+        let key = Data("\"time\":\"".utf8)
+        guard let found = line.range(of: key) else { return Data() }
+        let start = found.upperBound
+        let end = line[start...].firstIndex(of: UInt8(ascii: "\"")) ?? line.endIndex
+        return line[start..<end]
+    }
+
+    /// The lines of some files one at a time (for merging several logs), plain or gzip.
+    final class LineReader {
+        private var paths: ArraySlice<String>
+        private var file: UnsafeMutablePointer<FILE>?
+        private var source: ChunkSource?
+        private var path = ""
+        private var pending: [UInt8] = []
+        private var start = 0
+        private var number = 0
+
+        init(paths: [String]) {
+            self.paths = paths[...]
+        }
+
+        deinit { closeFile() }
+
+        private func closeFile() {
+            source?.release()
+            source = nil
+            if let file { fclose(file) }
+            file = nil
+        }
+
+        func next() throws -> (line: Data, file: String, number: Int)? {
+            while true {
+                if let newline = pending[start...].firstIndex(of: 0x0A) {
+                    let line = Data(pending[start..<newline])
+                    start = newline + 1
+                    number += 1
+                    return (line, path, number)
+                }
+                if source != nil, let chunk = try source?.next() {
+                    pending.removeFirst(start)
+                    start = 0
+                    pending.append(contentsOf: chunk)
+                    continue
+                }
+                if source != nil {
+                    // The file ended; a last line without a newline is still a line.
+                    closeFile()
+                    if start < pending.count {
+                        let line = Data(pending[start...])
+                        pending = []
+                        start = 0
+                        number += 1
+                        return (line, path, number)
+                    }
+                }
+                guard let nextPath = paths.popFirst() else { return nil }
+                guard let opened = fopen(nextPath, "rb") else {
+                    throw ReadError(description: "\(nextPath): cannot open: \(String(cString: strerror(errno)))")
+                }
+                file = opened
+                path = nextPath
+                number = 0
+                pending = []
+                start = 0
+                source = try ChunkSource(file: opened, path: nextPath)
+            }
+        }
+    }
+}
+
 /// Chunks of a file's content, inflated when it starts with the gzip magic. zlib keeps
 /// pointers into its buffers between calls, so they are allocated once, not arrays.
 private struct ChunkSource {

@@ -10,6 +10,7 @@ extension AuditRecord {
         writer.openObject()
         writer.field("auth", auth)
         writer.field("authOutcome", authOutcome)
+        writer.field("balancer", balancer)
         writer.field("bytesFromClient", bytesFromClient)
         writer.field("bytesToClient", bytesToClient)
         writer.field("claimedUser", claimedUser)
@@ -31,6 +32,7 @@ extension AuditRecord {
             writer.field("userID", ident.userID)
             writer.closeObject()
         }
+        writer.field("instance", instance)
         writer.field("limitLabel", limitLabel)
         writer.field("limitLine", limitLine.map(Int64.init))
         writer.field("listen", listen)

@@ -62,6 +62,8 @@ private struct JSONLineReader {
             case "session": return reader.integer(into: &record.session)
             case "client": return reader.string(into: &record.client)
             case "listener": return reader.string(into: &record.listener)
+            case "balancer": return reader.string(into: &record.balancer)
+            case "instance": return reader.string(into: &record.instance)
             case "socks": return reader.string(into: &record.socks)
             case "command": return reader.string(into: &record.command)
             case "destination": return reader.string(into: &record.destination)

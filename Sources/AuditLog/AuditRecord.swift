@@ -29,6 +29,9 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
     // Common to every record.
     public var v: Int = AuditRecord.schemaVersion
+    /// Which gateway of a fleet wrote the record (`--instance`, default the host name);
+    /// each instance's log is a hash chain of its own.
+    public var instance: String?
     public var seq: UInt64 = 0
     /// ISO 8601, UTC, milliseconds.
     public var time: String = ""
@@ -57,6 +60,9 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var session: UInt64?
     public var client: String?
     public var listener: String?
+    /// The load balancer the client came through (PROXY protocol): `client` and
+    /// `listener` are then what its header said, and this is the connection's own peer.
+    public var balancer: String?
     public var socks: String?
     public var command: String?
     public var destination: String?
@@ -133,7 +139,7 @@ extension AuditRecord {
             let destination, let destinationPort, let auth, let authMethod = RequestFacts.AuthMethod(rawValue: auth)
         else { return nil }
         let target: RequestFacts.Destination = IPAddress(destination).map { .address($0) } ?? .hostName(destination)
-        return RequestFacts(
+        var facts = RequestFacts(
             version: version, command: command, client: client, listener: listener, destination: target,
             destinationPort: destinationPort, resolvedAddress: resolved.flatMap(IPAddress.init), claimedUser: claimedUser,
             authMethod: authMethod, time: requestTime,
@@ -141,6 +147,8 @@ extension AuditRecord {
                 RequestFacts.GSSAPISecurity(
                     mechanism: $0, protection: protection.flatMap(MessageProtection.init(rawValue:)) ?? .none)
             })
+        facts.balancer = balancer.flatMap(IPEndpoint.init)
+        return facts
     }
 }
 

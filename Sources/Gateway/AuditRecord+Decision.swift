@@ -9,6 +9,7 @@ extension AuditRecord {
         record.session = session
         record.client = facts.client.description
         record.listener = facts.listener.description
+        record.balancer = facts.balancer?.description
         record.socks = facts.version.rawValue
         record.command = facts.command.rawValue
         record.destination = facts.destination.description

@@ -99,6 +99,7 @@ public final class AuditWriter: Sendable {
     static let idleRound = 0.05
 
     public let path: String
+    public let instance: String?
     public let sync: SyncPolicy
     public let failClosed: Bool
     /// Requests are refused (fail-closed) or records still taken (fail-open) beyond this.
@@ -109,7 +110,11 @@ public final class AuditWriter: Sendable {
 
     /// Opens (or creates) the file and continues its chain, or starts one. Call while
     /// still privileged; `start()` later, after the privilege drop, starts the thread.
-    public init(path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536) throws {
+    /// `instance`: the gateway's name in a fleet, written into every record.
+    public init(
+        path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536, instance: String? = nil
+    ) throws {
+        self.instance = instance
         self.path = path
         self.sync = sync
         self.failClosed = failClosed
@@ -310,7 +315,9 @@ public final class AuditWriter: Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(batch.count * 768)
         for entry in batch {
-            chain.append(entry.item.record, to: &bytes)
+            var record = entry.item.record
+            record.instance = instance
+            chain.append(record, to: &bytes)
         }
         let descriptor = state.withLockedValue { $0.descriptor }
         // Where the batch starts, so a write cut short (a full disk) can be taken back:

@@ -27,6 +27,10 @@ public struct GatewayConfiguration: Sendable {
     /// `--external`: the addresses outbound traffic leaves from (CONNECT, BIND listeners,
     /// UDP relays), the first of the destination's family; empty: the kernel chooses.
     public var external: [IPAddress] = []
+    /// `--proxy-protocol-from`: load balancers' networks. A connection from one must start
+    /// with a PROXY protocol header naming the real client; from anywhere else, one is
+    /// refused (it would be a way to lie about the source).
+    public var proxyProtocolFrom: [IPNetwork] = []
 
     public init() {}
 
@@ -139,5 +143,11 @@ extension GatewayContext {
             if wildcard, address == .v4(.any) || address == .v6(.any) || LocalAddress.isAssigned(address) { return true }
         }
         return false
+    }
+
+    /// True when a connection from `peer` must carry a PROXY protocol header.
+    func isLoadBalancer(_ peer: IPAddress) -> Bool {
+        let address = peer.unmapped
+        return configuration.proxyProtocolFrom.contains { $0.contains(address) }
     }
 }

@@ -131,6 +131,14 @@ public final class GatewayServer: Sendable {
                         // each option through a future of its own on every connection.
                         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                         try channel.syncOptions?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
+                        if !gateway.configuration.proxyProtocolFrom.isEmpty {
+                            // Gone already (a balancer's health check often is): whether it
+                            // owed a PROXY header cannot be told, and there is nothing to serve.
+                            guard let peer = channel.remoteAddress?.ipEndpoint else { throw ChannelError.ioOnClosedChannel }
+                            if gateway.isLoadBalancer(peer.address) {
+                                try channel.pipeline.syncOperations.addHandler(ProxyHeaderHandler(logger: gateway.logger))
+                            }
+                        }
                         try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))
                     }
                 }

@@ -29,6 +29,14 @@ public struct IdentClient: Sendable {
     /// The engine's `IdentLookup`.
     public var lookup: IdentLookup {
         { facts, timeoutSeconds in
+            if let balancer = facts.balancer {
+                // The client's connection ends at the balancer: its identd knows nothing of
+                // a connection to us, and asking could only find a wrong one (92, never a
+                // guess).
+                return IdentAnswer(
+                    .failure(.unreachable),
+                    detail: "not asked: the client came through the load balancer \(balancer), so its identd cannot answer for it")
+            }
             let started = ContinuousClock.now
             let answer = await self.query(
                 client: facts.client, listener: facts.listener, timeout: .nanoseconds(Int64(timeoutSeconds * 1e9)))

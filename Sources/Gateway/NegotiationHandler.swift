@@ -34,6 +34,9 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Set when integrity or confidentiality was granted: the session's UDP datagrams
     /// are wrapped too.
     private var perMessage: GSSPerMessage?
+    /// The real client, when the connection came through a load balancer (PROXY protocol).
+    private var proxied: ProxiedConnection?
+    private var firstBytes = true
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
@@ -57,6 +60,18 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
+        if firstBytes {
+            firstBytes = false
+            if proxied == nil, let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
+                first == UInt8(ascii: "P") || first == 0x0D
+            {
+                // A PROXY protocol header from a peer that is not a trusted load balancer.
+                gateway.logger.notice(
+                    "PROXY protocol header from a peer outside --proxy-protocol-from; closing",
+                    metadata: ["peer": "\(context.remoteAddressText)"])
+                return context.close(promise: nil)
+            }
+        }
         received.append(&bytes)
         if !awaitingWork { advance(context: context) }
     }
@@ -71,6 +86,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
+        case let event as ProxiedConnection:
+            proxied = event
         case is ChannelShouldQuiesceEvent:
             // Shutting down: a connection still negotiating has no session to finish.
             context.close(promise: nil)
@@ -279,13 +296,17 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.sendAndClose(.failed(.generalFailure, version: request.version))
             return
         }
-        guard let client = context.channel.remoteAddress?.ipEndpoint, let listener = context.channel.localAddress?.ipEndpoint
+        guard let peer = context.channel.remoteAddress?.ipEndpoint, let local = context.channel.localAddress?.ipEndpoint
         else {
             context.close(promise: nil)
             return
         }
+        // Behind a load balancer, the policy and the audit log see the client its header named.
+        let client = proxied?.client ?? peer
+        let listener = proxied?.frontEnd ?? local
         var facts = RequestFacts(request, client: client, listener: listener, time: Int64(Glibc.time(nil)))
         facts.gssapi = gssapi
+        if proxied?.client != nil { facts.balancer = proxied?.balancer }
         let session = SessionSetup(
             gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture),

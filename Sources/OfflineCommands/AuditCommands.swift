@@ -9,7 +9,12 @@ public struct Audit: ParsableCommand {
 
     public static let configuration = CommandConfiguration(
         abstract: "Review the audit log: verify, show, summary, replay.",
-        discussion: "Give files oldest first (rotated ones before the current one); .gz files are read as they are.",
+        discussion: """
+            Give files oldest first (rotated ones before the current one); .gz files are read as they are. \
+            The logs of several gateways (a fleet: each record names its --instance) may be given together: \
+            each instance's files are one chain, verified on their own; show, summary and replay merge the \
+            instances in time order.
+            """,
         subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self]
     )
 }
@@ -33,25 +38,41 @@ struct AuditVerify: ParsableCommand {
     var last: String?
 
     func run() throws {
-        var verifier = ChainVerifier()
+        let groups: [(instance: String, paths: [String])]
         do {
-            try AuditFiles(paths: files).forEachLine { line, file, number in
-                try verifier.check(line, at: "\(file):\(number)")
-                return true
-            }
-        } catch let broken as ChainVerifier.Broken {
-            print(broken.description)
-            throw ExitCode(1)
+            groups = try AuditFiles(paths: files).byInstance()
         } catch {
             throw FailedStart(message: "\(error)")
         }
-        if let last, let lastHash = verifier.lastHash, !lastHash.hasPrefix(last.lowercased()) {
-            print("the chain is intact but ends at \(lastHash), not at \(last): records were cut from the end, or added")
-            throw ExitCode(1)
+        if last != nil, groups.count > 1 {
+            throw ValidationError("--last names one chain's end; these files hold \(groups.count) instances: verify each on its own")
         }
-        print("\(verifier.records) records, chain intact")
-        print("last hash: \(verifier.lastHash ?? "-")")
+        var broken = false
+        for group in groups {
+            // Each instance's files are a chain of their own.
+            let name = groups.count > 1 ? "instance \(DisplayText.escaped(group.instance.isEmpty ? "(unnamed)" : group.instance)): " : ""
+            var verifier = ChainVerifier()
+            do {
+                try AuditFiles(paths: group.paths).forEachLine { line, file, number in
+                    try verifier.check(line, at: "\(file):\(number)")
+                    return true
+                }
+            } catch let failure as ChainVerifier.Broken {
+                print(name + failure.description)
+                broken = true
+                continue
+            } catch {
+                throw FailedStart(message: "\(error)")
+            }
+            if let last, let lastHash = verifier.lastHash, !lastHash.hasPrefix(last.lowercased()) {
+                print("the chain is intact but ends at \(lastHash), not at \(last): records were cut from the end, or added")
+                throw ExitCode(1)
+            }
+            print("\(name)\(verifier.records) records, chain intact")
+            print("\(name.isEmpty ? "" : "  ")last hash: \(verifier.lastHash ?? "-")")
+        }
         print("(keep the last hash elsewhere: records cut from the end can only be detected against it)")
+        if broken { throw ExitCode(1) }
     }
 }
 
@@ -114,8 +135,10 @@ struct RecordFilter: ParsableArguments {
     }
 }
 
-/// A key for a session across gateway restarts: session numbers start again at each start.
+/// A key for a session across gateway restarts and instances: session numbers start
+/// again at each start, and each instance numbers its own.
 struct SessionKey: Hashable {
+    var instance: String?
     var run: Int
     var session: UInt64
 }
@@ -139,12 +162,12 @@ struct AuditShow: ParsableCommand {
         let reader = AuditFiles(paths: files)
         // First pass: the sessions of matching decisions, and their bytes.
         var wanted: [SessionKey: (up: UInt64, down: UInt64)?] = [:]
-        var run = 0
-        try reader.forEachLine { line, _, _ in
+        var runs: [String?: Int] = [:]
+        try reader.forEachLineMerged { line, _, _ in
             guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
-            if record.event == .gatewayStart { run += 1 }
+            if record.event == .gatewayStart { runs[record.instance, default: 0] += 1 }
             if let session = record.session {
-                let key = SessionKey(run: run, session: session)
+                let key = SessionKey(instance: record.instance, run: runs[record.instance] ?? 0, session: session)
                 if try filter.matches(record) {
                     wanted[key] = .some(nil)
                 } else if record.event == .sessionEnd, wanted[key] != nil {
@@ -157,13 +180,13 @@ struct AuditShow: ParsableCommand {
         if !json {
             print(Self.row(["TIME", "USER", "IDENT", "CLIENT", "DESTINATION", "VERDICT", "REPLY", "RULE", "BYTES UP/DOWN"]))
         }
-        run = 0
+        runs = [:]
         var shown = 0
-        try reader.forEachLine { line, _, _ in
+        try reader.forEachLineMerged { line, _, _ in
             guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
-            if record.event == .gatewayStart { run += 1 }
+            if record.event == .gatewayStart { runs[record.instance, default: 0] += 1 }
             guard record.event == .decision, let session = record.session, try filter.matches(record) else { return true }
-            let bytes = wanted[SessionKey(run: run, session: session)] ?? nil
+            let bytes = wanted[SessionKey(instance: record.instance, run: runs[record.instance] ?? 0, session: session)] ?? nil
             shown += 1
             if json {
                 var object = try JSONSerialization.jsonObject(with: line) as? [String: Any] ?? [:]
@@ -228,12 +251,14 @@ struct AuditSummary: ParsableCommand {
         var denials: [String: Int] = [:]
         var idents: [String: Int] = [:]
         var hours: [String: Int] = [:]
-        try AuditFiles(paths: files).forEachLine { line, _, _ in
+        var instances: [String: Int] = [:]
+        try AuditFiles(paths: files).forEachLineMerged { line, _, _ in
             records += 1
             guard let record = AuditRecord.decode(line: line, fallback: decoder) else { return true }
             switch record.event {
             case .decision:
                 decisions += 1
+                if let instance = record.instance { instances[instance, default: 0] += 1 }
                 users[record.claimedUser ?? record.ident?.userID ?? "(none)", default: 0] += 1
                 destinations["\(record.destination ?? "?"):\(record.destinationPort ?? 0)", default: 0] += 1
                 hours[String(record.time.prefix(13)) + ":00", default: 0] += 1
@@ -264,6 +289,7 @@ struct AuditSummary: ParsableCommand {
         list("denials by rule and reply", denials)
         list("ident outcomes", idents)
         list("busiest hours (UTC)", hours)
+        if instances.count > 1 { list("decisions by instance", instances, byKey: true) }
     }
 }
 
@@ -296,7 +322,7 @@ struct AuditReplay: ParsableCommand {
         var replayed = 0
         var changed = 0
         // Record by record, so a large log is replayed in bounded memory.
-        try AuditFiles(paths: files).forEachLine { line, _, _ in
+        try AuditFiles(paths: files).forEachLineMerged { line, _, _ in
             guard let record = AuditRecord.decode(line: line, fallback: decoder), let facts = record.requestFacts else {
                 return true
             }

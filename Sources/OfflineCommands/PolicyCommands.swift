@@ -26,14 +26,33 @@ public struct Check: AsyncParsableCommand {
             valueName: "host:port"))
     var listen: [String] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "Load balancers the gateway will take PROXY protocol headers from (repeatable): ident lines are then "
+                + "flagged, as clients behind them cannot be asked.",
+            valueName: "cidr"))
+    var proxyProtocolFrom: [String] = []
+
     public func run() async throws {
         var compilation = try loadCompilation(file)
         let listening = try listen.map { text in
             guard let endpoint = IPEndpoint(text) else { throw ValidationError("--listen: '\(text)' is not HOST:PORT") }
             return endpoint
         }
+        let balancers = try proxyProtocolFrom.map { text in
+            guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
+            return network
+        }
         if let policy = compilation.policy {
             let lines = (try? TextFile.read(file))?.split(separator: "\n", omittingEmptySubsequences: false) ?? []
+            for scope in balancers.isEmpty ? [] : policy.identScopes {
+                let line = scope.line ?? 0
+                let text = line > 0 && line <= lines.count ? String(lines[line - 1]) : ""
+                compilation.diagnostics.append(
+                    Diagnostic(
+                        .warning, file: file, line: line, column: 1,
+                        message: Policy.identBehindBalancerWarning(balancers), lineText: text))
+            }
             for (line, parent) in policy.routesToItself(listening: listening) {
                 let text = line > 0 && line <= lines.count ? String(lines[line - 1]) : ""
                 let column = (text.range(of: "via").map { text.distance(from: text.startIndex, to: $0.lowerBound) } ?? 0) + 1

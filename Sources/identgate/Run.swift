@@ -113,6 +113,18 @@ struct Run: ParsableCommand {
             valueName: "host:port"))
     var metricsListen: ListenAddress?
 
+    @Option(
+        help: ArgumentHelp(
+            "A load balancer's network (repeatable): connections from it must start with a PROXY protocol header "
+                + "(v1 or v2) naming the real client; from anywhere else one is refused.",
+            valueName: "cidr"))
+    var proxyProtocolFrom: [String] = []
+
+    @Option(
+        help: ArgumentHelp(
+            "This gateway's name in a fleet, written into every audit record. Default: the host name.", valueName: "name"))
+    var instance: String?
+
     @Option(help: "How much to log on standard error.")
     var logLevel = LogLevelArgument(.info)
 
@@ -178,6 +190,10 @@ struct Run: ParsableCommand {
         configuration.connectTimeout = connectTimeout.amount
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods
+        configuration.proxyProtocolFrom = try proxyProtocolFrom.map { text in
+            guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
+            return network
+        }
         do {
             configuration.external = try external.flatMap(GatewayConfiguration.externalAddresses)
         } catch {
@@ -198,6 +214,12 @@ struct Run: ParsableCommand {
         if let problem = compileProblem(policyFile.compilation) { throw FailedStart(message: problem) }
         guard let compiled = policyFile.compilation.policy else { throw FailedStart(message: "\(policyFile.path) did not compile") }
         for warning in policyFile.compilation.warnings { logger.warning("\(warning)") }
+        if !configuration.proxyProtocolFrom.isEmpty {
+            for scope in compiled.identScopes {
+                logger.warning(
+                    "\(policy ?? DefaultPolicy.fileName):\(scope.line ?? 0): \(Policy.identBehindBalancerWarning(configuration.proxyProtocolFrom))")
+            }
+        }
 
         // Connected while still root: systemd's socket need not admit the dropped user.
         let notifier = ServiceNotifier()
@@ -217,7 +239,11 @@ struct Run: ParsableCommand {
         let auditPath = Self.absolute(auditLog)
         let audit: AuditWriter?
         do {
-            audit = auditLog == "off" ? nil : try AuditWriter(path: auditPath, sync: auditSync, failClosed: auditFail == .closed)
+            audit =
+                auditLog == "off"
+                ? nil
+                : try AuditWriter(
+                    path: auditPath, sync: auditSync, failClosed: auditFail == .closed, instance: instance ?? Self.hostName)
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -253,6 +279,18 @@ struct Run: ParsableCommand {
                 gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
                 metrics: metrics, notifier: notifier, logger: logger)
         }
+    }
+
+    /// The default `--instance`: this host's name.
+    static var hostName: String {
+        var name = [UInt8](repeating: 0, count: 256)
+        let got = name.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { chars in
+                chars.baseAddress.map { gethostname($0, chars.count - 1) } ?? -1
+            }
+        }
+        guard got == 0 else { return "unknown" }
+        return String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// `path` from the working directory; `-` (standard output) and `off` as they are.
