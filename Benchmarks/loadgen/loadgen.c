@@ -17,6 +17,9 @@
 //        one stream through the proxy to the sink: writes MEBIBYTES (or for SECONDS),
 //        shuts down its sending side and waits for the close; prints bytes sent, 0,
 //        seconds, MB/s.
+//   Addresses: 127.0.0.1 unless LOADGEN_PROXY_HOST (the proxy), LOADGEN_DEST_HOST (the
+//   destination, as named in the SOCKS request) or LOADGEN_BIND (the servers) give an IPv4
+//   address: the fleet row runs in network namespaces, each with a loopback of its own.
 //   loadgen idle MODE PROXY_PORT DEST_PORT COUNT SECONDS
 //        opens COUNT relayed connections (handshake done, one byte echoed), holds
 //        them idle for SECONDS, prints how many were up, then closes them.
@@ -51,11 +54,20 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+static struct in_addr proxy_host, dest_host, bind_host;
+
+static struct in_addr host_from(const char *variable) {
+    struct in_addr address = {.s_addr = htonl(INADDR_LOOPBACK)};
+    const char *text = getenv(variable);
+    if (text && inet_pton(AF_INET, text, &address) != 1) { fprintf(stderr, "%s: not an IPv4 address\n", variable); exit(2); }
+    return address;
+}
+
 static int listen_on(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr = bind_host};
     if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 4096)) { perror("listen"); exit(1); }
     return fd;
 }
@@ -122,12 +134,12 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
     // SOCKS5 as clients like curl do it: greeting, wait for the method, then the request
     // (microsocks cannot take both in one segment).
     if (mode == SOCKS5) {
-        unsigned char r[] = {5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
+        unsigned char r[] = {5, 1, 0, 1, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], dest_port >> 8, dest_port & 255};
         memcpy(request, r, sizeof r);
         request_length = sizeof r;
         reply_length = 10;
     } else if (mode == SOCKS4) {
-        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 127, 0, 0, 1, 'b', 0};
+        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], 'b', 0};
         memcpy(request, r, sizeof r);
         request_length = sizeof r;
         reply_length = 8;
@@ -140,7 +152,7 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
         c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(target), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(target), .sin_addr = mode == DIRECT ? dest_host : proxy_host};
         c->started = now();
         c->have = 0;
         c->phase = CONNECTING;
@@ -220,15 +232,15 @@ static int open_relayed(enum mode mode, int proxy_port, int dest_port) {
     struct timeval timeout = {.tv_sec = 2};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(mode == DIRECT ? dest_port : proxy_port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                            .sin_addr = mode == DIRECT ? dest_host : proxy_host};
     if (connect(fd, (struct sockaddr *)&a, sizeof a)) { close(fd); return -1; }
     unsigned char reply[16];
     if (mode == SOCKS5) {
-        unsigned char greeting[] = {5, 1, 0}, r[] = {5, 1, 0, 1, 127, 0, 0, 1, dest_port >> 8, dest_port & 255};
+        unsigned char greeting[] = {5, 1, 0}, r[] = {5, 1, 0, 1, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], dest_port >> 8, dest_port & 255};
         if (write(fd, greeting, 3) != 3 || recv(fd, reply, 2, MSG_WAITALL) != 2 || write(fd, r, sizeof r) != sizeof r
             || recv(fd, reply, 10, MSG_WAITALL) != 10 || reply[1] != 0) { close(fd); return -1; }
     } else if (mode == SOCKS4) {
-        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 127, 0, 0, 1, 'b', 0};
+        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], 'b', 0};
         if (write(fd, r, sizeof r) != sizeof r || recv(fd, reply, 8, MSG_WAITALL) != 8 || reply[1] != 90) { close(fd); return -1; }
     }
     return fd;
@@ -329,6 +341,9 @@ static int download(enum mode mode, int proxy_port, int dest_port, long mebibyte
 }
 
 int main(int argc, char **argv) {
+    proxy_host = host_from("LOADGEN_PROXY_HOST");
+    dest_host = host_from("LOADGEN_DEST_HOST");
+    bind_host = host_from("LOADGEN_BIND");
     if (argc == 3 && !strcmp(argv[1], "echo")) echo_server(atoi(argv[2]), ECHO);
     if (argc == 3 && !strcmp(argv[1], "sink")) echo_server(atoi(argv[2]), SINK);
     if (argc == 3 && !strcmp(argv[1], "reply")) echo_server(atoi(argv[2]), REPLY);
