@@ -33,6 +33,7 @@ extension AuditRecord {
             writer.closeObject()
         }
         writer.field("instance", instance)
+        writer.field("keyID", keyID)
         writer.field("limitLabel", limitLabel)
         writer.field("limitLine", limitLine.map(Int64.init))
         writer.field("listen", listen)
@@ -54,6 +55,7 @@ extension AuditRecord {
         writer.field("seed", seed)
         writer.field("seq", seq)
         writer.field("session", session)
+        writer.field("signature", signature)
         writer.field("socks", socks)
         writer.field("tests", tests.map(Int64.init))
         writer.field("time", time)

@@ -64,6 +64,8 @@ private struct JSONLineReader {
             case "listener": return reader.string(into: &record.listener)
             case "balancer": return reader.string(into: &record.balancer)
             case "instance": return reader.string(into: &record.instance)
+            case "keyID": return reader.string(into: &record.keyID)
+            case "signature": return reader.string(into: &record.signature)
             case "socks": return reader.string(into: &record.socks)
             case "command": return reader.string(into: &record.command)
             case "destination": return reader.string(into: &record.destination)

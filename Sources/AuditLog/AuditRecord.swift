@@ -25,6 +25,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         case sessionEnd = "session-end"
         /// The log could not be written for a while; requests were refused meanwhile.
         case auditGap = "audit-gap"
+        /// A signature over the chain so far (`--audit-signing-key`).
+        case checkpoint
     }
 
     // Common to every record.
@@ -95,6 +97,12 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var bytesFromClient: UInt64?
     public var bytesToClient: UInt64?
     public var durationMs: Int?
+
+    // checkpoint
+    /// Which key signed (the first 16 hex digits of its SHA-256).
+    public var keyID: String?
+    /// Ed25519, base64, over `AuditCheckpoint.message` (instance, seq, prev).
+    public var signature: String?
 
     public init(event: Event) {
         self.event = event

@@ -82,6 +82,9 @@ public final class AuditWriter: Sendable {
         var refused = 0
         /// Failed write attempts since the start (metrics).
         var writeFailures = 0
+        /// Records written since the last checkpoint, and since when (`--audit-signing-key`).
+        var uncovered = 0
+        var uncoveredSince: ContinuousClock.Instant?
         var failure: String?
         var chain: AuditChain
         var descriptor: Int32
@@ -100,6 +103,8 @@ public final class AuditWriter: Sendable {
 
     public let path: String
     public let instance: String?
+    /// Signs a checkpoint every `AuditCheckpoint.every` records or `interval`, and at the end.
+    private let signingKey: AuditSigningKey?
     public let sync: SyncPolicy
     public let failClosed: Bool
     /// Requests are refused (fail-closed) or records still taken (fail-open) beyond this.
@@ -112,9 +117,11 @@ public final class AuditWriter: Sendable {
     /// still privileged; `start()` later, after the privilege drop, starts the thread.
     /// `instance`: the gateway's name in a fleet, written into every record.
     public init(
-        path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536, instance: String? = nil
+        path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536, instance: String? = nil,
+        signingKey: AuditSigningKey? = nil
     ) throws {
         self.instance = instance
+        self.signingKey = signingKey
         self.path = path
         self.sync = sync
         self.failClosed = failClosed
@@ -295,7 +302,7 @@ public final class AuditWriter: Sendable {
                 }
                 return (state.queue, state.stopping)
             }
-            if !batch.isEmpty { write(batch) }
+            if !batch.isEmpty || checkpointDue(stopping: stopping) { write(batch, closingCheckpoint: stopping) }
             syncIfDue(force: stopping)
             if stopping, state.withLockedValue({ $0.queue.isEmpty || !$0.healthy }) {
                 state.withLockedValue { state in
@@ -308,16 +315,40 @@ public final class AuditWriter: Sendable {
         }
     }
 
+    /// True when records are written that no checkpoint covers, and the interval since
+    /// the first of them has passed (or the writer is stopping).
+    private func checkpointDue(stopping: Bool) -> Bool {
+        guard signingKey != nil else { return false }
+        return state.withLockedValue { state in
+            guard state.uncovered > 0, let since = state.uncoveredSince else { return false }
+            return stopping || ContinuousClock.now - since >= AuditCheckpoint.interval
+        }
+    }
+
     /// Encodes and writes the batch (taken from the queue); if it cannot be written, it
-    /// goes back to the front of the queue.
-    private func write(_ batch: [Entry]) {
-        var chain = state.withLockedValue { $0.chain }
+    /// goes back to the front of the queue. With a signing key, checkpoints go in after
+    /// every `AuditCheckpoint.every` records, and at the end when one is due.
+    private func write(_ batch: [Entry], closingCheckpoint: Bool = false) {
+        var (chain, uncovered, uncoveredSince) = state.withLockedValue { ($0.chain, $0.uncovered, $0.uncoveredSince) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(batch.count * 768)
         for entry in batch {
             var record = entry.item.record
             record.instance = instance
             chain.append(record, to: &bytes)
+            guard let signingKey else { continue }
+            uncovered += 1
+            if uncoveredSince == nil { uncoveredSince = .now }
+            if uncovered >= AuditCheckpoint.every {
+                chain.appendCheckpoint(signedBy: signingKey, instance: instance, time: AuditChain.timestamp(), to: &bytes)
+                (uncovered, uncoveredSince) = (0, nil)
+            }
+        }
+        if let signingKey, uncovered > 0, let since = uncoveredSince,
+            closingCheckpoint || ContinuousClock.now - since >= AuditCheckpoint.interval
+        {
+            chain.appendCheckpoint(signedBy: signingKey, instance: instance, time: AuditChain.timestamp(), to: &bytes)
+            (uncovered, uncoveredSince) = (0, nil)
         }
         let descriptor = state.withLockedValue { $0.descriptor }
         // Where the batch starts, so a write cut short (a full disk) can be taken back:
@@ -348,6 +379,7 @@ public final class AuditWriter: Sendable {
         for entry in batch { entry.written?.succeed(()) }  // written, and synced with `always`
         state.withLockedValue { state in
             state.chain = chain
+            (state.uncovered, state.uncoveredSince) = (uncovered, uncoveredSince)
             state.writing = 0
             if !state.healthy {
                 state.healthy = true

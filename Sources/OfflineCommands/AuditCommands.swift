@@ -15,7 +15,7 @@ public struct Audit: ParsableCommand {
             each instance's files are one chain, verified on their own; show, summary and replay merge the \
             instances in time order.
             """,
-        subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self]
+        subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self, AuditKeygen.self]
     )
 }
 
@@ -37,6 +37,11 @@ struct AuditVerify: ParsableCommand {
     @Option(help: ArgumentHelp("The last hash printed by an earlier verify (or kept elsewhere).", valueName: "sha256"))
     var last: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "The public key of --audit-signing-key (audit keygen): check every checkpoint's signature.", valueName: "file"))
+    var publicKey: String?
+
     func run() throws {
         let groups: [(instance: String, paths: [String])]
         do {
@@ -47,14 +52,22 @@ struct AuditVerify: ParsableCommand {
         if last != nil, groups.count > 1 {
             throw ValidationError("--last names one chain's end; these files hold \(groups.count) instances: verify each on its own")
         }
+        let key: AuditVerifyingKey?
+        do {
+            key = try publicKey.map(AuditVerifyingKey.init(contentsOfFile:))
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
         var broken = false
         for group in groups {
             // Each instance's files are a chain of their own.
             let name = groups.count > 1 ? "instance \(DisplayText.escaped(group.instance.isEmpty ? "(unnamed)" : group.instance)): " : ""
             var verifier = ChainVerifier()
+            var checkpoints = key.map(CheckpointVerifier.init)
             do {
                 try AuditFiles(paths: group.paths).forEachLine { line, file, number in
                     try verifier.check(line, at: "\(file):\(number)")
+                    try checkpoints?.check(line, at: "\(file):\(number)")
                     return true
                 }
             } catch let failure as ChainVerifier.Broken {
@@ -70,6 +83,20 @@ struct AuditVerify: ParsableCommand {
             }
             print("\(name)\(verifier.records) records, chain intact")
             print("\(name.isEmpty ? "" : "  ")last hash: \(verifier.lastHash ?? "-")")
+            if let checkpoints {
+                let indent = name.isEmpty ? "" : "  "
+                if let place = checkpoints.lastVerified {
+                    print("\(indent)\(checkpoints.verified) checkpoints verified with key \(checkpoints.key.keyID); the last at \(place)")
+                } else {
+                    print("\(indent)no checkpoint signed by key \(checkpoints.key.keyID): nothing is proven beyond the chain itself")
+                }
+                if checkpoints.uncovered > 0 {
+                    print(
+                        "\(indent)\(checkpoints.uncovered) records after it are not covered by a signature "
+                            + "(a rewritten or cut tail there cannot be told from the real one)"
+                            + (checkpoints.uncovered > AuditCheckpoint.every ? "; more than a checkpoint's worth: checkpoints are missing" : ""))
+                }
+            }
         }
         print("(keep the last hash elsewhere: records cut from the end can only be detected against it)")
         if broken { throw ExitCode(1) }
@@ -375,5 +402,43 @@ extension AuditRecord {
         func named(_ line: Int, _ label: String?) -> String { "line \(line)" + (label.map { " \"\($0)\"" } ?? "") }
         if let limitLine { return "limit " + named(limitLine, limitLabel) }
         return ruleLine.map { named($0, ruleLabel) } ?? "final deny"
+    }
+}
+
+struct AuditKeygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keygen",
+        abstract: "Make an Ed25519 key pair for signed checkpoints (run --audit-signing-key, verify --public-key).",
+        discussion: """
+            The private key file is created readable by its owner only (give it to root: the \
+            gateway reads it before dropping privileges); the public one is for auditors. \
+            Neither file is overwritten.
+            """
+    )
+
+    @Option(help: ArgumentHelp("Where to write the private key.", valueName: "file"))
+    var `private`: String
+
+    @Option(help: ArgumentHelp("Where to write the public key.", valueName: "file"))
+    var `public`: String
+
+    func run() throws {
+        let key = AuditSigningKey.generate()
+        try Self.create(`private`, key.fileText, mode: 0o600)
+        try Self.create(`public`, key.verifyingKey.fileText, mode: 0o644)
+        print("key \(key.verifyingKey.keyID): private \(`private`), public \(`public`)")
+    }
+
+    /// A new file with `mode` from the start (never a moment with wider permissions).
+    static func create(_ path: String, _ text: String, mode: mode_t) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard descriptor >= 0 else {
+            throw FailedStart(message: "\(path): cannot create: \(String(cString: strerror(errno)))")
+        }
+        defer { close(descriptor) }
+        let bytes = Array(text.utf8)
+        guard write(descriptor, bytes, bytes.count) == bytes.count else {
+            throw FailedStart(message: "\(path): cannot write: \(String(cString: strerror(errno)))")
+        }
     }
 }

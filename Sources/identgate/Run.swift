@@ -88,6 +88,13 @@ struct Run: ParsableCommand {
             "The audit log (JSON lines, hash-chained); - for standard output; off for none (benchmarks).", valueName: "file"))
     var auditLog: String = "identgate-audit.jsonl"
 
+    @Option(
+        help: ArgumentHelp(
+            "An Ed25519 private key (audit keygen): sign a checkpoint every 1,000 records or 60 s, and at exit. "
+                + "Read once, as root, before the privilege drop.",
+            valueName: "file"))
+    var auditSigningKey: String?
+
     @Option(help: "When to fsync the audit log: always (every batch), batch (at most once a second), none (at exit only).")
     var auditSync: AuditWriter.SyncPolicy = .batch
 
@@ -203,7 +210,9 @@ struct Run: ParsableCommand {
         let credentials: CredentialStore?
         let policyFile: PolicyFile
         let gssAcceptor: GSSAcceptor?
+        let signingKey: AuditSigningKey?
         do {
+            signingKey = try auditSigningKey.map(AuditSigningKey.init(contentsOfFile:))
             credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
             // Keys are copied into memory here, while still root: a keytab is root's.
             gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
@@ -243,7 +252,8 @@ struct Run: ParsableCommand {
                 auditLog == "off"
                 ? nil
                 : try AuditWriter(
-                    path: auditPath, sync: auditSync, failClosed: auditFail == .closed, instance: instance ?? Self.hostName)
+                    path: auditPath, sync: auditSync, failClosed: auditFail == .closed, instance: instance ?? Self.hostName,
+                    signingKey: signingKey)
         } catch {
             throw FailedStart(message: "\(error)")
         }

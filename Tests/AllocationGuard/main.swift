@@ -31,6 +31,10 @@ enum Bound {
         static let perDecision = 4.3
         static let perConnection = 205.0
     #endif
+    /// What the metrics may add per connection: the session's open-gauge decrement (a
+    /// closure on the client's close), and nothing else (counters and histograms are
+    /// made once; labels are looked up, not built).
+    static let metricsPerConnection = 3.0
 }
 
 struct GuardFailure: Error, CustomStringConvertible {
@@ -79,7 +83,7 @@ func allocationsPerDecision() throws -> Double {
 /// SOCKS5 CONNECT, 64 bytes each way and close, one connection at a time, through a
 /// gateway in this process with its audit log on; the client and the destination are
 /// C code that allocates nothing.
-func allocationsPerConnection() async throws -> Double {
+func allocationsPerConnection(metrics: GatewayMetrics? = nil) async throws -> Double {
     var echoPort: UInt16 = 0
     guard relay_probe_echo_start(&echoPort) == 0 else {
         throw GuardFailure(description: "cannot start the echo server: \(String(cString: strerror(errno)))")
@@ -100,7 +104,7 @@ func allocationsPerConnection() async throws -> Double {
     audit.start()
     let server = GatewayServer(
         configuration: configuration, policy: PolicyStore(PolicyEngine(policy: DefaultPolicy.policy)), group: group,
-        threadPool: threadPool, logger: logger, audit: audit)
+        threadPool: threadPool, logger: logger, audit: audit, metrics: metrics)
     let port = try await server.start()[0].port
 
     func roundTrips(_ count: Int32) throws {
@@ -139,6 +143,7 @@ do {
     try requireInterposer()
     let perDecision = try allocationsPerDecision()
     let perConnection = try await allocationsPerConnection()
+    let perConnectionWithMetrics = try await allocationsPerConnection(metrics: GatewayMetrics(version: "guard", commit: "guard"))
     #if DEBUG
         print("allocations, debug build")
     #else
@@ -146,7 +151,10 @@ do {
     #endif
     let decisionsOK = check("per policy decision", perDecision, bound: Bound.perDecision)
     let connectionsOK = check("per relayed SOCKS5 connection", perConnection, bound: Bound.perConnection)
-    exit(decisionsOK && connectionsOK ? 0 : 1)
+    let metricsOK = check(
+        "  with --metrics-listen", perConnectionWithMetrics, bound: Bound.perConnection + Bound.metricsPerConnection)
+    print(String(format: "  (metrics cost %.1f allocations per connection)", perConnectionWithMetrics - perConnection))
+    exit(decisionsOK && connectionsOK && metricsOK ? 0 : 1)
 } catch {
     FileHandle.standardError.write(Data("allocation-guard: \(error)\n".utf8))
     exit(2)

@@ -2,6 +2,7 @@
 failing closed on a full disk, rotation under load, and replay."""
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import shutil
@@ -67,8 +68,12 @@ class AuditLogTests(unittest.TestCase):
             'allow connect from 127.0.0.0/8 user alice ident label "verified"\n'
             'allow connect from 127.0.0.0/8 port 1-20000 label "low ports"\n'
             "allow connect from 127.0.0.0/8\n")
+        # With a signing key, so that checkpoints are among the events.
+        key = os.path.join(self.folder, "audit.key")
+        subprocess.run([BINARY, "audit", "keygen", "--private", key, "--public", key + ".pub"], capture_output=True,
+                       check=True, timeout=30)
         with HTTPServer() as http, TCPServer(echo) as server, \
-                Gateway("--policy", self.policy, "--ident-port", "1") as gateway:
+                Gateway("--policy", self.policy, "--ident-port", "1", "--audit-signing-key", key) as gateway:
             subprocess.run(["curl", "-sS", "--socks5", gateway.address, f"http://127.0.0.1:{http.port}/"],
                            capture_output=True, timeout=30)
             # A SOCKS4 request with a user: identd is asked (and cannot be reached).
@@ -279,3 +284,65 @@ class AuditLogTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SignedCheckpointTests(unittest.TestCase):
+    """The gateway signs checkpoints with --audit-signing-key; verify --public-key checks
+    them. A tail rewritten with every hash recomputed passes the chain alone, not the key."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="identgate-keys-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.private = os.path.join(self.folder, "audit.key")
+        self.public = os.path.join(self.folder, "audit.pub")
+        made = subprocess.run([BINARY, "audit", "keygen", "--private", self.private, "--public", self.public],
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(os.stat(self.private).st_mode & 0o777, 0o600)
+        again = subprocess.run([BINARY, "audit", "keygen", "--private", self.private, "--public", self.public],
+                               capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(again.returncode, 0, "an existing key is never overwritten")
+
+    def verify_with_key(self, path, key=None):
+        return subprocess.run([BINARY, "audit", "verify", "--public-key", key or self.public, path],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_checkpoints_catch_a_rewritten_tail(self):
+        with TCPServer(echo) as server, Gateway("--audit-signing-key", self.private) as gateway:
+            for _ in range(5):
+                self.assertEqual(socks5_exchange(gateway.port, server.port), 0)
+            self.assertEqual(gateway.stop(), 0)
+            records = gateway_records(gateway.audit_log)
+            checkpoints = [r for r in records if r["event"] == "checkpoint"]
+            self.assertEqual(len(checkpoints), 1, "one at shutdown (fewer than 1,000 records, under a minute)")
+            self.assertEqual(records[-1]["event"], "checkpoint", "the last record is signed")
+            for record in records:
+                jsonschema.validate(record, SCHEMA)
+            good = self.verify_with_key(gateway.audit_log)
+            self.assertEqual(good.returncode, 0, good.stdout)
+            self.assertIn("1 checkpoints verified", good.stdout)
+            self.assertNotIn("not covered", good.stdout)
+
+            # Rewrite a decision and recompute every hash after it, as someone who can
+            # write the file but has no key would.
+            with open(gateway.audit_log, "rb") as log:
+                lines = log.read().splitlines()
+            index = next(i for i, line in enumerate(lines) if b'"event":"decision"' in line)
+            rewritten = lines[:index]
+            for line in lines[index:]:
+                record = json.loads(line)
+                if len(rewritten) == index:
+                    record["client"] = "10.6.6.6:1234"
+                record["prev"] = hashlib.sha256(rewritten[-1]).hexdigest()
+                rewritten.append(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+            with open(gateway.audit_log, "wb") as log:
+                log.write(b"\n".join(rewritten) + b"\n")
+            self.assertEqual(verify(gateway.audit_log).returncode, 0, "the chain alone is fooled")
+            caught = self.verify_with_key(gateway.audit_log)
+            self.assertEqual(caught.returncode, 1)
+            self.assertRegex(caught.stdout, rf"audit\.jsonl:{len(lines)}: checkpoint signature does not verify")
+            # And another key's public half names the mismatch.
+            other_private, other_public = self.private + "2", self.public + "2"
+            subprocess.run([BINARY, "audit", "keygen", "--private", other_private, "--public", other_public],
+                           capture_output=True, check=True, timeout=30)
+            self.assertIn("not by the given key", self.verify_with_key(gateway.audit_log, other_public).stdout)
