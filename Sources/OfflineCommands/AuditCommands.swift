@@ -15,7 +15,7 @@ public struct Audit: ParsableCommand {
             each instance's files are one chain, verified on their own; show, summary and replay merge the \
             instances in time order.
             """,
-        subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self, AuditKeygen.self]
+        subcommands: [AuditVerify.self, AuditShow.self, AuditSummary.self, AuditReplay.self, AuditReport.self, AuditKeygen.self]
     )
 }
 
@@ -131,6 +131,15 @@ struct RecordFilter: ParsableArguments {
 
     @Option(help: ArgumentHelp("Before this time (UTC, a prefix of 2026-11-29T13:05:00).", valueName: "time"))
     var until: String?
+
+    /// The filters given, as the command line said them (for the report's heading).
+    var summary: String {
+        let given: [(String, String?)] = [
+            ("--user", user), ("--from", from), ("--to", to), ("--port", port.map(String.init)), ("--rule", rule),
+            ("--verdict", verdict), ("--reply", reply.map(String.init)), ("--since", since), ("--until", until),
+        ]
+        return given.compactMap { name, value in value.map { "\(name) \($0)" } }.joined(separator: " ")
+    }
 
     func matches(_ record: AuditRecord) throws -> Bool {
         guard record.event == .decision else { return false }
@@ -440,5 +449,81 @@ struct AuditKeygen: ParsableCommand {
         guard write(descriptor, bytes, bytes.count) == bytes.count else {
             throw FailedStart(message: "\(path): cannot write: \(String(cString: strerror(errno)))")
         }
+    }
+}
+
+struct AuditReport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "An HTML report: the chain's state, requests and denials over time, top users, clients and destinations.",
+        discussion: """
+            One self-contained file (inline SVG and CSS; nothing is fetched when it is opened), \
+            charts first and the same numbers in tables. The filters are those of show and apply \
+            to decisions. The log is read once, in bounded memory.
+            """
+    )
+
+    @Argument(help: "The log files, oldest first (several instances' files are merged by time).")
+    var files: [String]
+
+    @Option(help: ArgumentHelp("Where to write the report.", valueName: "file"))
+    var html: String
+
+    @OptionGroup var filter: RecordFilter
+
+    @Option(help: "How many entries each top list shows.")
+    var top = 10
+
+    func validate() throws {
+        guard (1...1000).contains(top) else { throw ValidationError("--top: \(top) is not a count from 1 to 1000") }
+    }
+
+    func run() throws {
+        let decoder = JSONDecoder()
+        var tally = ReportTally()
+        var chains: [String: ChainVerifier] = [:]
+        var broken: [String: String] = [:]
+        var unreadable: String?
+        do {
+            try AuditFiles(paths: files).forEachLineMerged { line, file, number in
+                guard let record = AuditRecord.decode(line: line, fallback: decoder) else {
+                    if unreadable == nil { unreadable = "\(file):\(number): not an audit record" }
+                    return true
+                }
+                let instance = record.instance ?? ""
+                if broken[instance] == nil {
+                    do {
+                        try chains[instance, default: ChainVerifier()].check(line, at: "\(file):\(number)")
+                    } catch {
+                        broken[instance] = "\(error)"
+                    }
+                }
+                tally.add(record, matches: try filter.matches(record))
+                return true
+            }
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        var verification = chains.keys.sorted().map { instance in
+            let chain = chains[instance] ?? ChainVerifier()
+            let text =
+                broken[instance].map { "broken: \($0)" }
+                ?? "intact: \(chain.records) records; last hash \(chain.lastHash ?? "-") (compare it with the one kept "
+                + "elsewhere, or use verify --public-key: a cut tail leaves no broken link)"
+            return (instance: instance, text: text, intact: broken[instance] == nil)
+        }
+        if let unreadable { verification.append((instance: "", text: "broken: \(unreadable)", intact: false)) }
+        let page = ReportPage(
+            tally: tally, files: files, verification: verification, filters: filter.summary, top: top
+        ).render()
+        do {
+            try Data(page.utf8).write(to: URL(fileURLWithPath: html), options: .atomic)
+        } catch {
+            throw FailedStart(message: "\(html): cannot write: \(error.localizedDescription)")
+        }
+        let intact = verification.allSatisfy(\.intact)
+        print("\(html): \(tally.decisions) decisions from \(tally.records) records; chain \(intact ? "intact" : "BROKEN")")
     }
 }
