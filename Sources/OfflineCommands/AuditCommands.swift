@@ -469,6 +469,11 @@ struct AuditReport: ParsableCommand {
     @Option(help: ArgumentHelp("Where to write the report.", valueName: "file"))
     var html: String
 
+    @Option(
+        help: ArgumentHelp(
+            "The public key of --audit-signing-key: the report says what signed checkpoints cover.", valueName: "file"))
+    var publicKey: String?
+
     @OptionGroup var filter: RecordFilter
 
     @Option(help: "How many entries each top list shows.")
@@ -482,8 +487,15 @@ struct AuditReport: ParsableCommand {
         let decoder = JSONDecoder()
         var tally = ReportTally()
         var chains: [String: ChainVerifier] = [:]
+        var checkpoints: [String: CheckpointVerifier] = [:]
         var broken: [String: String] = [:]
         var unreadable: String?
+        let key: AuditVerifyingKey?
+        do {
+            key = try publicKey.map(AuditVerifyingKey.init(contentsOfFile:))
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
         do {
             try AuditFiles(paths: files).forEachLineMerged { line, file, number in
                 guard let record = AuditRecord.decode(line: line, fallback: decoder) else {
@@ -494,6 +506,7 @@ struct AuditReport: ParsableCommand {
                 if broken[instance] == nil {
                     do {
                         try chains[instance, default: ChainVerifier()].check(line, at: "\(file):\(number)")
+                        if let key { try checkpoints[instance, default: CheckpointVerifier(key: key)].check(line, at: "\(file):\(number)") }
                     } catch {
                         broken[instance] = "\(error)"
                     }
@@ -508,10 +521,19 @@ struct AuditReport: ParsableCommand {
         }
         var verification = chains.keys.sorted().map { instance in
             let chain = chains[instance] ?? ChainVerifier()
-            let text =
+            var text =
                 broken[instance].map { "broken: \($0)" }
-                ?? "intact: \(chain.records) records; last hash \(chain.lastHash ?? "-") (compare it with the one kept "
-                + "elsewhere, or use verify --public-key: a cut tail leaves no broken link)"
+                ?? "intact: \(chain.records) records; last hash \(chain.lastHash ?? "-")"
+            if broken[instance] == nil {
+                if let signed = checkpoints[instance] {
+                    text +=
+                        signed.lastVerified.map { "; \(signed.verified) signed checkpoints verified, the last at \($0)" }
+                        ?? "; no checkpoint signed by key \(signed.key.keyID)"
+                    if signed.uncovered > 0 { text += "; \(signed.uncovered) records after it no signature covers" }
+                } else {
+                    text += " (a cut tail leaves no broken link: compare the last hash with one kept elsewhere, or give --public-key)"
+                }
+            }
             return (instance: instance, text: text, intact: broken[instance] == nil)
         }
         if let unreadable { verification.append((instance: "", text: "broken: \(unreadable)", intact: false)) }

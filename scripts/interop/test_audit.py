@@ -322,6 +322,11 @@ class SignedCheckpointTests(unittest.TestCase):
             self.assertEqual(good.returncode, 0, good.stdout)
             self.assertIn("1 checkpoints verified", good.stdout)
             self.assertNotIn("not covered", good.stdout)
+            report = os.path.join(self.folder, "report.html")
+            subprocess.run([BINARY, "audit", "report", "--public-key", self.public, "--html", report, gateway.audit_log],
+                           capture_output=True, check=True, timeout=60)
+            with open(report) as html:
+                self.assertIn("1 signed checkpoints verified", html.read())
 
             # Rewrite a decision and recompute every hash after it, as someone who can
             # write the file but has no key would.
