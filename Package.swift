@@ -139,7 +139,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "SOCKSWire", "SOCKSSession", "AccessPolicy", "NetAddress",
+                "Gateway", "SOCKSWire", "SOCKSSession", "AccessPolicy", "NetAddress", "ProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
