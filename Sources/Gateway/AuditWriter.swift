@@ -292,8 +292,12 @@ public final class AuditWriter: Sendable {
                 defer { state.reopenRequested = false }
                 return state.reopenRequested
             }
-            // Reopen first, so the marker it queues is part of the batch taken next.
-            if reopening { reopenFile() }
+            // Reopen first, so the marker it queues is part of the batch taken next; with a
+            // signing key, the old file first gets a checkpoint over all it holds.
+            if reopening {
+                if checkpointDue(stopping: true) { write([], closingCheckpoint: true) }
+                reopenFile()
+            }
             // The batch is moved out of the queue, not copied: records are large.
             let (batch, stopping) = state.withLockedValue { state in
                 defer {

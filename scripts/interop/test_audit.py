@@ -351,3 +351,22 @@ class SignedCheckpointTests(unittest.TestCase):
             subprocess.run([BINARY, "audit", "keygen", "--private", other_private, "--public", other_public],
                            capture_output=True, check=True, timeout=30)
             self.assertIn("not by the given key", self.verify_with_key(gateway.audit_log, other_public).stdout)
+
+    def test_a_rotated_file_ends_with_a_checkpoint(self):
+        with TCPServer(echo) as server, Gateway("--audit-signing-key", self.private) as gateway:
+            self.assertEqual(socks5_exchange(gateway.port, server.port), 0)
+            self.assertTrue(wait_for(lambda: len(gateway_records(gateway.audit_log)) >= 6))
+            os.rename(gateway.audit_log, gateway.audit_log + ".1")
+            gateway.process.send_signal(signal.SIGUSR1)
+            self.assertTrue(wait_for(lambda: os.path.exists(gateway.audit_log)))
+            self.assertEqual(socks5_exchange(gateway.port, server.port), 0)
+            self.assertEqual(gateway.stop(), 0)
+            rotated = gateway_records(gateway.audit_log + ".1")
+            self.assertEqual(rotated[-1]["event"], "checkpoint", "the old file is signed to its end")
+            both = self.verify_with_key(gateway.audit_log + ".1")
+            self.assertEqual(both.returncode, 0, both.stdout)
+            self.assertNotIn("not covered", both.stdout)
+            result = subprocess.run([BINARY, "audit", "verify", "--public-key", self.public, gateway.audit_log + ".1",
+                                     gateway.audit_log], capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stdout)
+            self.assertIn("2 checkpoints verified", result.stdout)
