@@ -280,3 +280,44 @@ class FullDisk:
 
     def unmount(self):
         subprocess.run(["umount", "-l", self.path])
+
+
+class FakeIdentd:
+    """An identd that answers every RFC 1413 query with one user-id, on `port` of
+    127.0.0.1 (0: a free one, in `.port`). Once closed, the port refuses: identd
+    unreachable (SOCKS4 92)."""
+
+    def __init__(self, user, port=0):
+        self.user = user
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(16)
+        # A timeout, so that the loop sees `close` (a blocked accept would keep the
+        # socket listening after its descriptor is closed).
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while self.running:
+            try:
+                connection, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            with connection:
+                connection.settimeout(5)
+                line = b""
+                while not line.endswith(b"\n") and len(line) < 1000:
+                    chunk = connection.recv(100)
+                    if not chunk:
+                        break
+                    line += chunk
+                connection.sendall(f"{line.decode().strip()} : USERID : UNIX : {self.user}\r\n".encode())
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.listener.close()

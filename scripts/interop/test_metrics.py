@@ -11,14 +11,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from peers import FullDisk, Gateway, HTTPServer, TCPServer, echo, free_port, socks5_connect, wait_for_port
+from peers import FakeIdentd, FullDisk, Gateway, HTTPServer, TCPServer, echo, free_port, socks5_connect, wait_for_port
 
 POLICY = """
 ident from 127.0.0.0/8 timeout 2s
@@ -35,43 +34,6 @@ def http_get(url, method="GET"):
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as error:
         return error.code, error.read(), dict(error.headers)
-
-
-class StandInIdentd:
-    """An identd on the port the gateway asks (its --ident-port): `user` owns every
-    connection asked about. Stopped, the port refuses: identd unreachable (92)."""
-
-    def __init__(self, port, user):
-        self.user = user
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while self.running:
-            try:
-                connection, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            with connection:
-                connection.settimeout(5)
-                line = b""
-                while not line.endswith(b"\n") and len(line) < 1000:
-                    chunk = connection.recv(100)
-                    if not chunk:
-                        break
-                    line += chunk
-                connection.sendall(f"{line.decode().strip()} : USERID : UNIX : {self.user}\r\n".encode())
-
-    def stop(self):
-        self.running = False
-        self.thread.join()
-        self.listener.close()
 
 
 def received(connection):
@@ -167,12 +129,12 @@ class MetricsTest(unittest.TestCase):
             self.assertEqual(curl(proxy5, f"http://127.0.0.1:{refused_port}/"), 97, "allowed, then the connect is refused")
             # The metrics endpoint is not reachable through the SOCKS port.
             self.assertEqual(curl(proxy5, self.metrics_url("/metrics")), 97)
-            identd = StandInIdentd(self.identd_port, "alice")
+            identd = FakeIdentd("alice", port=self.identd_port)
             try:
                 self.assertEqual(curl(f"socks4://alice@127.0.0.1:{gateway.port}", page), 0, "90: identd says alice")
                 self.assertEqual(curl(f"socks4://bob@127.0.0.1:{gateway.port}", page), 97, "93: identd says alice, not bob")
             finally:
-                identd.stop()
+                identd.close()
             self.assertEqual(curl(f"socks4://alice@127.0.0.1:{gateway.port}", page), 97, "92: no identd")
 
             deadline = time.monotonic() + 10

@@ -8,41 +8,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, echo, free_port, wait_for_port
+from peers import BINARY, FakeIdentd, Gateway, TCPServer, echo, free_port, wait_for_port
 from test_bind_udp import UDPEcho
 
 
 def probe(*args, timeout=30):
     return subprocess.run([BINARY, "probe", *args], capture_output=True, text=True, timeout=timeout)
-
-
-class FakeIdentd:
-    """Answers every RFC 1413 query with one user-id."""
-
-    def __init__(self, user):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.user = user
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with connection:
-                query = connection.recv(100).decode().strip()
-                connection.sendall(f"{query} : USERID : UNIX : {self.user}\r\n".encode())
-
-    def close(self):
-        self.listener.close()
 
 
 POLICY = """
