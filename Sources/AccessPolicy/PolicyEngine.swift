@@ -120,7 +120,7 @@ public struct PolicyEngine: PolicyDecider {
     /// open and `recent` started just now. The gateway counts for real (`LimitLedger`).
     public func applyingLimits(to decision: Decision, _ facts: RequestFacts, open: Int, recent: Int) -> Decision {
         guard decision.verdict == .allow,
-            let refusal = LimitLedger.check(facts, limits: policy.limits, open: open, recent: recent)
+            let refusal = LimitLedger.check(facts.attributed(by: decision), limits: policy.limits, open: open, recent: recent)
         else { return decision }
         return decision.refused(by: refusal)
     }

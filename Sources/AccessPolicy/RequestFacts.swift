@@ -64,6 +64,9 @@ public struct RequestFacts: Hashable, Sendable {
     /// `listener` are then the addresses its header gave. Its client's identd cannot be
     /// asked: the client's connection ends at the balancer.
     public var balancer: IPEndpoint?
+    /// The client's identd named the claimed user (set from the decision, `attributed(by:)`,
+    /// before limits count the request).
+    public var identConfirmed = false
 
     public init(
         version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,
@@ -81,6 +84,23 @@ public struct RequestFacts: Hashable, Sendable {
         self.claimedUser = claimedUser
         self.authMethod = authMethod
         self.time = time
+    }
+
+    /// The claimed user, when something vouches for it: a password, GSS-API, or the
+    /// client's identd naming the same user. A name that is only claimed (a SOCKS4 USERID,
+    /// say) could be anyone's: `per user` limits do not count it as that user's.
+    public var verifiedUser: String? {
+        guard let claimedUser, authMethod != .none || identConfirmed else { return nil }
+        return claimedUser
+    }
+
+    /// These facts with what `decision` learned about the user: whether identd confirmed
+    /// the claimed name.
+    public func attributed(by decision: Decision) -> RequestFacts {
+        guard let claimedUser, case .userID(let named) = decision.ident, named == claimedUser else { return self }
+        var facts = self
+        facts.identConfirmed = true
+        return facts
     }
 
     /// The address that will be connected to: the literal one, or the resolved one.

@@ -17,8 +17,11 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
     public enum Scope: String, Hashable, Sendable {
         /// Each client address has its own counter.
         case client = "per client"
-        /// Each claimed user (SOCKS4 USERID, SOCKS5 username) has its own counter; a
-        /// request that claims no user is not counted by a per-user limit.
+        /// Each verified user (a password, GSS-API, or identd confirming the claimed
+        /// name) has its own counter. A name that is only claimed is counted per client
+        /// instead (every unverified name from one address shares that address's counter),
+        /// so nobody can use up another's share by claiming their name; a request that
+        /// claims no user is not counted.
         case user = "per user"
         /// One counter for every session the limit's conditions select.
         case total
@@ -47,7 +50,9 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
         guard conditions.conditionsHold(facts, utcOffsetSeconds: 0) else { return nil }
         switch scope {
         case .client: return .client(facts.client.address.unmapped)
-        case .user: return facts.claimedUser.map(LimitSubject.user)
+        case .user:
+            guard facts.claimedUser != nil else { return nil }
+            return facts.verifiedUser.map(LimitSubject.user) ?? .unverifiedUsers(facts.client.address.unmapped)
         case .total: return .total
         }
     }
@@ -76,12 +81,15 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
 public enum LimitSubject: Hashable, Sendable, CustomStringConvertible {
     case client(IPAddress)
     case user(String)
+    /// A per-user limit's counter for the names one client claims without proof.
+    case unverifiedUsers(IPAddress)
     case total
 
     public var description: String {
         switch self {
         case .client(let address): "client \(address)"
         case .user(let user): "user \(user)"
+        case .unverifiedUsers(let address): "unverified names from client \(address)"
         case .total: "all clients"
         }
     }

@@ -28,6 +28,9 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The parent that listens for this session, and which of the route it was.
     private var parent: String?
 
+    /// Why the client's connection closed before the reply, for the session-end record.
+    private var departure = ClientDeparture.closed
+
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
         self.decider = setup.decider
@@ -40,7 +43,12 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        machine.clientLeft()
+        // However the client's connection ended (a reset included: it reaches here through
+        // `errorCaught`, not `inputClosed`), a session allowed and not yet relaying gets
+        // its end recorded here.
+        if case .abandon(recordEnd: true) = machine.clientLeft() {
+            SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: setup.gateway, session: setup.id)
+        }
         endOutsideWork()
     }
 
@@ -76,6 +84,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        departure = ClientDeparture.reason(for: error)
         context.close(promise: nil)
     }
 
@@ -163,6 +172,10 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .failure(let refused as ParentConnector.Refused):
                 self.setup.gateway.logger.info("BIND through a parent refused", metadata: ["reason": "\(refused.reason)"])
                 self.perform(self.machine.listenFailed(refused.failure), context: context)
+            case .failure(is Abandoned):
+                // The client left while the parent answered: nothing failed.
+                self.setup.gateway.logger.debug("BIND through a parent abandoned: the client left")
+                self.perform(self.machine.listenFailed(), context: context)
             case .failure(let error):
                 self.setup.gateway.logger.notice("BIND through a parent failed", metadata: ["error": "\(error)"])
                 self.perform(self.machine.listenFailed(), context: context)

@@ -28,6 +28,9 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// The parent that carries the session, and which of the route it was (1: the first).
     private var parent: (url: SOCKSURL, attempt: Int)?
 
+    /// Why the client's connection closed before the reply, for the session-end record.
+    private var departure = ClientDeparture.closed
+
     init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
         self.setup = setup
         self.decider = setup.decider
@@ -40,7 +43,12 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        machine.clientLeft()
+        // However the client's connection ended (a reset included: it reaches here through
+        // `errorCaught`, not `inputClosed`), a session allowed and not yet relaying gets
+        // its end recorded here.
+        if case .abandon(recordEnd: true) = machine.clientLeft() {
+            SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: setup.gateway, session: setup.id)
+        }
         endOutsideWork()
     }
 
@@ -79,6 +87,7 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        departure = ClientDeparture.reason(for: error)
         context.close(promise: nil)
     }
 
@@ -155,6 +164,10 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
                     "CONNECT through a parent refused", metadata: ["destination": "\(destination):\(port)", "reason": "\(refused.reason)"])
                 timing.failed(refused.failure)
                 self.perform(self.machine.connectFailed(refused.failure), context: context)
+            case .failure(is Abandoned):
+                // The client left while the parent answered: nothing failed.
+                self.setup.gateway.logger.debug("CONNECT through a parent abandoned: the client left")
+                self.perform(self.machine.connectFailed(.generalFailure), context: context)
             case .failure(let error):
                 self.setup.gateway.logger.notice("CONNECT through a parent failed", metadata: ["error": "\(error)"])
                 timing.failed(.generalFailure)

@@ -131,18 +131,20 @@ struct AcceptFailureCount {
 }
 
 extension GatewayContext {
-    /// True when `destination` is where the gateway itself listens: one of its listening
-    /// endpoints, or, for a wildcard listener (0.0.0.0, ::), any address of this host on
-    /// that port (0.0.0.0 and :: included: connecting to them reaches this host).
+    /// True when `destination` may reach the gateway itself: a port it listens on (SOCKS or
+    /// metrics) at any spelling of this host. The kernel's meaning is what counts, not the
+    /// listeners' own addresses: a connect to 0.0.0.0 or :: reaches the local host (so
+    /// does ::ffff:0.0.0.0), every loopback address and every address of every interface
+    /// is this host, and a wildcard listener answers on all of them. So any address of
+    /// this host (a UDP socket can be bound to it) on a listening port is refused, even
+    /// where a specific listener would not answer: being wrong costs one refused relay to
+    /// a local port, while being right closes a loop.
     func isOwnListener(_ destination: IPEndpoint) -> Bool {
         let listeners = ownListeners.withLockedValue { $0 }
+        guard listeners.contains(where: { $0.port == destination.port }) else { return false }
         let address = destination.address.unmapped
-        for listener in listeners where listener.port == destination.port {
-            if listener.address.unmapped == address { return true }
-            let wildcard = listener.address == .v4(.any) || listener.address == .v6(.any)
-            if wildcard, address == .v4(.any) || address == .v6(.any) || LocalAddress.isAssigned(address) { return true }
-        }
-        return false
+        if listeners.contains(where: { $0.port == destination.port && $0.address.unmapped == address }) { return true }
+        return address == .v4(.any) || address == .v6(.any) || LocalAddress.isAssigned(address)
     }
 
     /// True when a connection from `peer` must carry a PROXY protocol header.

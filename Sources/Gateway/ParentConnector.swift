@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -50,6 +51,9 @@ enum ParentConnector {
                             Connected(channel: channel, parent: parent, attempt: index + 1, reply: reply, second: second))
                     case .failure(let refused as Refused):
                         result.fail(refused)
+                    case .failure(let abandoned as Abandoned):
+                        // Our side closed the attempt (the client left): no next parent.
+                        result.fail(abandoned)
                     case .failure(let error):
                         gateway.logger.notice(
                             "parent unusable, trying the next", metadata: ["parent": "\(parent)", "error": "\(error)"])
@@ -108,6 +112,12 @@ enum ParentConnector {
     }
 }
 
+/// The attempt was closed from our side (the session's client left, or the gateway is
+/// stopping): not the parent's fault, and no reason to try the next one.
+struct Abandoned: Error, CustomStringConvertible {
+    var description: String { "the attempt was abandoned: the client left" }
+}
+
 struct ParentError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
@@ -132,6 +142,11 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
     private var negotiating = true
     /// Bytes after the parent's reply, for the relay's first read.
     private var early: ByteBuffer?
+    /// Bytes the parent has sent during the negotiation, for the log of one that breaks off.
+    private var received = 0
+    /// Set when our side closes the connection (the client left): its end is not the
+    /// parent's doing.
+    private var closedByUs = false
 
     init(
         machine: SOCKSClientStateMachine, done: EventLoopPromise<SOCKSClientStateMachine.Reply>,
@@ -151,6 +166,7 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard negotiating else { return context.fireChannelRead(data) }
         var bytes = unwrapInboundIn(data)
+        received += bytes.readableBytes
         buffer.writeBuffer(&bytes)
         while negotiating {
             switch machine.receive(&buffer) {
@@ -196,14 +212,40 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
         context.read()
     }
 
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all { closedByUs = true }
+        context.close(mode: mode, promise: promise)
+    }
+
+    /// The parent's EOF (this channel allows half-closure, so a FIN arrives here and not as
+    /// `channelInactive`): during the negotiation, the parent failed, at once.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event, negotiating {
+            finish(ParentError("the parent closed the connection \(progress)"), context: context)
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        if negotiating { finish(ParentError("the parent closed the connection"), context: context) }
+        if negotiating {
+            finish(closedByUs ? Abandoned() : ParentError("the parent closed the connection \(progress)"), context: context)
+        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if negotiating { finish(error, context: context) }
+        if negotiating {
+            let reset = (error as? IOError)?.errnoCode == ECONNRESET
+            finish(reset ? ParentError("the parent reset the connection \(progress)") : error, context: context)
+        }
         context.fireErrorCaught(error)
+    }
+
+    /// How far the parent's answer got, in the log's words.
+    private var progress: String {
+        received == 0 ? "before answering" : "after \(received) byte\(received == 1 ? "" : "s") of its reply"
     }
 
     private func finish(_ error: any Error, context: ChannelHandlerContext) {

@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import NIOExtras
 import Prometheus
@@ -92,8 +93,8 @@ final class RelayHandler: ChannelDuplexHandler {
         drained.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
-    private func noteFailure(_ error: String) {
-        closeReason = "destination error: \(error)"
+    private func noteFailure(_ error: any Error) {
+        closeReason = "destination \(Self.describe(error))"
     }
 
     private func partnerFailed() {
@@ -155,10 +156,22 @@ final class RelayHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        closeReason = "error: \(error)"
-        partner?.noteFailure("\(error)")
+        closeReason = "client \(Self.describe(error))"
+        partner?.noteFailure(error)
         partner?.partnerFailed()
         context.close(promise: nil)
+    }
+
+    /// An error in the audit record's words: what the socket said (`reset the
+    /// connection`), never the name of the call that failed.
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? IOError else { return "error: \(error)" }
+        switch error.errnoCode {
+        case ECONNRESET: return "reset the connection"
+        case ETIMEDOUT: return "connection timed out"
+        case EPIPE: return "closed the connection while data was being sent"
+        default: return "connection failed: \(String(cString: strerror(error.errnoCode)))"
+        }
     }
 
     func read(context: ChannelHandlerContext) {

@@ -1,3 +1,4 @@
+import Glibc
 import AuditLog
 import NIOCore
 import NIOExtras
@@ -16,6 +17,7 @@ enum SessionRelay {
         guard context.channel.isActive else {
             outbound.close(promise: nil)
             context.close(promise: nil)
+            recordEndBeforeRelay(ClientDeparture.closed, reply: nil, gateway: gateway, session: session)
             return
         }
         var replyBytes = context.channel.allocator.buffer(capacity: 22)
@@ -46,6 +48,7 @@ enum SessionRelay {
         } catch {
             outbound.close(promise: nil)
             context.close(promise: nil)
+            recordEndBeforeRelay("failed: the relay could not be set up (\(error))", reply: nil, gateway: gateway, session: session)
             return
         }
         if let bytes = early.bytes {
@@ -90,5 +93,21 @@ extension ChannelHandlerContext {
         var bytes = channel.allocator.buffer(capacity: 22)
         bytes.writeSOCKSServerMessage(message)
         writeAndFlush(NIOAny(bytes)).assumeIsolated().whenComplete { _ in self.close(promise: nil) }
+    }
+}
+
+/// Why a client's connection ended before its session's reply, in the session-end record's
+/// words (never an internal function name).
+enum ClientDeparture {
+    static let closed = "client connection closed before the reply"
+    static let leftAtEOF = "client left before the reply"
+
+    static func reason(for error: any Error) -> String {
+        guard let error = error as? IOError else { return "client connection failed before the reply" }
+        switch error.errnoCode {
+        case ECONNRESET: return "client reset the connection before the reply"
+        case ETIMEDOUT: return "client connection timed out before the reply"
+        default: return "client connection failed before the reply: \(String(cString: strerror(error.errnoCode)))"
+        }
     }
 }

@@ -204,7 +204,10 @@ public struct Explain: AsyncParsableCommand {
         let decision = engine.applyingLimits(to: explained, facts, open: open, recent: recent)
         print(DisplayText.escaped(Explanation.describe(facts)))
         if !policy.limits.isEmpty {
-            print(Explanation.limits(policy.limits, facts: facts, open: open, recent: recent, applied: explained.verdict == .allow))
+            print(
+                Explanation.limits(
+                    policy.limits, facts: facts.attributed(by: explained), open: open, recent: recent,
+                    applied: explained.verdict == .allow))
         }
         print(Explanation.render(decision, facts: facts, indent: ""))
     }
@@ -271,7 +274,10 @@ enum Explanation {
             if let why = limit.whyNotCounted(facts) {
                 state = "\("not counted".padding(12)) \(limit.description): \(why)"
             } else {
-                let subject = limit.subject(of: facts).map { "\($0)" } ?? ""
+                var subject = limit.subject(of: facts).map { "\($0)" } ?? ""
+                if limit.scope == .user, facts.verifiedUser == nil, let claimed = facts.claimedUser {
+                    subject += "; user \(claimed) is claimed, not verified by a password, GSS-API or identd"
+                }
                 let full =
                     switch limit.measure {
                     case .sessions(let most): open >= most

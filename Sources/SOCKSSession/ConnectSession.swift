@@ -173,9 +173,22 @@ public struct ConnectSession: Sendable {
         }
     }
 
-    /// The client's connection closed (or the relay ended): later events find nothing to do.
-    public mutating func clientLeft() {
-        state = .ended
+    /// The client's connection closed, however (a reset, an error, the gateway shutting
+    /// down, or the relay taking over). Before the relay, that is the client leaving: the
+    /// answer is `.abandon` (the driver records the session's end if a decision allowed
+    /// it, and closes what it started); after the relay took over, or once ended, `.none`.
+    /// Later events find nothing to do. This is the one place every path out of a session
+    /// passes, so the session-end record cannot be missed by a path nobody thought of.
+    @discardableResult
+    public mutating func clientLeft() -> Action {
+        switch state {
+        case .idle, .resolving, .deciding, .connecting, .awaitingAuditRecord:
+            state = .ended
+            return .abandon(recordEnd: ledger.allowed)
+        case .relaying, .ended:
+            state = .ended
+            return .none
+        }
     }
 
     private mutating func fail(_ failure: SOCKSRequestFailure) -> Action {

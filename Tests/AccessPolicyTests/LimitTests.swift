@@ -48,12 +48,44 @@ import Testing
         #expect(refusal(ledger.admit(facts(from: "10.0.0.4"), now: 0))?.limit.scope == .total)
     }
 
-    @Test func perUserCountsOnlyClaimedUsersAcrossAddresses() {
+    @Test func perUserCountsVerifiedUsersAcrossAddresses() {
         var ledger = ledger("limit sessions 1 per user")
-        #expect(admitted(ledger.admit(facts(from: "10.0.0.1", user: "alice"), now: 0)) != nil)
-        #expect(refusal(ledger.admit(facts(from: "10.0.0.2", user: "alice"), now: 0)) != nil)
-        #expect(admitted(ledger.admit(facts(from: "10.0.0.2", user: "bob"), now: 0)) != nil)
+        #expect(admitted(ledger.admit(facts(from: "10.0.0.1", user: "alice", auth: .password), now: 0)) != nil)
+        #expect(refusal(ledger.admit(facts(from: "10.0.0.2", user: "alice", auth: .password), now: 0)) != nil)
+        #expect(admitted(ledger.admit(facts(from: "10.0.0.2", user: "bob", auth: .password), now: 0)) != nil)
         for _ in 0..<5 { #expect(admitted(ledger.admit(facts(from: "10.0.0.2"), now: 0)) != nil) }
+    }
+
+    /// Defect 6 of issue 23: two SOCKS4 requests from other hosts claiming USERID alice
+    /// used up alice's share, and the real alice (with her password) was refused.
+    @Test func claimedNamesCountPerClientNotAsTheUser() throws {
+        var ledger = ledger("limit sessions 2 per user")
+        let forger = facts(.socks4, from: "10.0.0.66", user: "alice")
+        #expect(admitted(ledger.admit(forger, now: 0)) != nil)
+        #expect(admitted(ledger.admit(facts(.socks4, from: "10.0.0.66", user: "carol"), now: 0)) != nil)
+        // Every unverified name from one client shares that client's counter.
+        let refused = try #require(refusal(ledger.admit(facts(.socks4, from: "10.0.0.66", user: "dave"), now: 0)))
+        #expect(refused.subject == .unverifiedUsers(IPAddress("10.0.0.66")!))
+        // The real alice still has her whole share.
+        let alice = facts(from: "10.0.0.1", user: "alice", auth: .password)
+        #expect(admitted(ledger.admit(alice, now: 0)) != nil)
+        #expect(admitted(ledger.admit(alice, now: 0)) != nil)
+        #expect(refusal(ledger.admit(alice, now: 0))?.subject == .user("alice"))
+        // A name identd confirmed is verified too (the decision carries the answer).
+        var confirmed = Decision(verdict: .allow, refusal: nil, rule: nil, trace: [])
+        confirmed.identAnswer = IdentAnswer(.userID("bob"))
+        let bob = facts(.socks4, from: "10.0.0.2", user: "bob").attributed(by: confirmed)
+        #expect(bob.verifiedUser == "bob")
+        #expect(facts(.socks4, from: "10.0.0.2", user: "mallory").attributed(by: confirmed).verifiedUser == nil)
+    }
+
+    @Test func lintWarnsOfAPerUserLimitThatClaimedNamesReach() {
+        let open = diagnostics("allow from 10.0.0.0/8\nlimit sessions 2 per user\n")
+        #expect(open.contains { $0.contains("names that are only claimed reach this per-user limit: the rule on line 1") })
+        let verified = diagnostics("allow from 10.0.0.0/8 ident\nlimit sessions 2 per user\n")
+        #expect(!verified.contains { $0.contains("only claimed") })
+        let passwords = diagnostics("allow from 10.0.0.0/8\nlimit sessions 2 per user auth password\n")
+        #expect(!passwords.contains { $0.contains("only claimed") })
     }
 
     @Test func ratesAreTokenBuckets() {

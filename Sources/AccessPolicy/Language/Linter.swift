@@ -91,9 +91,32 @@ struct Linter {
             let countsUDP = conditions.commands?.contains(.udp) ?? true
             if !countsUDP, !allowShapes.contains(where: { $0.overlaps(shapes[index]) }) {
                 warn("verdict", "no allow rule admits a session it counts")
+                continue
+            }
+            if limit.scope == .user, let line = claimedNameRule(reaching: conditions) {
+                warnings.append(
+                    Diagnostic(
+                        .warning, file: file, line: limit.reference.line ?? 0,
+                        column: source.columns["scope"] ?? source.columns["verdict"] ?? 1,
+                        message: "names that are only claimed reach this per-user limit: the rule on line \(line) allows SOCKS4 "
+                            + "requests without a password, GSS-API or identd, and their names are counted per client, not per "
+                            + "user; require 'ident' in that rule, or count only 'auth password' here",
+                        lineText: source.lineText))
             }
         }
         return warnings
+    }
+
+    /// The line of the first allow rule that admits, among the requests a per-user limit
+    /// with these conditions counts, one whose user is only claimed: SOCKS4/4a without a
+    /// password and with no `ident` (SOCKS5 names a user only with a password or GSS-API).
+    private func claimedNameRule(reaching conditions: Rule) -> Int? {
+        var claimed = conditions
+        claimed.authMethods = (conditions.authMethods ?? Set(RequestFacts.AuthMethod.allCases)).intersection([.none])
+        claimed.versions = (conditions.versions ?? Set(RequestFacts.Version.allCases)).intersection([.socks4, .socks4a])
+        let shape = Shape(claimed)
+        let rule = policy.rules.first { $0.verdict == .allow && !$0.requiresIdent && Shape($0).overlaps(shape) }
+        return rule.map { $0.reference.line ?? 0 }
     }
 
     /// `first` is reached whenever `second` would be, for sessions both count: a limit of
