@@ -109,7 +109,7 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(.granted(version: setup.version, boundAddress: address))
             context.flush()
             peerDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: setup.gateway.configuration.bindTimeout) {
-                self.setup.gateway.logger.info("BIND: no peer connected in time", metadata: ["listening": "\(address)"])
+                self.setup.gateway.repeated.occurred(.bindPeerTimeout, on: context.eventLoop, metadata: ["listening": "\(address)"])
                 self.perform(self.machine.peerTimedOut(), context: context)
             }
         case .startRelay(let from):

@@ -93,6 +93,8 @@ final class GatewayContext: Sendable {
     let audit: AuditWriter?
     /// What is counted for `--metrics-listen`; nil: nothing is.
     let metrics: GatewayMetrics?
+    /// Log lines a peer can repeat at will, logged once per episode.
+    let repeated: RepeatedEvents
 
     /// How much a relayed socket reads at once: starts small (an idle connection holds
     /// little) and grows with the traffic, up to 256 KiB rather than NIO's 64 KiB, so a
@@ -108,6 +110,7 @@ final class GatewayContext: Sendable {
         metrics: GatewayMetrics? = nil
     ) {
         self.metrics = metrics
+        self.repeated = RepeatedEvents(logger: logger, metrics: metrics)
         self.gssAcceptor = gssAcceptor
         self.configuration = configuration
         self.policy = policy

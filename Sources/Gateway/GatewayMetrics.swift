@@ -51,6 +51,7 @@ public final class GatewayMetrics: Sendable {
     private let udpAssociationsOpen: Gauge
     private let bindListenersOpen: Gauge
     private let acceptsFailed: Counter
+    private let repeatedEvents: [RepeatedEvent: Counter]
     private let auditQueueDepth: Gauge
     private let auditWriteFailures: Counter
     private let auditFailClosed: Gauge
@@ -122,6 +123,9 @@ public final class GatewayMetrics: Sendable {
         bindListenersOpen = registry.makeGauge(descriptor: name("bind_listeners_open", "", "BIND listening sockets open."))
         acceptsFailed = registry.makeCounter(
             descriptor: name("accepts_failed", "total", "Connections the kernel could not hand over (descriptor or memory limits)."))
+        let repeated = name("peer_events", "total", "Events a peer can repeat at will, each counted (logged once per episode), by kind.")
+        repeatedEvents = Dictionary(
+            uniqueKeysWithValues: RepeatedEvent.allCases.map { ($0, registry.makeCounter(descriptor: repeated, labels: [("event", $0.rawValue)])) })
         auditQueueDepth = registry.makeGauge(descriptor: name("audit_queue_depth", "", "Audit records queued or being written."))
         auditWriteFailures = registry.makeCounter(
             descriptor: name("audit_write_failures", "total", "Times writing the audit log failed (each starts a gap record)."))
@@ -160,6 +164,8 @@ public final class GatewayMetrics: Sendable {
         open.increment()
         closed.whenComplete { _ in open.decrement() }
     }
+
+    func repeatedEvent(_ event: RepeatedEvent) { repeatedEvents[event]?.increment() }
 
     func udpAssociationOpened() { udpAssociationsOpen.increment() }
     func udpAssociationClosed() { udpAssociationsOpen.decrement() }

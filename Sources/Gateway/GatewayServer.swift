@@ -136,7 +136,7 @@ public final class GatewayServer: Sendable {
                             // owed a PROXY header cannot be told, and there is nothing to serve.
                             guard let peer = channel.remoteAddress?.ipEndpoint else { throw ChannelError.ioOnClosedChannel }
                             if gateway.isLoadBalancer(peer.address) {
-                                try channel.pipeline.syncOperations.addHandler(ProxyHeaderHandler(logger: gateway.logger))
+                                try channel.pipeline.syncOperations.addHandler(ProxyHeaderHandler(repeated: gateway.repeated))
                             }
                         }
                         try channel.pipeline.syncOperations.addHandler(NegotiationHandler(gateway: gateway))

@@ -45,7 +45,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         deadline = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.configuration.negotiationTimeout) {
-            self.gateway.logger.info("negotiation timed out", metadata: ["client": "\(context.remoteAddressText)"])
+            self.gateway.repeated.occurred(.negotiationTimeout, on: context.eventLoop, metadata: ["client": "\(context.remoteAddressText)"])
             if let message = self.machine.negotiationTimedOut() {
                 context.sendAndClose(message)
             } else {
@@ -66,9 +66,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 first == UInt8(ascii: "P") || first == 0x0D
             {
                 // A PROXY protocol header from a peer that is not a trusted load balancer.
-                gateway.logger.notice(
-                    "PROXY protocol header from a peer outside --proxy-protocol-from; closing",
-                    metadata: ["peer": "\(context.remoteAddressText)"])
+                gateway.repeated.occurred(.untrustedProxyHeader, on: context.eventLoop, metadata: ["peer": "\(context.remoteAddressText)"])
                 return context.close(promise: nil)
             }
         }
@@ -176,8 +174,9 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.awaitingWork = false
             let valid = (try? result.get()) ?? false
             if !valid {
-                self.gateway.logger.notice(
-                    "password authentication failed", metadata: ["user": "\(DisplayText.escaped(credentials.username))"])
+                self.gateway.repeated.occurred(
+                    .passwordFailure, on: context.eventLoop,
+                    metadata: ["user": "\(DisplayText.escaped(credentials.username))", "client": "\(context.remoteAddressText)"])
             }
             // After the deadline or a close, the machine answers `.close`: nothing more is done.
             self.resume(self.machine.credentialsChecked(valid: valid), context: context)

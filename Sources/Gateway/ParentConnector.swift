@@ -245,7 +245,7 @@ private final class ParentHandshakeHandler: ChannelDuplexHandler {
 
     /// How far the parent's answer got, in the log's words.
     private var progress: String {
-        received == 0 ? "before answering" : "after \(received) byte\(received == 1 ? "" : "s") of its reply"
+        received == 0 ? "before answering" : "after \(received) byte\(received == 1 ? "" : "s") of its answers"
     }
 
     private func finish(_ error: any Error, context: ChannelHandlerContext) {

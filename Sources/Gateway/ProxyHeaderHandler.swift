@@ -24,11 +24,11 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
-    private let logger: Logger
+    private let repeated: RepeatedEvents
     private var received: ByteBuffer?
 
-    init(logger: Logger) {
-        self.logger = logger
+    init(repeated: RepeatedEvents) {
+        self.repeated = repeated
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -67,8 +67,8 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func refuse(_ reason: String, context: ChannelHandlerContext) {
-        logger.notice(
-            "PROXY protocol header refused; closing", metadata: ["peer": "\(context.remoteAddressText)", "reason": "\(reason)"])
+        repeated.occurred(
+            .refusedProxyHeader, on: context.eventLoop, metadata: ["peer": "\(context.remoteAddressText)", "reason": "\(reason)"])
         received = nil
         context.close(promise: nil)
     }

@@ -49,18 +49,26 @@ struct RequestDecider {
             timer.cancel()
             guard let report = pending.take() else { return }
             switch result {
-            case .success(let decision): self.decided(decision, facts, step: step, started: started, on: eventLoop, report: report)
+            case .success(let decision):
+                let final = self.decided(decision, facts, step: step, started: started, on: eventLoop, report: report)
+                if pending.abandoned, final.verdict == .allow {
+                    // The client left while identd was asked: its session was over before
+                    // this allow was recorded, so nobody else will record its end.
+                    SessionRelay.recordEndBeforeRelay(ClientDeparture.leftBeforeDecision, reply: nil, gateway: self.gateway, session: self.session)
+                }
             case .failure: report(.timedOut)
             }
         }
-        return PendingDecisionTask(task: task)
+        return PendingDecisionTask(task: task, pending: pending)
     }
 
     /// Logs and records the decision, then reports it (and later its record's write).
+    /// Returns the decision as recorded (after the loop check and the limits).
+    @discardableResult
     private func decided(
         _ decision: Decision, _ facts: RequestFacts, step: String?, started: ContinuousClock.Instant?, on eventLoop: any EventLoop,
         report: @escaping (DecisionEvent) -> Void
-    ) {
+    ) -> Decision {
         var decision = refusingLoops(decision, facts)
         if decision.verdict == .allow, facts.command == .udp, let route = decision.route, !route.contains(where: \.scheme.isSOCKS5) {
             // SOCKS4 has no UDP: a route without a SOCKS5 parent cannot carry datagrams,
@@ -71,15 +79,21 @@ struct RequestDecider {
         }
         if decision.verdict == .allow, let refusal = admission.admit(facts.attributed(by: decision)) {
             decision = decision.refused(by: refusal)
+            gateway.repeated.occurred(
+                .limitRefusal, on: eventLoop, metadata: ["client": "\(facts.client)", "limit": "\(DisplayText.escaped(refusal.reason))"])
         }
         log(decision, facts, step: step)
         if let started {
             gateway.metrics?.decided(decision, reply: decision.replyCode(for: facts.version), after: .now - started)
         }
-        guard let audit = gateway.audit else { return report(.decided(decision, recordPending: false)) }
+        guard let audit = gateway.audit else {
+            report(.decided(decision, recordPending: false))
+            return decision
+        }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
             audit.recordDecision(facts, decision, session: session, step: step)
-            return report(.decided(decision, recordPending: false))
+            report(.decided(decision, recordPending: false))
+            return decision
         }
         let written = eventLoop.makePromise(of: Void.self)
         audit.recordDecision(facts, decision, session: session, step: step, written: written)
@@ -94,6 +108,7 @@ struct RequestDecider {
                 report(.recordFailed)
             }
         }
+        return decision
     }
 
     /// The gateway never relays to itself unless the allowing rule names the destination:
@@ -123,8 +138,10 @@ struct RequestDecider {
 
     /// A UDP association refused by a limit as it starts (no rule decides an ASSOCIATE):
     /// logged and recorded as any refusal.
-    func refuse(_ facts: RequestFacts, _ refusal: LimitRefusal) {
+    func refuse(_ facts: RequestFacts, _ refusal: LimitRefusal, on eventLoop: any EventLoop) {
         let decision = Decision(verdict: .allow, refusal: nil, rule: nil, trace: []).refused(by: refusal)
+        gateway.repeated.occurred(
+            .limitRefusal, on: eventLoop, metadata: ["client": "\(facts.client)", "limit": "\(DisplayText.escaped(refusal.reason))"])
         log(decision, facts, step: nil)
         gateway.metrics?.decided(decision, reply: decision.replyCode(for: facts.version), after: nil)
         gateway.audit?.recordDecision(facts, decision, session: session, step: nil)
@@ -172,6 +189,8 @@ struct RequestDecider {
 /// Both run on the same event loop.
 private final class PendingDecision {
     private var completion: ((DecisionEvent) -> Void)?
+    /// The session's client left while the decision ran.
+    var abandoned = false
 
     init(_ completion: @escaping (DecisionEvent) -> Void) {
         self.completion = completion
@@ -187,8 +206,10 @@ private final class PendingDecision {
 /// leaves, so that the lookup does not outlive the client.
 struct PendingDecisionTask {
     let task: Task<Void, Never>
+    fileprivate let pending: PendingDecision
 
     func cancel() {
+        pending.abandoned = true
         task.cancel()
     }
 }

@@ -101,6 +101,7 @@ extension ChannelHandlerContext {
 enum ClientDeparture {
     static let closed = "client connection closed before the reply"
     static let leftAtEOF = "client left before the reply"
+    static let leftBeforeDecision = "client left before the decision"
 
     static func reason(for error: any Error) -> String {
         guard let error = error as? IOError else { return "client connection failed before the reply" }

@@ -481,7 +481,7 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The request's address is where the client will send from (zeros: not known yet).
     func handlerAdded(context: ChannelHandlerContext) {
         if let refusal = setup.admission.admit(facts) {
-            setup.decider.refuse(facts, refusal)
+            setup.decider.refuse(facts, refusal, on: context.eventLoop)
             context.sendAndClose(.failed(.notAllowed, version: setup.version))
             return
         }
