@@ -77,6 +77,32 @@ public enum JSONText {
         writer.string(text)
         return String(decoding: writer.out, as: UTF8.self)
     }
+
+    /// JSON text from another serializer (Foundation's leaves them raw) with the
+    /// characters a terminal or a line reader would act on escaped as `\uXXXX`: C1
+    /// controls (U+009B is a CSI to many terminals), the line separators U+2028/2029
+    /// and the bidirectional controls. They can only be inside strings, where the escape
+    /// means the same character.
+    public static func escapingInvisibles(_ json: String) -> String {
+        guard json.unicodeScalars.contains(where: isInvisible) else { return json }
+        var out = String.UnicodeScalarView()
+        for scalar in json.unicodeScalars {
+            if isInvisible(scalar) {
+                let hex = String(scalar.value, radix: 16)
+                out.append(contentsOf: ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).unicodeScalars)
+            } else {
+                out.append(scalar)
+            }
+        }
+        return String(out)
+    }
+
+    static func isInvisible(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069, 0x200E, 0x200F, 0x061C: true
+        default: false
+        }
+    }
 }
 
 private struct JSONObjectWriter {
@@ -144,17 +170,18 @@ private struct JSONObjectWriter {
                 let byte = bytes[index]
                 // U+2028 and U+2029 (E2 80 A8/A9) are valid in JSON but end a line for
                 // many line readers (JavaScript, Python's splitlines): escaped too.
-                let separator =
-                    byte == 0xE2 && index + 2 < bytes.count && bytes[index + 1] == 0x80
-                    && (bytes[index + 2] == 0xA8 || bytes[index + 2] == 0xA9)
-                guard Self.needsEscape(byte) || separator else {
+                // So are the C1 controls (C2 80-9F; U+009B is a CSI to many terminals) and
+                // the bidirectional controls: valid JSON, but not text to print raw.
+                let invisible = Self.invisibleScalar(bytes, at: index)
+                guard Self.needsEscape(byte) || invisible != nil else {
                     index += 1
                     continue
                 }
                 out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
-                if separator {
-                    out += Array((bytes[index + 2] == 0xA8 ? "\\u2028" : "\\u2029").utf8)
-                    index += 3
+                if let (scalar, length) = invisible {
+                    let hex = String(scalar, radix: 16)
+                    out += Array(("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
+                    index += length
                 } else {
                     escape(byte)
                     index += 1
@@ -164,6 +191,21 @@ private struct JSONObjectWriter {
             out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart...]))
         }
         out.append(UInt8(ascii: "\""))
+    }
+
+    /// The scalar and its UTF-8 length, if the bytes at `index` encode one that
+    /// `JSONText.isInvisible` names (all are two or three bytes long).
+    private static func invisibleScalar(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int) -> (UInt32, Int)? {
+        let byte = bytes[index]
+        guard byte == 0xC2 || byte == 0xD8 || byte == 0xE2 else { return nil }
+        if byte != 0xE2 {
+            guard index + 1 < bytes.count else { return nil }
+            let scalar = (UInt32(byte & 0x1F) << 6) | UInt32(bytes[index + 1] & 0x3F)
+            return Unicode.Scalar(scalar).map(JSONText.isInvisible) == true ? (scalar, 2) : nil
+        }
+        guard index + 2 < bytes.count else { return nil }
+        let scalar = (UInt32(byte & 0x0F) << 12) | (UInt32(bytes[index + 1] & 0x3F) << 6) | UInt32(bytes[index + 2] & 0x3F)
+        return Unicode.Scalar(scalar).map(JSONText.isInvisible) == true ? (scalar, 3) : nil
     }
 
     private static func needsEscape(_ byte: UInt8) -> Bool {

@@ -69,9 +69,9 @@ final class RepeatedEvents: Sendable {
             return false
         }
         guard starts else { return }
-        logger.log(
-            level: event.level, "\(event.message) (more like it are counted, one line every \(Self.summaryInterval.seconds) s)",
-            metadata: metadata)
+        var metadata = metadata
+        metadata["repeats"] = "counted, one line every \(Self.summaryInterval.seconds) s while they go on"
+        logger.log(level: event.level, "\(event.message)", metadata: metadata)
         eventLoop.scheduleRepeatedTask(initialDelay: Self.summaryInterval, delay: Self.summaryInterval) { task in
             self.summarize(event, task: task)
         }

@@ -230,10 +230,13 @@ struct AuditShow: ParsableCommand {
                     object["bytesFromClient"] = bytes.up
                     object["bytesToClient"] = bytes.down
                 }
+                // Foundation leaves C1 and bidirectional controls raw: a client-chosen name
+                // could then drive the reader's terminal.
                 print(
-                    String(
-                        decoding: try JSONSerialization.data(
-                            withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+                    JSONText.escapingInvisibles(
+                        String(
+                            decoding: try JSONSerialization.data(
+                                withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)))
             } else {
                 let ident = record.ident.map { $0.userID ?? $0.outcome } ?? "-"
                 let destination =

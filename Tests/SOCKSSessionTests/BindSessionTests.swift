@@ -34,6 +34,17 @@ import Testing
         #expect(session.decided(allow, recordPending: false) == .startRelay(peer: peer))
     }
 
+    /// A client that resets while its listener waits: the end is recorded once.
+    @Test func clientLeavingWhileThePeerIsAwaitedRecordsTheEnd() {
+        var session = BindSession(facts: facts(.address(a1), command: .bind))
+        _ = session.start()
+        _ = session.decided(allow, recordPending: false)
+        _ = session.listening(at: listening)
+        #expect(session.clientLeft() == .abandon(recordEnd: true))
+        #expect(session.clientLeft() == .none)
+        #expect(session.peerArrived(from: peer) == .closePeer)
+    }
+
     @Test func hostNameIsResolvedFirst() {
         var session = BindSession(facts: facts(.hostName("ftp.example"), command: .bind))
         #expect(session.start() == .resolve("ftp.example"))

@@ -176,6 +176,29 @@ let a3 = IPAddress("2001:db8::3")!
 
     // MARK: Late events, after the client left
 
+    /// However the client's connection closes before the relay (a reset reaches the
+    /// handler as an error, not as EOF), an allowed session's end is to be recorded, once;
+    /// after the relay took over, the relay records it.
+    @Test func clientLeavingBeforeTheRelayAbandonsOnceAndRecordsTheEndIfAllowed() {
+        var connecting = ConnectSession(facts: facts(.address(a1)))
+        _ = connecting.start()
+        _ = connecting.decided(allow, recordPending: false)
+        #expect(connecting.clientLeft() == .abandon(recordEnd: true))
+        #expect(connecting.clientLeft() == .none)
+        #expect(connecting.connected() == .closeOutbound)
+
+        var deciding = ConnectSession(facts: facts(.address(a1)))
+        _ = deciding.start()
+        #expect(deciding.clientLeft() == .abandon(recordEnd: false))
+        #expect(deciding.decided(allow, recordPending: false) == .none)
+
+        var relaying = ConnectSession(facts: facts(.address(a1)))
+        _ = relaying.start()
+        _ = relaying.decided(allow, recordPending: false)
+        _ = relaying.connected()
+        #expect(relaying.clientLeft() == .none)
+    }
+
     @Test func lateResolution() {
         var session = ConnectSession(facts: facts(.hostName("slow.example")))
         _ = session.start()

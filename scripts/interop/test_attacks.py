@@ -427,5 +427,25 @@ class RepeatedEventsAreLoggedOncePerEpisode(unittest.TestCase):
             self.assertLessEqual(output.count("negotiation timed out"), 3, output[-3000:])
 
 
+class ClientTextIsEscapedInJSON(unittest.TestCase):
+    """Minor of issue 23: `audit show --json` printed U+009B (a CSI to many terminals)
+    from a SOCKS4 USERID raw."""
+
+    def test_c1_and_bidirectional_controls_in_a_userid(self):
+        with TCPServer(echo) as server, Gateway() as gateway:
+            user = "x\u009b31mevil\u202e".encode()
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(b"\x04\x01" + server.port.to_bytes(2, "big") + socket.inet_aton("127.0.0.1") + user + b"\x00")
+                self.assertEqual(recv_exactly(client, 8)[1], 90)
+            gateway.stop()
+            with open(gateway.audit_log, "rb") as log:
+                written = log.read()
+            shown = subprocess.run([BINARY, "audit", "show", "--json", gateway.audit_log], capture_output=True, check=True).stdout
+            for output in (written, shown):
+                self.assertNotIn("\u009b".encode(), output)
+                self.assertNotIn("\u202e".encode(), output)
+                self.assertIn(b"x\\u009b31mevil\\u202e", output)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -123,13 +123,17 @@ class LimitsTest(unittest.TestCase):
                                   capture_output=True, text=True, timeout=30)
         self.assertRegex(replayed.stdout, r"\d+ decisions replayed under .*; 0 would change")
 
-    def test_socks4_gets_91_and_a_user_is_counted_across_client_addresses(self):
+    def test_socks4_gets_91_and_claimed_names_are_counted_per_client(self):
+        """A SOCKS4 USERID is only claimed: under a per-user limit it counts against the
+        claiming client's share of unverified names, never against the named user's."""
         self.hold(*socks4_request(self.gateway, "127.0.0.7", "127.0.0.1", self.server.port, b"alice"))
-        refused, code = socks4_request(self.gateway, "127.0.0.8", "127.0.0.1", self.server.port, b"alice")
+        self.hold(*socks4_request(self.gateway, "127.0.0.8", "127.0.0.1", self.server.port, b"alice"))
+        refused, code = socks4_request(self.gateway, "127.0.0.8", "127.0.0.1", self.server.port, b"bob")
         refused.close()
         self.assertEqual(code, 91)
-        self.hold(*socks4_request(self.gateway, "127.0.0.8", "127.0.0.1", self.server.port, b"bob"))
-        self.assertEqual(self.limit_records(6)[0]["claimedUser"], "alice")
+        record = self.limit_records(6)[0]
+        self.assertEqual(record["claimedUser"], "bob")
+        self.assertIn("(unverified names from client 127.0.0.8)", record["reason"])
 
     def test_new_sessions_per_minute(self):
         for _ in range(3):
