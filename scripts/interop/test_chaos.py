@@ -193,6 +193,7 @@ class Client:
         self.ending = rng.choice(ENDINGS)
         self.delay = rng.random() * 0.3
         self.vanished = None
+        self.closer = None
 
     def run(self):
         connection = socket.create_connection(("127.0.0.1", self.gateway_port), timeout=5)
@@ -215,6 +216,17 @@ class Client:
             if self.step == "reply":
                 time.sleep(self.delay)
                 return self.end(connection)
+            if self.command == "bind" and reply[1] == 0:
+                # The peer connects to the listener the gateway named; then the second
+                # reply, and the session ends during the relay.
+                listening = (socket.inet_ntoa(reply[4:8]), int.from_bytes(reply[8:10], "big"))
+                with socket.create_connection(listening, timeout=5) as peer:
+                    recv_exactly(connection, 10)
+                    peer.sendall(b"hello")
+                    connection.settimeout(1)
+                    connection.recv(5)
+                    time.sleep(self.delay)
+                    return self.end(connection)
             if self.command == "connect" and reply[1] == 0:
                 connection.sendall(os.urandom(100))
                 connection.settimeout(1)
@@ -233,8 +245,11 @@ class Client:
         elif self.ending == "rst":
             hard_close(connection)
         else:
-            # Gone silent: held open until the run ends, then dropped.
+            # Gone silent: held open, saying nothing, for a while (the deadlines must
+            # end what it started), then dropped.
             self.vanished = connection
+            self.closer = threading.Timer(1.0 + self.delay, connection.close)
+            self.closer.start()
 
 
 class ChaosTest(unittest.TestCase):
@@ -278,8 +293,8 @@ class ChaosTest(unittest.TestCase):
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(Client.run, clients))
         for client in clients:
-            if client.vanished is not None:
-                client.vanished.close()
+            if client.closer is not None:
+                client.closer.join()
         # The destination that never accepted goes away too (its queued connections are
         # reset): until then a session it holds is half-closed, not leaked (TCP allows a
         # destination to answer after the client's EOF; --idle-timeout bounds it).
