@@ -282,6 +282,35 @@ class FullDisk:
         subprocess.run(["umount", "-l", self.path])
 
 
+class UnansweringListener:
+    """A listener whose accept queue is full: a further connect to it is never answered
+    (the kernel drops its handshake), so it hangs like a connect across a lossy network."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+        time.sleep(0.2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for filler in self.fillers:
+            filler.close()
+        self.listener.close()
+
+    def close(self):
+        self.__exit__(None, None, None)
+
+
 class FakeIdentd:
     """An identd that answers every RFC 1413 query with one user-id, on `port` of
     127.0.0.1 (0: a free one, in `.port`). Once closed, the port refuses: identd

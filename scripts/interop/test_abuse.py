@@ -10,7 +10,7 @@ import threading
 import time
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, echo, recv_exactly, socks5_connect
+from peers import BINARY, Gateway, TCPServer, UnansweringListener, echo, recv_exactly, socks5_connect
 
 
 def cpu_seconds(pid):
@@ -23,32 +23,6 @@ def cpu_seconds(pid):
 
 def open_descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class UnansweringListener:
-    """A listener whose accept queue is full: a further connect to it is never answered
-    (the kernel drops its handshake), so it hangs like a connect across a lossy network."""
-
-    def __init__(self):
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(0)
-        self.port = self.listener.getsockname()[1]
-        self.fillers = []
-        for _ in range(3):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", self.port))
-            self.fillers.append(filler)
-        time.sleep(0.2)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for filler in self.fillers:
-            filler.close()
-        self.listener.close()
 
 
 class DepartedClientTest(unittest.TestCase):

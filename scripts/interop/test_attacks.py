@@ -16,7 +16,7 @@ import time
 import unittest
 import urllib.request
 
-from peers import BINARY, ROOT, Gateway, TCPServer, echo, free_port, recv_exactly, rss_kib
+from peers import BINARY, ROOT, Gateway, TCPServer, UnansweringListener, echo, free_port, recv_exactly, rss_kib
 
 
 def this_hosts_addresses():
@@ -91,28 +91,6 @@ def wait_for(predicate, seconds):
             return True
         time.sleep(0.05)
     return predicate()
-
-
-class UnansweringListener:
-    """A connect to it is never answered: its accept queue is full."""
-
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(0)
-        self.port = self.listener.getsockname()[1]
-        self.fillers = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", self.port))
-            self.fillers.append(filler)
-        time.sleep(0.2)
-
-    def close(self):
-        for filler in self.fillers:
-            filler.close()
-        self.listener.close()
 
 
 class NoLoopBackIntoTheGateway(unittest.TestCase):
@@ -288,40 +266,20 @@ class ResetBeforeTheReplyIsRecorded(unittest.TestCase):
             self.assertEqual(reasons, {"client reset the connection before the reply"})
 
 
-class ParentThatBreaksOff:
-    """A SOCKS5 parent that answers the greeting, then sends `count` bytes of its reply
-    to the request and closes (or resets)."""
+def parent_that_breaks_off(count, rst=False):
+    """A SOCKS5 parent (for TCPServer) that answers the greeting, then sends `count` bytes
+    of its reply to the request and closes (or resets)."""
 
-    def __init__(self, count, rst=False):
-        self.count = count
-        self.rst = rst
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+    def serve(server, connection):
+        connection.settimeout(5)
+        connection.recv(3)
+        connection.sendall(b"\x05\x00")
+        connection.recv(262)
+        connection.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x50"[:count])
+        if rst:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
-    def serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with connection:
-                try:
-                    connection.settimeout(5)
-                    connection.recv(3)
-                    connection.sendall(b"\x05\x00")
-                    connection.recv(262)
-                    connection.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x50"[:self.count])
-                    if self.rst:
-                        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-
-    def close(self):
-        self.listener.close()
+    return serve
 
 
 class ParentThatBreaksOffFailsAtOnce(unittest.TestCase):
@@ -334,8 +292,8 @@ class ParentThatBreaksOffFailsAtOnce(unittest.TestCase):
         with TCPServer(echo) as server:
             for count, rst in ((0, False), (1, False), (5, False), (7, False), (3, True)):
                 with self.subTest(count=count, rst=rst):
-                    bad = ParentThatBreaksOff(count, rst)
-                    self.addCleanup(bad.close)
+                    bad = TCPServer(parent_that_breaks_off(count, rst))
+                    self.addCleanup(bad.__exit__, None, None, None)
                     good = Gateway()
                     self.addCleanup(good.__exit__, None, None, None)
                     policy = os.path.join(folder.name, f"p{count}{rst}.policy")

@@ -23,7 +23,7 @@ import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from peers import Gateway, TCPServer, echo, free_port, recv_exactly
+from peers import Gateway, TCPServer, UnansweringListener, echo, free_port, recv_exactly
 
 SESSIONS = int(os.environ.get("CHAOS_SESSIONS", "240"))
 SEED = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
@@ -44,57 +44,21 @@ def hard_close(connection):
     connection.close()
 
 
-class Misbehaving:
-    """A listener whose connections each get a random fate from `fates` (a callable per
-    connection on its own thread); stopped by `close`."""
+def misbehaving(fates, rng):
+    """A TCPServer whose connections each get a random fate from `fates` (a callable per
+    connection, on its own thread). A peer that goes silent is closed after 3 s: one that
+    never closed after the gateway's half-close would hold its session until
+    --idle-timeout, as TCP's half-close allows (not a leak)."""
+    rng = random.Random(rng.random())
+    lock = threading.Lock()
 
-    def __init__(self, fates, rng):
-        self.fates = fates
-        self.rng = random.Random(rng.random())
-        self.lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.running = True
-        self.held = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+    def serve(server, connection):
+        with lock:
+            fate = rng.choice(fates)
+        connection.settimeout(3)
+        fate(connection)
 
-    def serve(self):
-        while self.running:
-            try:
-                connection, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            with self.lock:
-                fate = self.rng.choice(self.fates)
-                self.held.append(connection)
-            threading.Thread(target=self.run, args=(fate, connection), daemon=True).start()
-
-    def run(self, fate, connection):
-        # A peer that goes silent is closed after 3 s: one that never closes after the
-        # gateway's half-close would hold its session until --idle-timeout, as TCP's
-        # half-close says it may (not a leak; see the closing note of issue 23).
-        try:
-            connection.settimeout(3)
-            fate(connection)
-        except OSError:
-            pass
-        finally:
-            connection.close()
-
-    def close(self):
-        self.running = False
-        self.thread.join()
-        self.listener.close()
-        with self.lock:
-            for connection in self.held:
-                try:
-                    connection.close()
-                except OSError:
-                    pass
+    return TCPServer(serve)
 
 
 def destination_fates():
@@ -260,15 +224,13 @@ class ChaosTest(unittest.TestCase):
         self.addCleanup(folder.cleanup)
         echo_server = TCPServer(echo)
         self.addCleanup(echo_server.__exit__, None, None, None)
-        destinations = Misbehaving(destination_fates(), rng)
-        self.addCleanup(destinations.close)
-        parents = Misbehaving(parent_fates(echo_server.port), rng)
-        self.addCleanup(parents.close)
-        identd = Misbehaving(identd_fates(), rng)
-        self.addCleanup(identd.close)
-        stalled = socket.socket()
-        stalled.bind(("127.0.0.1", 0))
-        stalled.listen(0)
+        destinations = misbehaving(destination_fates(), rng)
+        self.addCleanup(destinations.__exit__, None, None, None)
+        parents = misbehaving(parent_fates(echo_server.port), rng)
+        self.addCleanup(parents.__exit__, None, None, None)
+        identd = misbehaving(identd_fates(), rng)
+        self.addCleanup(identd.__exit__, None, None, None)
+        stalled = UnansweringListener()
         self.addCleanup(stalled.close)
         via_port, ident_port = free_port(), free_port()
         policy = os.path.join(folder.name, "chaos.policy")
@@ -287,7 +249,7 @@ class ChaosTest(unittest.TestCase):
         time.sleep(0.3)
         baseline = open_descriptors(pid)
 
-        targets = [echo_server.port, destinations.port, destinations.port, stalled.getsockname()[1], via_port,
+        targets = [echo_server.port, destinations.port, destinations.port, stalled.port, via_port,
                    ident_port, free_port()]
         clients = [Client(gateway.port, targets, rng) for _ in range(SESSIONS)]
         with ThreadPoolExecutor(max_workers=16) as pool:
