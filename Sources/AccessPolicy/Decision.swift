@@ -22,24 +22,52 @@ public struct RuleReference: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The outcome of one request, with the reasons.
+///
+/// The outcome is `allow(route)` or `deny(refusal)`: a deny without its reason cannot be
+/// written, and a refusal that is not the rules' own (a limit, a loop through the
+/// gateway, a command the route cannot carry, a deadline) says so in its own case, with
+/// its words for the audit record (`Refusal.reason`).
 public struct Decision: Hashable, Sendable {
     public enum Verdict: String, Hashable, Sendable {
         case allow, deny
     }
 
+    public enum Outcome: Hashable, Sendable {
+        /// Through the allowing rule's parents (`via`), tried in order; nil: directly.
+        case allow(route: [SOCKSURL]?)
+        case deny(Refusal)
+    }
+
     /// Why a denied request is denied, in the terms SOCKS replies can tell apart.
-    public enum Refusal: String, Hashable, Sendable {
+    public enum Refusal: Hashable, Sendable {
         /// A rule denied it, or no rule allowed it.
         case notAllowed
         /// An allow rule needed ident and the client's identd gave no usable answer.
         case identUnreachable
         /// An allow rule needed ident and identd named a different user.
         case identMismatch
-        /// A rule allowed it, but a `limit` was reached (`Decision.limit` names it).
-        case limitReached
-        /// A rule allowed it through parents (`via`), and this command cannot be chained
-        /// (BIND, UDP): refused rather than sent directly.
+        /// A rule allowed it, but a `limit` was reached.
+        case limitReached(LimitRefusal)
+        /// A rule allowed it through parents (`via`), and none of them can carry this
+        /// command (UDP needs a SOCKS5 parent): refused rather than sent directly.
         case notChainable
+        /// A rule allowed it, but the destination is the gateway itself (a loop), and the
+        /// rule does not name it.
+        case destinationIsGateway
+        /// The decision did not come within its deadline (an identd that held it up).
+        case timedOut
+
+        /// The audit record's reason for a refusal that is not a rule's verdict; nil for
+        /// the rules' own. A limit's may hold a client-chosen user name: escape to print.
+        public var reason: String? {
+            switch self {
+            case .notAllowed, .identUnreachable, .identMismatch: nil
+            case .limitReached(let limit): limit.reason
+            case .notChainable: "refused: UDP needs a SOCKS5 parent; not sent directly either"
+            case .destinationIsGateway: "refused: the destination is the gateway itself"
+            case .timedOut: "decision timed out"
+            }
+        }
     }
 
     /// One rule considered, and why it did or did not match.
@@ -57,9 +85,7 @@ public struct Decision: Hashable, Sendable {
         }
     }
 
-    public var verdict: Verdict
-    /// nil when allowed.
-    public var refusal: Refusal?
+    public var outcome: Outcome
     /// The deciding rule; nil when the implicit final deny decided.
     public var rule: RuleReference?
     public var trace: [TraceStep]
@@ -69,22 +95,44 @@ public struct Decision: Hashable, Sendable {
     public var policySHA256: String?
     /// The deciding rule names the destination itself (`Rule.namesDestination`).
     public var ruleNamesDestination = false
-    /// Why the gateway refused what the policy allowed (a loop through itself), for the
-    /// audit record; nil when the policy's verdict stands.
-    public var note: String?
-    /// The limit that refused what a rule allowed (`refusal == .limitReached`).
-    public var limit: RuleReference?
-    /// The allowing rule's parents (`via`), in the order they are tried; nil: direct.
-    public var route: [SOCKSURL]?
+
+    public var verdict: Verdict {
+        if case .allow = outcome { .allow } else { .deny }
+    }
+
+    /// nil when allowed.
+    public var refusal: Refusal? {
+        if case .deny(let refusal) = outcome { refusal } else { nil }
+    }
+
+    /// The allowing rule's parents (`via`), in the order they are tried; nil: direct (or
+    /// denied).
+    public var route: [SOCKSURL]? {
+        if case .allow(let route) = outcome { route } else { nil }
+    }
+
+    /// The limit that refused what a rule allowed.
+    public var limit: RuleReference? {
+        if case .deny(.limitReached(let refusal)) = outcome { refusal.limit.reference } else { nil }
+    }
 
     public var ident: IdentOutcome? { identAnswer?.outcome }
 
-    public init(verdict: Verdict, refusal: Refusal?, rule: RuleReference?, trace: [TraceStep], identAnswer: IdentAnswer? = nil) {
-        self.verdict = verdict
-        self.refusal = refusal
+    public init(_ outcome: Outcome, rule: RuleReference?, trace: [TraceStep], identAnswer: IdentAnswer? = nil) {
+        self.outcome = outcome
         self.rule = rule
         self.trace = trace
         self.identAnswer = identAnswer
+    }
+
+    /// This decision, refused after the rules allowed it: the deciding rule stays named,
+    /// and the trace says why.
+    public func refused(_ refusal: Refusal, by reference: RuleReference? = nil) -> Decision {
+        var refused = self
+        refused.outcome = .deny(refusal)
+        refused.trace.append(
+            TraceStep(rule: reference ?? rule ?? RuleReference(), verdict: .deny, matched: true, reason: refusal.reason ?? "refused"))
+        return refused
     }
 }
 

@@ -103,15 +103,14 @@ public struct PolicyEngine: PolicyDecider {
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
         var candidates = matcher.candidates(for: facts)
         guard let index = candidates.next() else {
-            return Decision(verdict: .deny, refusal: .notAllowed, rule: nil, trace: [])
+            return Decision(.deny(.notAllowed), rule: nil, trace: [])
         }
         let rule = policy.rules[index]
         if rule.requiresIdent { return nil }
         let step = Decision.TraceStep(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold")
         var decision = Decision(
-            verdict: rule.verdict, refusal: rule.verdict == .deny ? .notAllowed : nil, rule: rule.reference, trace: [step])
+            rule.verdict == .allow ? .allow(route: rule.route) : .deny(.notAllowed), rule: rule.reference, trace: [step])
         decision.ruleNamesDestination = rule.namesDestination(of: facts)
-        decision.route = rule.verdict == .allow ? rule.route : nil
         return decision
     }
 
@@ -150,7 +149,6 @@ public struct PolicyEngine: PolicyDecider {
             trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
             var decision = ident.decision(rule: rule, trace: trace)
             decision.ruleNamesDestination = rule.namesDestination(of: facts)
-            decision.route = decision.verdict == .allow ? rule.route : nil
             return decision
         }
         return ident.decision(rule: nil, trace: trace)
@@ -203,10 +201,9 @@ private struct IdentCheck {
 
     func decision(rule: Rule?, trace: [Decision.TraceStep]) -> Decision {
         guard let rule, rule.verdict == .allow else {
-            return Decision(
-                verdict: .deny, refusal: refusal ?? .notAllowed, rule: rule?.reference, trace: trace, identAnswer: answer)
+            return Decision(.deny(refusal ?? .notAllowed), rule: rule?.reference, trace: trace, identAnswer: answer)
         }
-        return Decision(verdict: .allow, refusal: nil, rule: rule.reference, trace: trace, identAnswer: answer)
+        return Decision(.allow(route: rule.route), rule: rule.reference, trace: trace, identAnswer: answer)
     }
 }
 

@@ -100,6 +100,11 @@ public struct LimitRefusal: Hashable, Sendable {
     public var limit: SessionLimit
     public var subject: LimitSubject
 
+    public init(limit: SessionLimit, subject: LimitSubject) {
+        self.limit = limit
+        self.subject = subject
+    }
+
     /// For the trace, the log and the audit record (`reason`). The subject may hold a
     /// client-chosen user name: whoever prints this escapes it.
     public var reason: String {
@@ -270,13 +275,11 @@ extension Decision {
     /// This allowed decision, refused because a limit was reached: the allowing rule
     /// stays named, the limit is named beside it, and the trace ends with the limit.
     public func refused(by refusal: LimitRefusal) -> Decision {
-        var refused = self
-        refused.verdict = .deny
-        refused.refusal = .limitReached
-        refused.limit = refusal.limit.reference
-        refused.note = refusal.reason
-        refused.trace.append(
-            TraceStep(rule: refusal.limit.reference, verdict: .deny, matched: true, reason: refusal.reason))
-        return refused
+        refused(.limitReached(refusal), by: refusal.limit.reference)
+    }
+
+    /// A session no rule decides (a UDP association as it starts), refused by a limit.
+    public static func limited(_ refusal: LimitRefusal) -> Decision {
+        Decision(.deny(.limitReached(refusal)), rule: nil, trace: []).refused(by: refusal)
     }
 }

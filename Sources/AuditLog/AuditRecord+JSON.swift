@@ -97,11 +97,9 @@ public enum JSONText {
         return String(out)
     }
 
+    /// What `DisplayText` escapes beyond ASCII (ASCII's controls JSON escapes itself).
     static func isInvisible(_ scalar: Unicode.Scalar) -> Bool {
-        switch scalar.value {
-        case 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069, 0x200E, 0x200F, 0x061C: true
-        default: false
-        }
+        scalar.value >= 0x80 && DisplayText.needsEscape(scalar)
     }
 }
 

@@ -33,13 +33,13 @@ extension AuditRecord {
         }
         record.ruleLine = decision.rule?.line
         record.ruleLabel = decision.rule?.label
-        record.route = decision.verdict == .allow ? decision.route?.map(\.description) : nil
+        record.route = decision.route?.map(\.description)
         record.limitLine = decision.limit?.line
         record.limitLabel = decision.limit?.label
         record.verdict = decision.verdict.rawValue
         record.reply = Int(decision.replyCode(for: facts.version))
         record.policySHA256 = decision.policySHA256
-        record.reason = [step, decision.note].compactMap { $0 }.joined(separator: ": ").nilIfEmpty
+        record.reason = [step, decision.refusal?.reason].compactMap { $0 }.joined(separator: ": ").nilIfEmpty
         return record
     }
 }

@@ -89,7 +89,6 @@ public final class AuditWriter: Sendable {
         var chain: AuditChain
         var descriptor: Int32
         var lastSync = ContinuousClock.now
-        var nextSession: UInt64 = 1
     }
 
     /// With `always`, an allowed request's relay waits until its decision record is
@@ -221,13 +220,6 @@ public final class AuditWriter: Sendable {
             Health(
                 queued: state.queue.count + state.writing, writeFailures: state.writeFailures, refusingRequests: !admits(state),
                 failure: state.healthy ? nil : state.failure)
-        }
-    }
-
-    public func nextSessionID() -> UInt64 {
-        state.withLockedValue { state in
-            defer { state.nextSession += 1 }
-            return state.nextSession
         }
     }
 

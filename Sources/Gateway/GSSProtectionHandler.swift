@@ -26,8 +26,6 @@ final class GSSProtectionHandler: ChannelDuplexHandler {
     private let chunk: Int
     private var cumulation: ByteBuffer?
     private var failed = false
-    /// Numbers the audit record of a failure, once the session has one.
-    var session: UInt64?
 
     init(security: GSSSecurityContext, protection: GSSAPIProtection, gateway: GatewayContext) {
         self.security = security
@@ -122,13 +120,15 @@ final class GSSProtectionHandler: ChannelDuplexHandler {
         gateway.logger.notice(
             "GSS-API per-message protection failed; connection closed",
             metadata: ["client": "\(context.remoteAddressText)", "error": "\(DisplayText.escaped(reason))"])
-        if let audit = gateway.audit {
-            var record = AuditRecord(event: .sessionEnd)
-            record.session = session
-            record.client = context.channel.remoteAddress?.ipEndpoint?.description
-            record.reason = "GSS-API per-message protection failed: \(reason)"
-            audit.record(record)
-        }
+        // Told to the handlers behind: the session's own end record (the relay's, or the
+        // session handler's before the relay) carries the reason and the session, once.
+        context.fireErrorCaught(GSSProtectionFailure(reason: reason))
         context.close(promise: nil)
     }
+}
+
+/// A wrapped message that did not verify or decrypt: the session ends with this reason.
+struct GSSProtectionFailure: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "GSS-API per-message protection failed: \(reason)" }
 }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import NetAddress
 import SOCKSWire
+import Synchronization
 
 /// The settings the operator chooses on the command line.
 public struct GatewayConfiguration: Sendable {
@@ -95,6 +96,9 @@ final class GatewayContext: Sendable {
     let metrics: GatewayMetrics?
     /// Log lines a peer can repeat at will, logged once per episode.
     let repeated: RepeatedEvents
+    /// Numbers the sessions from 1, whether or not there is an audit log (the log and the
+    /// debug log both name sessions by it).
+    private let sessionCounter = Atomic<UInt64>(1)
 
     /// How much a relayed socket reads at once: starts small (an idle connection holds
     /// little) and grows with the traffic, up to 256 KiB rather than NIO's 64 KiB, so a
@@ -125,6 +129,12 @@ final class GatewayContext: Sendable {
             !configuration.methods.isEmpty
             ? configuration.methods
             : (gssAcceptor == nil ? [] : [.gssapi]) + (credentials == nil ? [.noAuthentication] : [.usernamePassword])
+    }
+}
+
+extension GatewayContext {
+    func nextSessionID() -> UInt64 {
+        sessionCounter.wrappingAdd(1, ordering: .relaxed).oldValue
     }
 }
 

@@ -192,7 +192,7 @@ public final class GatewayMetrics: Sendable {
             return counter
         }
         counter.increment()
-        if decision.refusal == .limitReached, let limit = decision.limit {
+        if let limit = decision.limit {
             let counter = limitRefusals.withLockedValue { counters in
                 if let counter = counters[limit] { return counter }
                 let full = counters.count >= Self.policySeriesLimit

@@ -307,7 +307,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         facts.gssapi = gssapi
         if proxied?.client != nil { facts.balancer = proxied?.balancer }
         let session = SessionSetup(
-            gateway: gateway, id: gateway.audit?.nextSessionID() ?? 0, version: request.version,
+            gateway: gateway, id: gateway.nextSessionID(), version: request.version,
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture),
             perMessage: perMessage)
         gateway.metrics?.sessionStarted(request.command, request.version, closed: context.channel.closeFuture)

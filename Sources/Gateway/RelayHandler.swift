@@ -156,7 +156,7 @@ final class RelayHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        closeReason = "client \(Self.describe(error))"
+        closeReason = error is GSSProtectionFailure ? "\(error)" : "client \(Self.describe(error))"
         partner?.noteFailure(error)
         partner?.partnerFailed()
         context.close(promise: nil)

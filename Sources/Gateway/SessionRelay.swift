@@ -104,6 +104,7 @@ enum ClientDeparture {
     static let leftBeforeDecision = "client left before the decision"
 
     static func reason(for error: any Error) -> String {
+        if let failure = error as? GSSProtectionFailure { return "\(failure) (before the reply)" }
         guard let error = error as? IOError else { return "client connection failed before the reply" }
         switch error.errnoCode {
         case ECONNRESET: return "client reset the connection before the reply"

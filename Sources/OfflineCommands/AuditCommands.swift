@@ -398,7 +398,7 @@ struct AuditReplay: ParsableCommand {
     {
         let result = DecisionBox()
         try waitFor { result.decision = await engine.decide(facts, identLookup: ident) }
-        return result.decision ?? Decision(verdict: .deny, refusal: .identUnreachable, rule: nil, trace: [])
+        return result.decision ?? Decision.timedOut
     }
 }
 

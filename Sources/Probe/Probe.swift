@@ -222,12 +222,10 @@ public struct Probe: ParsableCommand {
         }
     }
 
-    /// Escaped: what a server or destination chose is never printed raw.
+    /// Escaped: what a server or destination chose is never printed raw (the one escaper
+    /// every printer uses: controls and bidirectional overrides alike).
     static func printable(_ bytes: [UInt8]) -> String {
-        String(decoding: bytes, as: UTF8.self).unicodeScalars.map { scalar in
-            scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value)
-                ? "\\u{\(String(scalar.value, radix: 16))}" : String(scalar)
-        }.joined()
+        DisplayText.escaped(String(decoding: bytes, as: UTF8.self))
     }
 
     static func hostAndPort(_ text: String) -> (String, UInt16)? {

@@ -69,8 +69,10 @@ extension SOCKSRequestFailure {
         switch refusal {
         // A limit is the ruleset's refusal too (SOCKS4 91, SOCKS5 0x02), not a fault of
         // the gateway's: see docs/policy-language.md, "Limits".
-        case .notAllowed, .limitReached: self = .notAllowed
+        // The gateway itself as the destination is the policy's refusal as well.
+        case .notAllowed, .limitReached, .destinationIsGateway: self = .notAllowed
         case .notChainable: self = .commandNotSupported
+        case .timedOut: self = .generalFailure
         case .identUnreachable: self = .identUnreachable
         case .identMismatch: self = .identMismatch
         }

@@ -72,7 +72,7 @@ import Testing
         #expect(admitted(ledger.admit(alice, now: 0)) != nil)
         #expect(refusal(ledger.admit(alice, now: 0))?.subject == .user("alice"))
         // A name identd confirmed is verified too (the decision carries the answer).
-        var confirmed = Decision(verdict: .allow, refusal: nil, rule: nil, trace: [])
+        var confirmed = Decision(.allow(route: nil), rule: nil, trace: [])
         confirmed.identAnswer = IdentAnswer(.userID("bob"))
         let bob = facts(.socks4, from: "10.0.0.2", user: "bob").attributed(by: confirmed)
         #expect(bob.verifiedUser == "bob")
@@ -220,7 +220,12 @@ import Testing
         let request = facts(from: "10.1.1.1")
         let allowed = await engine.decide(request, identLookup: nil)
         let limited = engine.applyingLimits(to: allowed, request, open: 2, recent: 0)
-        #expect(limited.refusal == .limitReached)
+        #expect(limited.limit != nil)
+        guard case .deny(.limitReached(let refusal)) = limited.outcome else {
+            Issue.record("not refused by a limit")
+            return
+        }
+        #expect(refusal.subject == .client(IPAddress("10.1.1.1")!))
         #expect(limited.rule?.label == "staff", "the allowing rule stays named")
         #expect(limited.limit?.label == "two")
         #expect(limited.trace.last?.reason == "limit reached: 2 open sessions per client (client 10.1.1.1)")

@@ -8,8 +8,8 @@ import Testing
 
 @testable import Gateway
 
-/// Issue 23's invariants that need no socket: what counts as the gateway itself, and
-/// which metrics connection gives up its slot.
+/// Issue 23's invariants that need no socket (what counts as the gateway itself, which
+/// metrics connection gives up its slot), and session numbers without an audit log.
 @Suite struct LoopAndEndpointTests {
     func gateway(listening: [String]) -> GatewayContext {
         var logger = Logger(label: "loop-test")
@@ -40,6 +40,15 @@ import Testing
         // Another port of this host, and another host on the gateway's port, are not.
         #expect(!gateway.isOwnListener(IPEndpoint(address: IPAddress("0.0.0.0")!, port: 1081)))
         #expect(!gateway.isOwnListener(IPEndpoint(address: IPAddress("192.0.2.200")!, port: 1080)))
+    }
+
+    /// Issue 24: session numbers came from the audit writer, so with the audit log off
+    /// every session was 0.
+    @Test func sessionsAreNumberedWithoutAnAuditLog() {
+        let gateway = gateway(listening: [])
+        #expect(gateway.audit == nil)
+        #expect(gateway.nextSessionID() == 1)
+        #expect(gateway.nextSessionID() == 2)
     }
 
     @Test func theLongestWaitingMetricsConnectionGivesUpItsSlot() throws {

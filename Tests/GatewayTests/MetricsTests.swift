@@ -1,5 +1,6 @@
 import AccessPolicy
 import NIOCore
+import NetAddress
 import NIOEmbedded
 import SOCKSWire
 import Testing
@@ -15,9 +16,9 @@ import Testing
 
     @Test func decisionsAreLabelledByTheirRuleAndCapped() {
         let metrics = GatewayMetrics(version: "1.2.3", commit: "abc")
-        let labelled = Decision(verdict: .allow, refusal: nil, rule: RuleReference(line: 4, label: "web \"proxy\""), trace: [])
-        let unlabelled = Decision(verdict: .deny, refusal: .notAllowed, rule: RuleReference(line: 9), trace: [])
-        let finalDeny = Decision(verdict: .deny, refusal: .notAllowed, rule: nil, trace: [])
+        let labelled = Decision(.allow(route: nil), rule: RuleReference(line: 4, label: "web \"proxy\""), trace: [])
+        let unlabelled = Decision(.deny(.notAllowed), rule: RuleReference(line: 9), trace: [])
+        let finalDeny = Decision(.deny(.notAllowed), rule: nil, trace: [])
         metrics.decided(labelled, reply: 0, after: .microseconds(10))
         metrics.decided(labelled, reply: 0, after: .microseconds(10))
         metrics.decided(unlabelled, reply: 91, after: .microseconds(10))
@@ -34,7 +35,7 @@ import Testing
 
         // However many rules the policies loaded have, the series stop at the cap.
         for line in 0..<(GatewayMetrics.policySeriesLimit + 100) {
-            metrics.decided(Decision(verdict: .allow, refusal: nil, rule: RuleReference(line: 1000 + line), trace: []), reply: 0, after: .zero)
+            metrics.decided(Decision(.allow(route: nil), rule: RuleReference(line: 1000 + line), trace: []), reply: 0, after: .zero)
         }
         let series = exposition(metrics).split(separator: "\n").filter { $0.hasPrefix("identgate_decisions_total{") }
         #expect(series.count <= GatewayMetrics.policySeriesLimit + 1)
@@ -43,8 +44,9 @@ import Testing
 
     @Test func limitRefusalsNameTheLimit() {
         let metrics = GatewayMetrics(version: "1", commit: "c")
-        var refused = Decision(verdict: .deny, refusal: .limitReached, rule: RuleReference(line: 2), trace: [])
-        refused.limit = RuleReference(line: 7, label: "two each")
+        let limit = SessionLimit(.sessions(2), .client, reference: RuleReference(line: 7, label: "two each"))
+        let refused = Decision(.allow(route: nil), rule: RuleReference(line: 2), trace: [])
+            .refused(by: LimitRefusal(limit: limit, subject: .client(IPAddress("10.0.0.1")!)))
         metrics.decided(refused, reply: 2, after: .zero)
         #expect(exposition(metrics).contains(#"identgate_limit_refusals_total{limit="two each"} 1"#))
     }

@@ -54,7 +54,7 @@ import Testing
         }
     }
 
-    static let allowAll = Decision(verdict: .allow, refusal: nil, rule: RuleReference(line: 1), trace: [])
+    static let allowAll = Decision(.allow(route: nil), rule: RuleReference(line: 1), trace: [])
 
     /// One pool for the suite (a pool per test would outlive it: LeakSanitizer says so).
     static let sharedPool: NIOThreadPool = {
@@ -149,7 +149,7 @@ import Testing
     }
 
     @Test func refusalAfterEarlyDataAndEOF() async throws {
-        let decider = HeldDecider(answer: Decision(verdict: .deny, refusal: .notAllowed, rule: nil, trace: []))
+        let decider = HeldDecider(answer: Decision(.deny(.notAllowed), rule: nil, trace: []))
         let channel = try await client(gateway(policy: decider))
         try await send(connectRequest + Array("GET / HTTP/1.0\r\n\r\n".utf8), to: channel)
         channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)

@@ -6,9 +6,9 @@ import Testing
 
 let client = IPEndpoint("10.0.0.5:40000")!
 let listener = IPEndpoint("10.0.0.1:1080")!
-let allow = Decision(verdict: .allow, refusal: nil, rule: RuleReference(line: 1), trace: [])
-let deny = Decision(verdict: .deny, refusal: .notAllowed, rule: RuleReference(line: 2), trace: [])
-let identDeny = Decision(verdict: .deny, refusal: .identMismatch, rule: nil, trace: [])
+let allow = Decision(.allow(route: nil), rule: RuleReference(line: 1), trace: [])
+let deny = Decision(.deny(.notAllowed), rule: RuleReference(line: 2), trace: [])
+let identDeny = Decision(.deny(.identMismatch), rule: nil, trace: [])
 
 func facts(_ destination: RequestFacts.Destination, command: RequestFacts.Command = .connect, version: RequestFacts.Version = .socks5)
     -> RequestFacts
@@ -277,7 +277,7 @@ let a3 = IPAddress("2001:db8::3")!
     @Test func refusalsBecomeEachProtocolsCode() {
         #expect(identDeny.replyCode(for: .socks4) == 93)
         #expect(identDeny.replyCode(for: .socks5) == 0x02)
-        #expect(Decision(verdict: .deny, refusal: .identUnreachable, rule: nil, trace: []).replyCode(for: .socks4a) == 92)
+        #expect(Decision(.deny(.identUnreachable), rule: nil, trace: []).replyCode(for: .socks4a) == 92)
         #expect(allow.replyCode(for: .socks4) == 90)
         #expect(allow.replyCode(for: .socks5) == 0)
     }

@@ -9,7 +9,7 @@ import Testing
 @Suite struct ConnectViaParentTests {
     func routed(_ text: String) -> Decision {
         var decision = allow
-        decision.route = [(try? SOCKSURL.parse(text)) ?? SOCKSURL(scheme: .socks5, host: .name("invalid"))]
+        decision.outcome = .allow(route: [(try? SOCKSURL.parse(text)) ?? SOCKSURL(scheme: .socks5, host: .name("invalid"))])
         return decision
     }
 
@@ -60,7 +60,7 @@ import Testing
             return
         }
         var decision = allow
-        decision.route = [(try? SOCKSURL.parse("socks5://site-gw")) ?? SOCKSURL(scheme: .socks5, host: .name("x"))]
+        decision.outcome = .allow(route: [(try? SOCKSURL.parse("socks5://site-gw")) ?? SOCKSURL(scheme: .socks5, host: .name("x"))])
         guard case .listenVia(_, let host, 443) = session.decided(decision, recordPending: false) else {
             Issue.record("not through the parent")
             return
@@ -81,7 +81,7 @@ import Testing
         var session = BindSession(facts: facts(.address(a1), command: .bind))
         _ = session.start()
         var decision = allow
-        decision.route = [SOCKSURL(scheme: .socks5, host: .name("gw"))]
+        decision.outcome = .allow(route: [SOCKSURL(scheme: .socks5, host: .name("gw"))])
         _ = session.decided(decision, recordPending: false)
         _ = session.listening(at: IPEndpoint("198.51.100.7:40000")!)
         #expect(session.peerFailed(.connectionRefused) == .fail(.connectionRefused, recordEnd: true))

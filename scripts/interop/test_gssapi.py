@@ -291,6 +291,19 @@ class GSSAPITest(unittest.TestCase):
         while "per-message protection failed" not in self.gateway.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertIn("per-message protection failed", self.gateway.output())
+        # The session's one end record says why, and names the session (issue 24: the
+        # record written by the protection handler had none, and came beside the relay's).
+        decision = self.records(1)[-1]
+        deadline = time.monotonic() + 5
+        while True:
+            ends = [r for r in self.gateway.audit_records()
+                    if r.get("event") == "session-end" and r.get("session") == decision["session"]]
+            if ends or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(ends), 1, ends)
+        self.assertIn("GSS-API per-message protection failed", ends[0]["reason"])
+        self.assertGreaterEqual(decision["session"], 1)
 
     def test_principals_short_names_and_realms_in_the_policy(self):
         client = self.client(user="bob")

@@ -96,9 +96,15 @@ class IdentInteropTest(unittest.TestCase):
     def test_500_concurrent_lookups(self):
         self.start_oidentd()
         with TCPServer(echo) as server, Gateway("--policy", self.policy) as gateway:
+            # alice runs a copy: the checkout may be where only root can enter (a clone in
+            # root's home, mode 700), and no test may need it readable by others.
+            folder = tempfile.mkdtemp(prefix="identgate-load-")
+            self.addCleanup(shutil.rmtree, folder, True)
+            os.chmod(folder, 0o755)
+            script = shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ident_load.py"), folder)
+            os.chmod(script, 0o644)
             started = time.monotonic()
-            load = subprocess.run(["runuser", "-u", "alice", "--", self.python,
-                                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "ident_load.py"),
+            load = subprocess.run(["runuser", "-u", "alice", "--", self.python, script,
                                    str(gateway.port), str(server.port), "500", "alice", "bob"],
                                   capture_output=True, timeout=120)
             elapsed = time.monotonic() - started

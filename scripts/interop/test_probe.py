@@ -50,6 +50,11 @@ class ProbeIdentgateTest(unittest.TestCase):
         self.assertIn("method: 0x00 no authentication", result.stdout)
         self.assertIn("reply: 0x00 succeeded; bound 127.0.0.1:", result.stdout)
         self.assertIn("received: 5 bytes: hello", result.stdout)
+        # What the destination sent is escaped as everywhere else: a right-to-left
+        # override cannot reorder the terminal's line (issue 24).
+        hostile = probe(self.url, "--to", f"127.0.0.1:{self.server.port}", "--send", "ab\u202ecd\u2066e\x1b[31m")
+        self.assertIn("ab\\u{202E}cd\\u{2066}e\\u{1B}[31m", hostile.stdout)
+        self.assertNotIn("\u202e", hostile.stdout)
         four = probe(f"socks4a://{self.gateway.address}", "--to", f"localhost:{self.server.port}")
         self.assertEqual(four.returncode, 0, four.stdout)
         self.assertIn("reply: 90 granted", four.stdout)

@@ -45,7 +45,7 @@ public struct Expectation: Sendable {
         case .deny: decision.verdict == .deny
         case .identUnreachable: decision.verdict == .deny && decision.refusal == .identUnreachable
         case .identMismatch: decision.verdict == .deny && decision.refusal == .identMismatch
-        case .limitReached: decision.verdict == .deny && decision.refusal == .limitReached
+        case .limitReached: decision.limit != nil
         }
     }
 }
