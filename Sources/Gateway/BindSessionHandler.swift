@@ -5,21 +5,11 @@ import ProxyURL
 import SOCKSSession
 import SOCKSWire
 
-/// Carries out a `BindSession`'s actions for one client connection: resolves, asks the
-/// `RequestDecider`, listens, waits for the peer under `--bind-timeout`, and hands over
-/// to `SessionRelay`. The listener and the peer are closed on every path that does not
-/// relay.
-final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private let setup: SessionSetup
-    private let decider: RequestDecider
-    /// The decision under way in a task (identd asked), cancelled if the client leaves.
-    private var pendingDecision: PendingDecisionTask?
-    private var machine: BindSession
-    private var early: EarlyClientData
+/// Carries out a `BindSession`'s own actions for one client connection: listens (or has
+/// a parent listen), waits for the peer under `--bind-timeout`, and hands over to
+/// `SessionRelay`. The listener and the peer are closed on every path that does not
+/// relay. The lifecycle it shares with every session is `SessionDriver`'s.
+final class BindSessionHandler: SessionDriver<BindSession> {
     private var listener: (any Channel)?
     private var peerDeadline: Scheduled<Void>?
     /// The peer's connection, from accept until the relay takes it (through a parent:
@@ -28,79 +18,18 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The parent that listens for this session, and which of the route it was.
     private var parent: String?
 
-    /// Why the client's connection closed before the reply, for the session-end record.
-    private var departure = ClientDeparture.closed
-
-    init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
-        self.setup = setup
-        self.decider = setup.decider
-        self.machine = BindSession(facts: facts)
-        self.early = early
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        perform(machine.start(), context: context)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        // However the client's connection ended (a reset included: it reaches here through
-        // `errorCaught`, not `inputClosed`), a session allowed and not yet relaying gets
-        // its end recorded here.
-        if case .abandon(recordEnd: true) = machine.clientLeft() {
-            SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: setup.gateway, session: setup.id)
-        }
-        endOutsideWork()
-    }
-
-    /// Cancels the decision under way and closes the listener and any peer: what this
-    /// session started outside its own channel.
-    private func endOutsideWork() {
-        pendingDecision?.cancel()
-        pendingDecision = nil
+    /// Also closes the listener and any peer.
+    override func endOutsideWork() {
+        super.endOutsideWork()
         closeListener()
         peer?.close(promise: nil)
         peer = nil
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        early.append(&bytes)
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if early.acceptsMore { context.read() }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case is ChannelShouldQuiesceEvent:
-            context.close(promise: nil)
-        case ChannelEvent.inputClosed:
-            early.sentEOF = true
-            perform(machine.clientSentEOF(), context: context)
-        default:
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        departure = ClientDeparture.reason(for: error)
-        context.close(promise: nil)
-    }
-
-    private func perform(_ action: BindSession.Action, context: ChannelHandlerContext) {
+    override func performOwn(_ action: BindSession.Action, context: ChannelHandlerContext) {
         switch action {
-        case .none:
-            break
-        case .resolve(let name):
-            setup.gateway.resolver.resolve(name, on: context.eventLoop, logger: setup.gateway.logger).assumeIsolated().whenSuccess { addresses in
-                self.perform(self.machine.resolved(addresses), context: context)
-            }
-        case .decide(let facts, let step):
-            pendingDecision = decider.decide(facts, step: step, on: context.eventLoop) { event in
-                self.pendingDecision = nil
-                self.perform(self.machine.received(event), context: context)
-            }
+        case .none, .resolve, .decide, .fail, .abandon:
+            break  // shared: SessionDriver's
         case .listen(let toward):
             listen(toward: toward, context: context)
         case .listenVia(let route, let destination, let port):
@@ -121,20 +50,6 @@ final class BindSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             SessionRelay.start(
                 client: context, outbound: peer, reply: .granted(version: setup.version, boundAddress: from), early: early,
                 gateway: setup.gateway, session: setup.id, parent: parent)
-        case .fail(let failure, let recordEnd):
-            endOutsideWork()
-            let reply = SOCKSServerMessage.failed(failure, version: setup.version)
-            if recordEnd {
-                SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: setup.gateway, session: setup.id)
-            }
-            context.sendAndClose(reply)
-        case .abandon(let recordEnd):
-            endOutsideWork()
-            if recordEnd {
-                SessionRelay.recordEndBeforeRelay(
-                    "client left before the reply", reply: nil, gateway: setup.gateway, session: setup.id)
-            }
-            context.close(promise: nil)
         case .closeListener:
             closeListener()
         case .closePeer:

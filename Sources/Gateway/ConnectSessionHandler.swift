@@ -6,20 +6,10 @@ import ProxyURL
 import SOCKSSession
 import SOCKSWire
 
-/// Carries out a `ConnectSession`'s actions for one client connection: resolves, asks
-/// the `RequestDecider`, connects, and hands over to `SessionRelay`. Every outcome goes
-/// back through the state machine, which tolerates it arriving late.
-final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    private let setup: SessionSetup
-    private let decider: RequestDecider
-    /// The decision under way in a task (identd asked), cancelled if the client leaves.
-    private var pendingDecision: PendingDecisionTask?
-    private var machine: ConnectSession
-    private var early: EarlyClientData
+/// Carries out a `ConnectSession`'s own actions for one client connection: connects
+/// (directly or through parents) and hands over to `SessionRelay`. The lifecycle it
+/// shares with every session (resolve, decide, EOF, departure) is `SessionDriver`'s.
+final class ConnectSessionHandler: SessionDriver<ConnectSession> {
     /// The destination's connection, from connect until the relay takes it.
     private var outbound: (any Channel)?
     /// The connection being attempted: a client that leaves ends the attempt at once,
@@ -28,82 +18,19 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// The parent that carries the session, and which of the route it was (1: the first).
     private var parent: (url: SOCKSURL, attempt: Int)?
 
-    /// Why the client's connection closed before the reply, for the session-end record.
-    private var departure = ClientDeparture.closed
-
-    init(_ setup: SessionSetup, facts: RequestFacts, early: EarlyClientData) {
-        self.setup = setup
-        self.decider = setup.decider
-        self.machine = ConnectSession(facts: facts)
-        self.early = early
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        perform(machine.start(), context: context)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        // However the client's connection ended (a reset included: it reaches here through
-        // `errorCaught`, not `inputClosed`), a session allowed and not yet relaying gets
-        // its end recorded here.
-        if case .abandon(recordEnd: true) = machine.clientLeft() {
-            SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: setup.gateway, session: setup.id)
-        }
-        endOutsideWork()
-    }
-
-    /// Cancels the decision under way and closes the connection attempted or made: what
-    /// this session started outside its own channel.
-    private func endOutsideWork() {
-        pendingDecision?.cancel()
-        pendingDecision = nil
+    /// Also closes the connection attempted or made.
+    override func endOutsideWork() {
+        super.endOutsideWork()
         attempt?.close(promise: nil)
         attempt = nil
         outbound?.close(promise: nil)
         outbound = nil
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        early.append(&bytes)
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if early.acceptsMore { context.read() }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case is ChannelShouldQuiesceEvent:
-            context.close(promise: nil)
-        case ChannelEvent.inputClosed:
-            // `printf … | nc`: the request, data, then EOF; the relay passes it on. With
-            // no data, the client has gone (ConnectSession.clientSentEOF).
-            early.sentEOF = true
-            perform(machine.clientSentEOF(afterData: early.bytes != nil), context: context)
-        default:
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        departure = ClientDeparture.reason(for: error)
-        context.close(promise: nil)
-    }
-
-    private func perform(_ action: ConnectSession.Action, context: ChannelHandlerContext) {
+    override func performOwn(_ action: ConnectSession.Action, context: ChannelHandlerContext) {
         switch action {
-        case .none:
-            break
-        case .resolve(let name):
-            setup.gateway.resolver.resolve(name, on: context.eventLoop, logger: setup.gateway.logger).assumeIsolated().whenSuccess { addresses in
-                self.perform(self.machine.resolved(addresses), context: context)
-            }
-        case .decide(let facts):
-            pendingDecision = decider.decide(facts, step: nil, on: context.eventLoop) { event in
-                self.pendingDecision = nil
-                self.perform(self.machine.received(event), context: context)
-            }
+        case .none, .resolve, .decide, .fail, .abandon:
+            break  // shared: SessionDriver's
         case .connect(let destination):
             connect(to: destination, context: context)
         case .connectVia(let route, let destination, let port):
@@ -120,23 +47,9 @@ final class ConnectSessionHandler: ChannelDuplexHandler, RemovableChannelHandler
             SessionRelay.start(
                 client: context, outbound: outbound, reply: .granted(version: setup.version, boundAddress: bound), early: early,
                 gateway: setup.gateway, session: setup.id, parent: parent.map { "\($0.url) (attempt \($0.attempt))" })
-        case .fail(let failure, let recordEnd):
-            endOutsideWork()
-            let reply = SOCKSServerMessage.failed(failure, version: setup.version)
-            if recordEnd {
-                SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: setup.gateway, session: setup.id)
-            }
-            context.sendAndClose(reply)
         case .closeOutbound:
             outbound?.close(promise: nil)
             outbound = nil
-        case .abandon(let recordEnd):
-            endOutsideWork()
-            if recordEnd {
-                SessionRelay.recordEndBeforeRelay(
-                    "client left before the reply", reply: nil, gateway: setup.gateway, session: setup.id)
-            }
-            context.close(promise: nil)
         }
     }
 

@@ -35,5 +35,5 @@ extension DecidingSession {
     }
 }
 
-extension ConnectSession: DecidingSession {}
-extension BindSession: DecidingSession {}
+
+
