@@ -1,0 +1,217 @@
+import AccessPolicy
+import ArgumentParser
+import AuditLog
+import CBuildInfo
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+import NIOPosix
+import NetAddress
+import OfflineCommands
+import PolicyFiles
+import Privileges
+import SOCKSWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Serving after the drop: the gateway, metrics, signals, reloads and the lifecycle records.
+extension Run {
+    func serve(
+        configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
+        gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
+        metrics metricsSetup: (GatewayMetrics, ListeningSocket)?, notifier: ServiceNotifier, logger: Logger
+    ) async throws {
+        let metrics = metricsSetup?.0
+        audit?.start()
+        defer { audit?.shutdown() }
+        var privileges = AuditRecord(event: .privileges)
+        if let dropped {
+            logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"])
+            privileges.user = dropped.identity.description
+            privileges.verified = dropped.description
+        } else {
+            privileges.user = "uid \(geteuid())"
+            privileges.verified = geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"
+        }
+        audit?.record(privileges)
+        let engine = PolicyEngine(policy: compiled)
+        let report = await ExpectationReport.run(compiled, engine: engine)
+        if let problem = testProblem(report) {
+            var rejected = AuditRecord(event: .policyReloadRejected)
+            rejected.policyFile = policy ?? DefaultPolicy.fileName
+            rejected.reason = problem
+            audit?.record(rejected)
+            throw FailedStart(message: problem)
+        }
+        var loaded = AuditRecord(event: .policyLoad)
+        loaded.policyFile = policy ?? DefaultPolicy.fileName
+        loaded.policySHA256 = policySHA256
+        loaded.rules = compiled.rules.count
+        loaded.tests = report.passed
+        audit?.record(loaded)
+
+        let signals = Signals()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
+        let identClient = IdentClient(group: group, port: identPort, logger: logger, metrics: metrics)
+        let policyStore = PolicyStore(engine, sha256: policySHA256, identLookup: identClient.lookup)
+        let threadPool = NIOThreadPool(numberOfThreads: 8)
+        threadPool.start()
+        let gateway = GatewayServer(
+            configuration: configuration,
+            policy: policyStore,
+            credentials: credentials,
+            group: group,
+            threadPool: threadPool,
+            logger: logger,
+            audit: audit,
+            gssAcceptor: gssAcceptor,
+            metrics: metrics
+        )
+        metrics?.policyLoaded(sha256: policySHA256, file: policy ?? DefaultPolicy.fileName)
+
+        let bound: [IPEndpoint]
+        do {
+            bound = try await gateway.start(adopting: descriptors)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        var metricsEndpoint: MetricsEndpoint?
+        if let (metrics, socket) = metricsSetup {
+            let endpoint = MetricsEndpoint(metrics: metrics, gateway: gateway)
+            do {
+                let served = try await endpoint.start(socket.endpoint, adopting: socket.descriptor, group: group)
+                logger.info("metrics served", metadata: ["listen": "\(served)", "paths": "/metrics /healthz"])
+            } catch {
+                _ = try? await gateway.shutdown(grace: .zero)
+                throw FailedStart(message: "\(error)")
+            }
+            metricsEndpoint = endpoint
+        }
+        for (line, parent) in compiled.routesToItself(listening: bound) {
+            logger.warning("the rule on line \(line) routes through this gateway itself (\(parent)): a loop")
+        }
+        var started = AuditRecord(event: .gatewayStart)
+        started.version = Identgate.configuration.version
+        started.listen = bound.map(\.description)
+        started.policyFile = policy ?? DefaultPolicy.fileName
+        started.policySHA256 = policySHA256
+        audit?.record(started)
+        logger.info(
+            "identgate serving",
+            metadata: [
+                "listen": "\(bound.map(\.description).joined(separator: " "))",
+                "policy": "\(policy ?? DefaultPolicy.fileName)",
+                "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
+            ]
+        )
+        // Ready only now: bound, privileges dropped and verified, policy loaded.
+        metrics?.markReady()
+        notifier.notify("READY=1", "STATUS=serving on \(bound.map(\.description).joined(separator: " "))", "MAINPID=\(getpid())")
+        let watchdog = notifier.watchdogInterval.map { interval in
+            Task {
+                while !Task.isCancelled {
+                    notifier.notify("WATCHDOG=1")
+                    try? await Task.sleep(for: interval / 2)
+                }
+            }
+        }
+
+        var signal = ""
+        for await event in signals.events {
+            switch event {
+            case .shutdown(let name):
+                signal = name
+            case .reload:
+                notifier.reloading()
+                await reloadPolicy(into: policyStore, audit: audit, metrics: metrics, logger: logger)
+                notifier.notify("READY=1", "STATUS=serving; policy reload done (see the log)")
+                continue
+            case .reopenAuditLog:
+                logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(Self.absolute(auditLog))"])
+                audit?.reopen()
+                continue
+            }
+            break
+        }
+        notifier.notify("STOPPING=1", "STATUS=stopping")
+        watchdog?.cancel()
+        logger.info(
+            "stopping: no new connections; running sessions may finish",
+            metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
+        await metricsEndpoint?.stop()
+        let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
+        if !inTime { logger.notice("grace period over; closing the sessions still running") }
+        var stopped = AuditRecord(event: .gatewayStop)
+        stopped.reason = signal
+        audit?.record(stopped)
+        try await group.shutdownGracefully()
+        try await threadPool.shutdownGracefully()
+        logger.info("stopped")
+    }
+
+    /// Why a compiled policy cannot be used; nil if it can. Its ident time-outs must be
+    /// shorter than --negotiate-timeout, which is also each decision's deadline
+    /// (docs/architecture.md): otherwise an ident wait would always end at the deadline.
+    func compileProblem(_ compilation: PolicyCompilation) -> String? {
+        let path = policy ?? DefaultPolicy.fileName
+        guard let compiled = compilation.policy else {
+            return "\(path) has errors:\n" + compilation.errors.map(\.description).joined(separator: "\n")
+        }
+        let negotiation = Double(negotiateTimeout.amount.nanoseconds) / 1e9
+        if let scope = compiled.identScopes.first(where: { $0.timeoutSeconds >= negotiation }) {
+            return
+                "\(path):\(scope.line ?? 0): the ident time-out (\(scope.timeoutSeconds)s) must be shorter than --negotiate-timeout (\(negotiateTimeout)), the deadline of every decision"
+        }
+        return nil
+    }
+
+    /// Why a policy whose tests ran cannot be used; nil if every test passed.
+    func testProblem(_ report: ExpectationReport) -> String? {
+        guard !report.failures.isEmpty else { return nil }
+        return "\(policy ?? DefaultPolicy.fileName): \(report.failures.count) of its tests failed:\n"
+            + report.failures.map { TestCommand.describe($0) }.joined(separator: "\n")
+    }
+
+    /// SIGHUP: read, check and test the policy file again; swap only if all is well. The
+    /// engine the tests ran on is the one that serves, and the recorded SHA-256 is of the
+    /// bytes it was compiled from.
+    func reloadPolicy(into store: PolicyStore, audit: AuditWriter?, metrics: GatewayMetrics?, logger: Logger) async {
+        guard let path = policy else {
+            logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
+            return
+        }
+        func reject(_ problem: String) {
+            metrics?.policyReloaded(applied: false)
+            logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
+            var rejected = AuditRecord(event: .policyReloadRejected)
+            rejected.policyFile = path
+            rejected.reason = problem
+            audit?.record(rejected)
+        }
+        let tested: TestedPolicy
+        do {
+            tested = await TestedPolicy.load(try PolicyFile.read(path))
+        } catch {
+            return reject("\(error)")
+        }
+        if let problem = compileProblem(tested.file.compilation) ?? tested.report.flatMap(testProblem) {
+            return reject(problem)
+        }
+        guard let engine = tested.engine, let report = tested.report else { return reject("\(path) did not compile") }
+        store.replace(with: engine, sha256: tested.file.sha256)
+        metrics?.policyReloaded(applied: true)
+        metrics?.policyLoaded(sha256: tested.file.sha256, file: path)
+        var reloaded = AuditRecord(event: .policyReload)
+        reloaded.policyFile = path
+        reloaded.policySHA256 = tested.file.sha256
+        reloaded.rules = engine.policy.rules.count
+        reloaded.tests = report.passed
+        audit?.record(reloaded)
+        logger.info(
+            "policy reloaded",
+            metadata: ["file": "\(path)", "rules": "\(engine.policy.rules.count)", "tests": "\(report.passed) passed"])
+    }
+}

@@ -1,0 +1,188 @@
+import AccessPolicy
+import ArgumentParser
+import AuditLog
+import CBuildInfo
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+import NIOPosix
+import NetAddress
+import OfflineCommands
+import PolicyFiles
+import Privileges
+import SOCKSWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The privileged start: options into a configuration, the keys, policy, sockets and
+/// audit log opened as root, the drop, then `serve`.
+extension Run {
+    /// Everything that needs root happens here, synchronously, before any other thread
+    /// exists: the policy is compiled, the sockets are bound, then privileges are dropped
+    /// and verified. Only then do the threads of SwiftNIO and Swift concurrency start.
+    func run() throws {
+        let level = logLevel.level
+        let json = logFormat == .json
+        LoggingSystem.bootstrap { label in
+            if json {
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "identgate")
+
+        var configuration = GatewayConfiguration()
+        if !listen.isEmpty { configuration.listen = listen.map(\.endpoint) }
+        configuration.negotiationTimeout = negotiateTimeout.amount
+        configuration.bindTimeout = bindTimeout.amount
+        configuration.connectTimeout = connectTimeout.amount
+        configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
+        configuration.methods = parsedMethods
+        configuration.proxyProtocolFrom = try proxyProtocolFrom.map { text in
+            guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
+            return network
+        }
+        do {
+            configuration.external = try external.flatMap(GatewayConfiguration.externalAddresses)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+
+        let credentials: CredentialStore?
+        let policyFile: PolicyFile
+        let gssAcceptor: GSSAcceptor?
+        let signingKey: AuditSigningKey?
+        do {
+            signingKey = try auditSigningKey.map(AuditSigningKey.init(contentsOfFile:))
+            credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
+            // Keys are copied into memory here, while still root: a keytab is root's.
+            gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
+            policyFile = try policy.map(PolicyFile.read) ?? .embeddedDefault
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        if let problem = compileProblem(policyFile.compilation) { throw FailedStart(message: problem) }
+        guard let compiled = policyFile.compilation.policy else { throw FailedStart(message: "\(policyFile.path) did not compile") }
+        for warning in policyFile.compilation.warnings { logger.warning("\(warning)") }
+        if !configuration.proxyProtocolFrom.isEmpty {
+            for scope in compiled.identScopes {
+                logger.warning(
+                    "\(policy ?? DefaultPolicy.fileName):\(scope.line ?? 0): \(Policy.identBehindBalancerWarning(configuration.proxyProtocolFrom))")
+            }
+        }
+
+        // Connected while still root: systemd's socket need not admit the dropped user.
+        let notifier = ServiceNotifier()
+        let identity = try privilegeTarget()
+        let sockets: [[ListeningSocket]]
+        let metricsSocket: ListeningSocket?
+        do {
+            sockets = try configuration.listen.map {
+                try ListeningSocket.open($0, count: eventLoops)
+            }
+            metricsSocket = try metricsListen.map { try ListeningSocket.open($0.endpoint, backlog: 64) }
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        // The audit log is opened while still privileged, like the sockets, by its absolute
+        // path, so that messages name it fully and SIGUSR1 reopens the same file.
+        let auditPath = Self.absolute(auditLog)
+        let audit: AuditWriter?
+        do {
+            audit =
+                auditLog == "off"
+                ? nil
+                : try AuditWriter(
+                    path: auditPath, sync: auditSync, failClosed: auditFail == .closed, instance: instance ?? Self.hostName,
+                    signingKey: signingKey)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        if audit == nil { logger.warning("--audit-log off: no audit log is written") }
+        var dropped: PrivilegeReport?
+        if let identity {
+            do {
+                dropped = try PrivilegeDrop.drop(to: identity)
+            } catch {
+                throw FailedStart(message: "\(error); not going on")
+            }
+            if audit != nil, auditPath != "-", !Self.directoryIsWritable(of: auditPath) {
+                logger.warning(
+                    "the audit log's directory is not writable by \(identity.userName): SIGUSR1 cannot reopen the log after rotation; make the directory writable by user \(identity.userName) or group \(identity.groupName)",
+                    metadata: ["file": "\(auditPath)"])
+            }
+            if let policy, access(policy, R_OK) != 0 {
+                throw FailedStart(
+                    message: "the policy \(policy) is not readable by \(identity.userName): SIGHUP reloads would fail; "
+                        + "make it readable by user \(identity.userName) or group \(identity.groupName)")
+            }
+        }
+        let command = self
+        let settings = configuration
+        let verified = dropped
+        let policySHA256 = policyFile.sha256
+        let metrics = metricsSocket.map { socket in
+            (GatewayMetrics(version: Identgate.version, commit: Identgate.commit), socket)
+        }
+        try waitFor {
+            try await command.serve(
+                configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
+                gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
+                metrics: metrics, notifier: notifier, logger: logger)
+        }
+    }
+
+    /// The default `--instance`: this host's name.
+    static var hostName: String {
+        var name = [UInt8](repeating: 0, count: 256)
+        let got = name.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { chars in
+                chars.baseAddress.map { gethostname($0, chars.count - 1) } ?? -1
+            }
+        }
+        guard got == 0 else { return "unknown" }
+        return String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    /// `path` from the working directory; `-` (standard output) and `off` as they are.
+    static func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), path != "-", path != "off", let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return String(cString: cwd) + "/" + path
+    }
+
+    /// After the privilege drop: may this user create a file where `path` is (rotation)?
+    static func directoryIsWritable(of path: String) -> Bool {
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return access(directory.isEmpty ? "/" : directory, W_OK | X_OK) == 0
+    }
+
+    /// One event loop per core; each listen address has one listening socket per loop.
+    var eventLoops: Int { System.coreCount }
+
+    /// The user to become, or nil to stay as we are; refuses root without `--user`.
+    func privilegeTarget() throws -> TargetIdentity? {
+        let root = geteuid() == 0
+        guard let user else {
+            if root, !stayRoot {
+                throw FailedStart(
+                    message: "running as root: pass --user NAME to drop to an unprivileged user after binding "
+                        + "(or --stay-root to keep root, which is not recommended)")
+            }
+            return nil
+        }
+        guard root else { throw FailedStart(message: "--user needs root (started as uid \(geteuid()))") }
+        do {
+            return try TargetIdentity.lookUp(user: user, group: group)
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+    }
+}
