@@ -20,37 +20,6 @@ import NIOCore
 /// and new ones are refused (their decisions are taken out of the queue: those
 /// requests never happen), everything else stays queued until writes succeed again.
 public final class AuditWriter: Sendable {
-    public enum SyncPolicy: String, Sendable, CaseIterable {
-        /// fsync after every batch, before the next is taken.
-        case always
-        /// fsync at most once a second (and at shutdown): the default.
-        case batch
-        /// Leave it to the kernel (fsync only at shutdown).
-        case none
-    }
-
-    public struct OpenError: Error, CustomStringConvertible {
-        public var description: String
-    }
-
-    /// What an event loop hands over: a finished record, or a decision's facts, turned
-    /// into a record on the writer thread so that the event loops do less per request.
-    public enum Item: Sendable {
-        case record(AuditRecord)
-        case decision(RequestFacts, Decision, session: UInt64, step: String?, time: String)
-
-        var record: AuditRecord {
-            switch self {
-            case .record(let record):
-                return record
-            case .decision(let facts, let decision, let session, let step, let time):
-                var record = AuditRecord.decision(facts, decision, session: session, step: step)
-                record.time = time
-                return record
-            }
-        }
-    }
-
     private struct Entry {
         var item: Item
         var written: EventLoopPromise<Void>?
@@ -82,11 +51,9 @@ public final class AuditWriter: Sendable {
         var refused = 0
         /// Failed write attempts since the start (metrics).
         var writeFailures = 0
-        /// Records written since the last checkpoint, and since when (`--audit-signing-key`).
-        var uncovered = 0
-        var uncoveredSince: ContinuousClock.Instant?
         var failure: String?
-        var chain: AuditChain
+        /// The chain as last written, and the records no checkpoint covers yet.
+        var encoder: AuditBatchEncoder
         var descriptor: Int32
         var lastSync = ContinuousClock.now
     }
@@ -126,7 +93,8 @@ public final class AuditWriter: Sendable {
         self.failClosed = failClosed
         self.capacity = capacity
         let (descriptor, chain, continuing) = try Self.open(path)
-        state = NIOLockedValueBox(State(chain: chain, descriptor: descriptor))
+        state = NIOLockedValueBox(
+            State(encoder: AuditBatchEncoder(chain: chain, instance: instance, signingKey: signingKey), descriptor: descriptor))
         var first = AuditRecord(event: continuing ? .chainContinue : .chainStart)
         if !continuing { first.seed = chain.lastHash }
         first.previousFile = continuing ? path : nil
@@ -137,15 +105,11 @@ public final class AuditWriter: Sendable {
     /// hash and number the chain continues from.
     private static func open(_ path: String) throws -> (Int32, AuditChain, Bool) {
         if path == "-" { return (STDOUT_FILENO, AuditChain(), false) }
-        var continuing: AuditChain?
-        if let last = try lastLine(of: path) {
-            guard let record = try? JSONDecoder().decode(AuditRecord.self, from: last) else {
-                throw OpenError(
-                    description:
-                        "\(path) ends in a line that is not an audit record: check it with 'identgate audit verify' and move it away"
-                )
-            }
-            continuing = AuditChain(lastHash: AuditChain.hash(last), nextSequence: record.seq + 1)
+        let continuing: AuditChain?
+        do {
+            continuing = try AuditTail.chain(continuing: path)
+        } catch let error as AuditTail.NotARecord {
+            throw OpenError(description: error.description)
         }
         let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
         guard descriptor >= 0 else {
@@ -153,19 +117,6 @@ public final class AuditWriter: Sendable {
             throw OpenError(description: "cannot open the audit log \(path): \(reason)")
         }
         return (descriptor, continuing ?? AuditChain(), continuing != nil)
-    }
-
-    private static func lastLine(of path: String) throws -> Data? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        let size = try handle.seekToEnd()
-        guard size > 0 else { return nil }
-        let window = min(size, 1 << 20)
-        try handle.seek(toOffset: size - window)
-        guard var data = try handle.readToEnd() else { return nil }
-        if data.last == UInt8(ascii: "\n") { data.removeLast() }
-        if let newline = data.lastIndex(of: UInt8(ascii: "\n")) { data = data[(newline + 1)...] }
-        return Data(data)
     }
 
     public func start() {
@@ -314,38 +265,15 @@ public final class AuditWriter: Sendable {
     /// True when records are written that no checkpoint covers, and the interval since
     /// the first of them has passed (or the writer is stopping).
     private func checkpointDue(stopping: Bool) -> Bool {
-        guard signingKey != nil else { return false }
-        return state.withLockedValue { state in
-            guard state.uncovered > 0, let since = state.uncoveredSince else { return false }
-            return stopping || ContinuousClock.now - since >= AuditCheckpoint.interval
-        }
+        state.withLockedValue { $0.encoder.checkpointDue(closing: stopping, now: .now) }
     }
 
     /// Encodes and writes the batch (taken from the queue); if it cannot be written, it
     /// goes back to the front of the queue. With a signing key, checkpoints go in after
     /// every `AuditCheckpoint.every` records, and at the end when one is due.
     private func write(_ batch: [Entry], closingCheckpoint: Bool = false) {
-        var (chain, uncovered, uncoveredSince) = state.withLockedValue { ($0.chain, $0.uncovered, $0.uncoveredSince) }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(batch.count * 768)
-        for entry in batch {
-            var record = entry.item.record
-            record.instance = instance
-            chain.append(record, to: &bytes)
-            guard let signingKey else { continue }
-            uncovered += 1
-            if uncoveredSince == nil { uncoveredSince = .now }
-            if uncovered >= AuditCheckpoint.every {
-                chain.appendCheckpoint(signedBy: signingKey, instance: instance, time: AuditChain.timestamp(), to: &bytes)
-                (uncovered, uncoveredSince) = (0, nil)
-            }
-        }
-        if let signingKey, uncovered > 0, let since = uncoveredSince,
-            closingCheckpoint || ContinuousClock.now - since >= AuditCheckpoint.interval
-        {
-            chain.appendCheckpoint(signedBy: signingKey, instance: instance, time: AuditChain.timestamp(), to: &bytes)
-            (uncovered, uncoveredSince) = (0, nil)
-        }
+        var encoder = state.withLockedValue { $0.encoder }
+        let bytes = encoder.encode(batch.map(\.item.record), closing: closingCheckpoint)
         let descriptor = state.withLockedValue { $0.descriptor }
         // Where the batch starts, so a write cut short (a full disk) can be taken back:
         // the file then never holds a partial line.
@@ -374,8 +302,7 @@ public final class AuditWriter: Sendable {
         if sync == .always { fsync(descriptor) }
         for entry in batch { entry.written?.succeed(()) }  // written, and synced with `always`
         state.withLockedValue { state in
-            state.chain = chain
-            (state.uncovered, state.uncoveredSince) = (uncovered, uncoveredSince)
+            state.encoder = encoder
             state.writing = 0
             if !state.healthy {
                 state.healthy = true
