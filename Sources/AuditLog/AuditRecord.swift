@@ -137,29 +137,6 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     }
 }
 
-extension AuditRecord {
-    /// The facts the policy decided on, rebuilt from a decision record; nil for other
-    /// records or if a field is missing.
-    public var requestFacts: RequestFacts? {
-        guard event == .decision, let socks, let version = RequestFacts.Version(rawValue: socks),
-            let command, let command = RequestFacts.Command(rawValue: command),
-            let client = client.flatMap(IPEndpoint.init), let listener = listener.flatMap(IPEndpoint.init),
-            let destination, let destinationPort, let auth, let authMethod = RequestFacts.AuthMethod(rawValue: auth)
-        else { return nil }
-        let target: RequestFacts.Destination = IPAddress(destination).map { .address($0) } ?? .hostName(destination)
-        var facts = RequestFacts(
-            version: version, command: command, client: client, listener: listener, destination: target,
-            destinationPort: destinationPort, resolvedAddress: resolved.flatMap(IPAddress.init), claimedUser: claimedUser,
-            authMethod: authMethod, time: requestTime,
-            gssapi: gssMechanism.map {
-                RequestFacts.GSSAPISecurity(
-                    mechanism: $0, protection: protection.flatMap(MessageProtection.init(rawValue:)) ?? .none)
-            })
-        facts.balancer = balancer.flatMap(IPEndpoint.init)
-        return facts
-    }
-}
-
 /// Encodes records as JSON lines and chains them: each line carries the SHA-256 of the
 /// line before it. Not thread-safe: one writer owns one chain.
 public struct AuditChain: Sendable {

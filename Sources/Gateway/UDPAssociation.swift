@@ -33,48 +33,12 @@ final class UDPAssociation {
     private var outbound: [Bool: any Channel] = [:]
     /// The client's UDP address: as requested, or learnt from its first datagram.
     private var clientSource: SocketAddress?
-    /// Decided destinations (address and port) and whether each is allowed, under the
-    /// policy generation `verdictsGeneration`; at most `Limits.destinations`.
-    private var verdicts = BoundedCache<IPEndpoint, Verdict>(capacity: Limits.destinations)
-    private var verdictsGeneration: UInt64 = 0
-    /// Destinations whose decision is under way: their datagrams wait for none (dropped).
-    private var deciding: Set<IPEndpoint> = []
-    private var resolved = BoundedCache<String, IPAddress?>(capacity: Limits.names)
-    /// Names being resolved: one lookup per name at a time.
-    private var resolving: Set<String> = []
-    /// New destinations decided in the current second (the audit records they cause).
-    private var decisionsThisSecond = (second: Int64(0), count: 0)
-    private var counts = (
-        relayed: 0, replies: 0, fragments: 0, foreign: 0, denied: 0, malformed: 0, pending: 0, overRate: 0
-    )
+    /// What is decided, being decided and counted (the pure part: `UDPDestinations`).
+    private var destinations = UDPDestinations()
+    /// The parent's association once it answered (`destinations.parent` is `.ready`): its
+    /// control connection, which lives as long as this association, and its relay.
+    private var parentRelay: (control: any Channel, relay: IPEndpoint)?
     private var closed = false
-
-    /// What was decided for a destination: dropped, sent directly, or through the parent.
-    private enum Verdict: Equatable {
-        case denied, direct, viaParent
-    }
-
-    /// The parent's UDP association (`via` on a udp rule): one per association, made on
-    /// the first destination that needs it, through the rule's parents in order. Its
-    /// control connection lives as long as this association.
-    private enum ParentRelay {
-        case connecting(route: [SOCKSURL])
-        case ready(route: [SOCKSURL], control: any Channel, relay: IPEndpoint)
-        case failed
-    }
-
-    private var parentRelay: ParentRelay?
-
-    /// What one association may make the gateway hold or write, whatever its client sends.
-    enum Limits {
-        /// Destinations whose verdict is remembered; the oldest is decided again later.
-        static let destinations = 1024
-        /// Resolved names remembered.
-        static let names = 256
-        /// New destinations decided, and so audit records written, per second; datagrams
-        /// to further new destinations in that second are dropped and counted.
-        static let decisionsPerSecond = 50
-    }
 
     init(
         gateway: GatewayContext, facts: RequestFacts, expectedSource: IPEndpoint?, control: any Channel, session: UInt64,
@@ -160,8 +124,9 @@ final class UDPAssociation {
         closed = true
         relay?.close(promise: nil)
         for channel in outbound.values { channel.close(promise: nil) }
-        if case .ready(_, let parentControl, _)? = parentRelay { parentControl.close(promise: nil) }
+        parentRelay?.control.close(promise: nil)
         if wasOpen, relay != nil {
+            let counts = destinations.counts
             if let audit = gateway.audit {
                 var record = AuditRecord(event: .sessionEnd)
                 record.session = session
@@ -169,7 +134,7 @@ final class UDPAssociation {
                     "udp association ended: \(counts.relayed) relayed, \(counts.replies) replies, "
                     + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped, "
                     + "\(counts.pending) dropped while their destination was resolved or decided, "
-                    + "\(counts.overRate) dropped over \(Limits.decisionsPerSecond) new destinations a second"
+                    + "\(counts.overRate) dropped over \(UDPDestinations.Limits.decisionsPerSecond) new destinations a second"
                 audit.record(record)
             }
             logger.info(
@@ -187,24 +152,24 @@ final class UDPAssociation {
 
     private func fromClient(_ envelope: AddressedEnvelope<ByteBuffer>) {
         guard isFromClient(envelope.remoteAddress) else {
-            counts.foreign += 1
+            destinations.counts.foreign += 1
             return
         }
         var datagram = envelope.data
         if let perMessage {
             guard let plain = perMessage.unwrapDatagram(datagram, allocator: control.allocator) else {
-                counts.malformed += 1
+                destinations.counts.malformed += 1
                 return
             }
             datagram = plain
         }
         guard let header = try? datagram.readSOCKS5UDPHeader() else {
-            counts.malformed += 1
+            destinations.counts.malformed += 1
             return
         }
         guard header.fragment == 0 else {
             // identgate does not reassemble fragments (RFC 1928 makes it optional).
-            counts.fragments += 1
+            destinations.counts.fragments += 1
             logger.debug("UDP fragment dropped", metadata: ["frag": "\(header.fragment)"])
             return
         }
@@ -212,21 +177,18 @@ final class UDPAssociation {
         case .ipv4(let address): forward(datagram, to: IPEndpoint(address: .v4(address), port: header.port), name: nil)
         case .ipv6(let address): forward(datagram, to: IPEndpoint(address: .v6(address), port: header.port), name: nil)
         case .domain(let name):
-            if let known = resolved[name] {
-                guard let address = known else { return }
+            switch destinations.lookUp(name) {
+            case .known(let address):
+                guard let address else { return }
                 forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
-                return
-            }
-            // One lookup per name at a time; datagrams for it meanwhile are dropped.
-            guard resolving.insert(name).inserted else {
-                counts.pending += 1
-                return
-            }
-            gateway.resolver.resolve(name, on: control.eventLoop, logger: logger).assumeIsolated().whenSuccess { addresses in
-                self.resolving.remove(name)
-                self.resolved.set(addresses.first, for: name)
-                guard let address = addresses.first else { return }
-                self.forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
+            case .drop:
+                break
+            case .resolve:
+                gateway.resolver.resolve(name, on: control.eventLoop, logger: logger).assumeIsolated().whenSuccess { addresses in
+                    self.destinations.resolved(name, to: addresses.first)
+                    guard let address = addresses.first else { return }
+                    self.forward(datagram, to: IPEndpoint(address: address, port: header.port), name: name)
+                }
             }
         }
     }
@@ -246,29 +208,9 @@ final class UDPAssociation {
     }
 
     private func forward(_ payload: ByteBuffer, to destination: IPEndpoint, name: String?) {
-        // A reloaded policy decides every destination again.
-        let generation = gateway.policy.generation
-        if generation != verdictsGeneration {
-            verdicts.removeAll()
-            verdictsGeneration = generation
-        }
-        if let verdict = verdicts[destination] {
-            switch verdict {
-            case .direct: send(payload, to: destination)
-            case .viaParent: sendViaParent(payload, to: destination)
-            case .denied: counts.denied += 1
-            }
-            return
-        }
-        guard !deciding.contains(destination) else {
-            counts.pending += 1
-            return
-        }
-        guard admitNewDestination() else {
-            counts.overRate += 1
-            return
-        }
-        deciding.insert(destination)
+        let second = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        let send = destinations.send(to: destination, policyGeneration: gateway.policy.generation, second: second)
+        guard send == .decide else { return relay(payload, to: destination, send) }
         var datagramFacts = facts
         datagramFacts.destination = name.map(RequestFacts.Destination.hostName) ?? .address(destination.address)
         datagramFacts.resolvedAddress = name == nil ? nil : destination.address
@@ -276,56 +218,30 @@ final class UDPAssociation {
         decider.decide(datagramFacts, step: "udp destination", on: control.eventLoop) { event in
             switch event {
             case .decided(let decision, let recordPending):
-                self.deciding.remove(destination)
-                let verdict = self.verdict(for: decision)
-                self.verdicts.set(verdict, for: destination)
-                if verdict == .denied {
-                    self.counts.denied += 1
-                } else if !recordPending {
-                    self.relay(payload, to: destination, verdict)
-                }
+                let (send, parentRoute) = self.destinations.decided(destination, decision)
+                if let parentRoute { self.startParentRelay(parentRoute) }
+                // The first datagram to a destination waits until its decision is logged.
+                if !recordPending { self.relay(payload, to: destination, send) }
             case .recordWritten:
-                // The first datagram to a destination waited until its decision was logged.
-                if let verdict = self.verdicts[destination] { self.relay(payload, to: destination, verdict) }
+                self.relay(payload, to: destination, self.destinations.recordWritten(destination))
             case .recordFailed:
-                self.verdicts.remove(destination)
-                self.counts.denied += 1
+                self.destinations.recordFailed(destination)
             case .timedOut:
-                // Not remembered: a later datagram asks again.
-                self.deciding.remove(destination)
-                self.counts.denied += 1
+                self.destinations.decisionTimedOut(destination)
             }
         }
     }
 
-    /// Direct, through the parent, or dropped: a `via` rule's destination goes through
-    /// this association's parent, which the first such rule chooses; a rule naming other
-    /// parents than that one is not served (dropped and counted), nor sent directly.
-    private func verdict(for decision: Decision) -> Verdict {
-        guard decision.verdict == .allow else { return .denied }
-        guard let route = decision.route, !route.isEmpty else { return .direct }
-        switch parentRelay {
-        case nil:
-            startParentRelay(route)
-            return .viaParent
-        case .connecting(let chosen), .ready(let chosen, _, _):
-            return chosen == route ? .viaParent : .denied
-        case .failed:
-            return .denied
-        }
-    }
-
-    private func relay(_ payload: ByteBuffer, to destination: IPEndpoint, _ verdict: Verdict) {
-        switch verdict {
-        case .direct: send(payload, to: destination)
+    private func relay(_ payload: ByteBuffer, to destination: IPEndpoint, _ send: UDPDestinations.Send) {
+        switch send {
+        case .direct: self.send(payload, to: destination)
         case .viaParent: sendViaParent(payload, to: destination)
-        case .denied: counts.denied += 1
+        case .decide, .drop: break
         }
     }
 
     /// A UDP ASSOCIATE with the first parent of the route that answers.
     private func startParentRelay(_ route: [SOCKSURL]) {
-        parentRelay = .connecting(route: route)
         let eventLoop = control.eventLoop
         // SOCKS4 has no UDP: only the route's SOCKS5 parents are asked.
         ParentConnector.connect(
@@ -347,47 +263,36 @@ final class UDPAssociation {
                 if relayAddress == .v4(.any) || relayAddress == .v6(.any) {
                     relayAddress = connected.channel.remoteAddress?.ipEndpoint?.address ?? relayAddress
                 }
-                self.parentRelay = .ready(
-                    route: route, control: connected.channel, relay: IPEndpoint(address: relayAddress, port: connected.reply.port))
+                self.parentRelay = (connected.channel, IPEndpoint(address: relayAddress, port: connected.reply.port))
+                self.destinations.parentAssociated()
                 try? connected.channel.syncOptions?.setOption(.autoRead, value: true)
                 // The parent's association ends with its control connection: so does ours.
                 connected.channel.closeFuture.assumeIsolated().whenComplete { _ in self.close() }
             case .failure(let error):
                 self.logger.notice("UDP through a parent: no parent could associate", metadata: ["error": "\(error)"])
-                self.parentRelay = .failed
+                self.destinations.parentFailed()
             }
         }
     }
 
     private func sendViaParent(_ payload: ByteBuffer, to destination: IPEndpoint) {
-        guard case .ready(_, _, let parentRelayAddress)? = parentRelay, !closed,
-            let channel = outbound[parentRelayAddress.address.isIPv6]
-        else {
+        guard let parentRelayAddress = parentRelay?.relay, !closed, let channel = outbound[parentRelayAddress.address.isIPv6] else {
             // Still associating (or failed): this datagram is not sent; later ones are.
-            counts.pending += 1
+            destinations.counts.pending += 1
             return
         }
         var datagram = channel.allocator.buffer(capacity: payload.readableBytes + 22)
         datagram.writeSOCKS5UDPHeader(host: SOCKSHost(destination.address), port: destination.port)
         var body = payload
         datagram.writeBuffer(&body)
-        counts.relayed += 1
+        destinations.counts.relayed += 1
         gateway.metrics?.udpRelayed(fromClient: payload.readableBytes)
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(parentRelayAddress), data: datagram), promise: nil)
     }
 
-    /// True if one more new destination may be decided (and recorded) this second.
-    private func admitNewDestination() -> Bool {
-        let second = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
-        if decisionsThisSecond.second != second { decisionsThisSecond = (second, 0) }
-        guard decisionsThisSecond.count < Limits.decisionsPerSecond else { return false }
-        decisionsThisSecond.count += 1
-        return true
-    }
-
     private func send(_ payload: ByteBuffer, to destination: IPEndpoint) {
         guard !closed, let channel = outbound[destination.address.isIPv6] else { return }
-        counts.relayed += 1
+        destinations.counts.relayed += 1
         gateway.metrics?.udpRelayed(fromClient: payload.readableBytes)
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: SocketAddress(destination), data: payload), promise: nil)
     }
@@ -396,28 +301,28 @@ final class UDPAssociation {
 
     private func fromDestination(_ envelope: AddressedEnvelope<ByteBuffer>) {
         guard var from = envelope.remoteAddress.ipEndpoint else {
-            counts.foreign += 1
+            destinations.counts.foreign += 1
             return
         }
         var payload = envelope.data
-        var expected = Verdict.direct
-        if case .ready(_, _, let parentRelayAddress)? = parentRelay, from == parentRelayAddress {
+        var viaParent = false
+        if let parentRelayAddress = parentRelay?.relay, from == parentRelayAddress {
             // From the parent's relay: its header names the destination that answered.
             guard let header = try? payload.readSOCKS5UDPHeader(), header.fragment == 0 else {
-                counts.malformed += 1
+                destinations.counts.malformed += 1
                 return
             }
             switch header.host {
             case .ipv4(let address): from = IPEndpoint(address: .v4(address), port: header.port)
             case .ipv6(let address): from = IPEndpoint(address: .v6(address), port: header.port)
             case .domain:
-                counts.malformed += 1
+                destinations.counts.malformed += 1
                 return
             }
-            expected = .viaParent
+            viaParent = true
         }
-        guard verdicts[from] == expected, let relay, let clientSource else {
-            counts.foreign += 1
+        guard destinations.expectsReply(from: from, viaParent: viaParent), let relay, let clientSource else {
+            destinations.counts.foreign += 1
             return
         }
         var datagram = relay.allocator.buffer(capacity: payload.readableBytes + 22)
@@ -426,12 +331,12 @@ final class UDPAssociation {
         datagram.writeBuffer(&payload)
         if let perMessage {
             guard let wrapped = perMessage.wrapDatagram(datagram, allocator: relay.allocator) else {
-                counts.malformed += 1
+                destinations.counts.malformed += 1
                 return
             }
             datagram = wrapped
         }
-        counts.replies += 1
+        destinations.counts.replies += 1
         relay.writeAndFlush(AddressedEnvelope(remoteAddress: clientSource, data: datagram), promise: nil)
     }
 }
@@ -458,74 +363,5 @@ private final class Receiver: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A datagram socket error (say ICMP port unreachable) ends nothing.
-    }
-}
-
-/// The control connection of a UDP ASSOCIATE: sets up the association, answers with the
-/// relay's address, and ends the association when the connection closes. Bytes the
-/// client sends on it mean nothing and are dropped.
-final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let setup: SessionSetup
-    private let facts: RequestFacts
-    private let request: SOCKSRequest
-    private var association: UDPAssociation?
-
-    init(_ setup: SessionSetup, facts: RequestFacts, request: SOCKSRequest) {
-        self.setup = setup
-        self.facts = facts
-        self.request = request
-    }
-
-    /// The request's address is where the client will send from (zeros: not known yet).
-    func handlerAdded(context: ChannelHandlerContext) {
-        if let refusal = setup.admission.admit(facts) {
-            setup.decider.refuse(facts, refusal, on: context.eventLoop)
-            context.sendAndClose(.failed(.notAllowed, version: setup.version))
-            return
-        }
-        let expected: IPEndpoint? =
-            switch request.host {
-            case .ipv4(let address): IPEndpoint(address: .v4(address), port: request.port)
-            case .ipv6(let address): IPEndpoint(address: .v6(address), port: request.port)
-            case .domain: nil
-            }
-        var logger = setup.gateway.logger
-        logger[metadataKey: "client"] = "\(facts.client)"
-        let association = UDPAssociation(
-            gateway: setup.gateway, facts: facts, expectedSource: expected, control: context.channel, session: setup.id,
-            admission: setup.admission, perMessage: setup.perMessage, logger: logger)
-        self.association = association
-        association.start(on: facts.listener.address, eventLoop: context.eventLoop).assumeIsolated().whenComplete { result in
-            switch result {
-            case .failure(let error):
-                logger.notice("UDP ASSOCIATE cannot bind a relay", metadata: ["error": "\(error)"])
-                context.sendAndClose(.failed(.generalFailure, version: self.setup.version))
-            case .success(let relay):
-                context.write(.granted(version: self.setup.version, boundAddress: relay))
-                context.flush()
-            }
-        }
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        association?.close()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case ChannelEvent.inputClosed, is ChannelShouldQuiesceEvent:
-            // The control connection closed: the association ends with it.
-            context.close(promise: nil)
-        default:
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
     }
 }

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import Gateway
+import SOCKSSession
 
 @Suite struct BoundedCacheTests {
     @Test func holdsAtMostItsCapacityDroppingTheOldest() {

@@ -1,8 +1,8 @@
 /// A dictionary that holds at most `capacity` entries: adding one more drops the oldest
 /// added. For what a client can make the gateway remember (a UDP association's verdicts
 /// and resolutions), so that one client cannot grow it without end.
-struct BoundedCache<Key: Hashable, Value> {
-    let capacity: Int
+public struct BoundedCache<Key: Hashable, Value> {
+    public let capacity: Int
     /// Each value with the number of its insertion, which `order` refers to.
     private var values: [Key: (value: Value, added: UInt64)] = [:]
     /// Keys in the order they were added; `order[head...]` may still be held (an entry
@@ -11,19 +11,19 @@ struct BoundedCache<Key: Hashable, Value> {
     private var head = 0
     private var additions: UInt64 = 0
     /// Entries dropped to make room, since the start.
-    private(set) var evicted = 0
+    public private(set) var evicted = 0
 
-    init(capacity: Int) {
+    public init(capacity: Int) {
         self.capacity = max(1, capacity)
     }
 
-    subscript(key: Key) -> Value? {
+    public subscript(key: Key) -> Value? {
         values[key]?.value
     }
 
-    var count: Int { values.count }
+    public var count: Int { values.count }
 
-    mutating func set(_ value: Value, for key: Key) {
+    public mutating func set(_ value: Value, for key: Key) {
         if let existing = values[key] {
             values[key] = (value, existing.added)
             return
@@ -39,11 +39,11 @@ struct BoundedCache<Key: Hashable, Value> {
         }
     }
 
-    mutating func remove(_ key: Key) {
+    public mutating func remove(_ key: Key) {
         values[key] = nil
     }
 
-    mutating func removeAll() {
+    public mutating func removeAll() {
         values.removeAll()
         order.removeAll()
         head = 0
@@ -66,3 +66,5 @@ struct BoundedCache<Key: Hashable, Value> {
         }
     }
 }
+
+extension BoundedCache: Sendable where Key: Sendable, Value: Sendable {}
