@@ -95,10 +95,7 @@ public final class AuditWriter: Sendable {
         let (descriptor, chain, continuing) = try Self.open(path)
         state = NIOLockedValueBox(
             State(encoder: AuditBatchEncoder(chain: chain, instance: instance, signingKey: signingKey), descriptor: descriptor))
-        var first = AuditRecord(event: continuing ? .chainContinue : .chainStart)
-        if !continuing { first.seed = chain.lastHash }
-        first.previousFile = continuing ? path : nil
-        enqueue(first)
+        enqueue(continuing ? .chainContinue(previousFile: path) : .chainStart(seed: chain.lastHash))
     }
 
     /// stdout for `-`; else the file, appended to. An existing log's last line gives the
@@ -321,9 +318,7 @@ public final class AuditWriter: Sendable {
             if state.healthy {
                 // Says in the log itself that it had a gap; as long as it is queued the
                 // writer keeps trying, and its write is what makes the log healthy again.
-                var gap = AuditRecord(event: .auditGap)
-                gap.time = AuditChain.timestamp()
-                gap.reason = "\(reason), since \(gap.time); new requests were refused meanwhile"
+                let gap = AuditRecord.auditGap(reason: reason, time: AuditChain.timestamp())
                 state.queue.append(Entry(record: gap, written: nil))
             }
             return state.healthy
@@ -371,9 +366,7 @@ public final class AuditWriter: Sendable {
         }
         fsync(old)
         close(old)
-        var marker = AuditRecord(event: .chainContinue)
-        marker.time = AuditChain.timestamp()
-        marker.previousFile = path + " (before reopen)"
+        let marker = AuditRecord.chainContinue(previousFile: path + " (before reopen)", time: AuditChain.timestamp())
         state.withLockedValue { $0.queue.insert(Entry(record: marker, written: nil), at: 0) }
     }
 }

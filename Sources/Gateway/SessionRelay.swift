@@ -28,16 +28,10 @@ enum SessionRelay {
         let audit = gateway.audit
         let counters = gateway.metrics.map { (fromClient: $0.tcpFromClients, toClient: $0.tcpToClients) }
         let (clientSide, destinationSide) = RelayHandler.matchedPair(counting: counters) { client in
-            guard let audit else { return }
-            var record = AuditRecord(event: .sessionEnd)
-            record.session = session
-            record.bytesFromClient = client.bytesRead
-            record.bytesToClient = client.partnerBytesRead
-            let elapsed = ContinuousClock.now - started
-            record.durationMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
-            record.reason = client.closeReason
-            record.parent = parent
-            audit.record(record)
+            audit?.record(
+                .sessionEnd(
+                    session: session, reason: client.closeReason, bytesFromClient: client.bytesRead,
+                    bytesToClient: client.partnerBytesRead, duration: .now - started, parent: parent))
         }
         do {
             try outbound.pipeline.syncOperations.addHandler(destinationSide)
@@ -69,14 +63,7 @@ enum SessionRelay {
     /// The session-end record of a request that was allowed but ended before its relay:
     /// it failed (`reply` is what the client heard) or its client left (no reply).
     static func recordEndBeforeRelay(_ reason: String, reply: SOCKSServerMessage?, gateway: GatewayContext, session: UInt64) {
-        guard let audit = gateway.audit else { return }
-        var record = AuditRecord(event: .sessionEnd)
-        record.session = session
-        record.reason = reason
-        record.reply = reply?.replyCode.map(Int.init)
-        record.bytesFromClient = 0
-        record.bytesToClient = 0
-        audit.record(record)
+        gateway.audit?.record(.sessionEnd(session: session, reason: reason, reply: reply?.replyCode.map(Int.init)))
     }
 }
 

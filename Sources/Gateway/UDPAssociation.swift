@@ -127,16 +127,13 @@ final class UDPAssociation {
         parentRelay?.control.close(promise: nil)
         if wasOpen, relay != nil {
             let counts = destinations.counts
-            if let audit = gateway.audit {
-                var record = AuditRecord(event: .sessionEnd)
-                record.session = session
-                record.reason =
-                    "udp association ended: \(counts.relayed) relayed, \(counts.replies) replies, "
-                    + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped, "
-                    + "\(counts.pending) dropped while their destination was resolved or decided, "
-                    + "\(counts.overRate) dropped over \(UDPDestinations.Limits.decisionsPerSecond) new destinations a second"
-                audit.record(record)
-            }
+            gateway.audit?.record(
+                .udpAssociationEnd(
+                    session: session,
+                    reason: "udp association ended: \(counts.relayed) relayed, \(counts.replies) replies, "
+                        + "\(counts.fragments) fragments, \(counts.foreign) foreign and \(counts.denied) denied dropped, "
+                        + "\(counts.pending) dropped while their destination was resolved or decided, "
+                        + "\(counts.overRate) dropped over \(UDPDestinations.Limits.decisionsPerSecond) new destinations a second"))
             logger.info(
                 "UDP association ended",
                 metadata: [

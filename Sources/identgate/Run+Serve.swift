@@ -27,31 +27,25 @@ extension Run {
         let metrics = metricsSetup?.0
         audit?.start()
         defer { audit?.shutdown() }
-        var privileges = AuditRecord(event: .privileges)
         if let dropped {
             logger.info("privileges dropped", metadata: ["user": "\(dropped.identity)", "verified": "\(dropped)"])
-            privileges.user = dropped.identity.description
-            privileges.verified = dropped.description
+            audit?.record(.privileges(user: dropped.identity.description, verified: dropped.description))
         } else {
-            privileges.user = "uid \(geteuid())"
-            privileges.verified = geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"
+            audit?.record(
+                .privileges(
+                    user: "uid \(geteuid())",
+                    verified: geteuid() == 0 ? "kept root (--stay-root)" : "not started as root: nothing to drop"))
         }
-        audit?.record(privileges)
         let engine = PolicyEngine(policy: compiled)
         let report = await ExpectationReport.run(compiled, engine: engine)
         if let problem = testProblem(report) {
-            var rejected = AuditRecord(event: .policyReloadRejected)
-            rejected.policyFile = policy ?? DefaultPolicy.fileName
-            rejected.reason = problem
-            audit?.record(rejected)
+            audit?.record(.policyReloadRejected(file: policy ?? DefaultPolicy.fileName, reason: problem))
             throw FailedStart(message: problem)
         }
-        var loaded = AuditRecord(event: .policyLoad)
-        loaded.policyFile = policy ?? DefaultPolicy.fileName
-        loaded.policySHA256 = policySHA256
-        loaded.rules = compiled.rules.count
-        loaded.tests = report.passed
-        audit?.record(loaded)
+        audit?.record(
+            .policyLoad(
+                file: policy ?? DefaultPolicy.fileName, sha256: policySHA256, rules: compiled.rules.count,
+                testsPassed: report.passed))
 
         let signals = Signals()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
@@ -93,12 +87,10 @@ extension Run {
         for (line, parent) in compiled.routesToItself(listening: bound) {
             logger.warning("the rule on line \(line) routes through this gateway itself (\(parent)): a loop")
         }
-        var started = AuditRecord(event: .gatewayStart)
-        started.version = Identgate.configuration.version
-        started.listen = bound.map(\.description)
-        started.policyFile = policy ?? DefaultPolicy.fileName
-        started.policySHA256 = policySHA256
-        audit?.record(started)
+        audit?.record(
+            .gatewayStart(
+                version: Identgate.configuration.version, listen: bound.map(\.description),
+                policyFile: policy ?? DefaultPolicy.fileName, policySHA256: policySHA256))
         logger.info(
             "identgate serving",
             metadata: [
@@ -144,9 +136,7 @@ extension Run {
         await metricsEndpoint?.stop()
         let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
         if !inTime { logger.notice("grace period over; closing the sessions still running") }
-        var stopped = AuditRecord(event: .gatewayStop)
-        stopped.reason = signal
-        audit?.record(stopped)
+        audit?.record(.gatewayStop(reason: signal))
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
         logger.info("stopped")
@@ -186,10 +176,7 @@ extension Run {
         func reject(_ problem: String) {
             metrics?.policyReloaded(applied: false)
             logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
-            var rejected = AuditRecord(event: .policyReloadRejected)
-            rejected.policyFile = path
-            rejected.reason = problem
-            audit?.record(rejected)
+            audit?.record(.policyReloadRejected(file: path, reason: problem))
         }
         let tested: TestedPolicy
         do {
@@ -204,12 +191,8 @@ extension Run {
         store.replace(with: engine, sha256: tested.file.sha256)
         metrics?.policyReloaded(applied: true)
         metrics?.policyLoaded(sha256: tested.file.sha256, file: path)
-        var reloaded = AuditRecord(event: .policyReload)
-        reloaded.policyFile = path
-        reloaded.policySHA256 = tested.file.sha256
-        reloaded.rules = engine.policy.rules.count
-        reloaded.tests = report.passed
-        audit?.record(reloaded)
+        audit?.record(
+            .policyReload(file: path, sha256: tested.file.sha256, rules: engine.policy.rules.count, testsPassed: report.passed))
         logger.info(
             "policy reloaded",
             metadata: ["file": "\(path)", "rules": "\(engine.policy.rules.count)", "tests": "\(report.passed) passed"])

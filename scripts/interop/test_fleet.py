@@ -295,6 +295,17 @@ print(repr(s.recv(10)))
 
     def test_4_audit_review_reads_both_instances(self):
         g1, g2 = (os.path.join(self.folder, f"{g}.jsonl") for g in ("g1", "g2"))
+        # The gateways still run: wait until their writers have written the last batches
+        # (unchanged for half a second), so that the review and the counts below read
+        # the same records.
+        deadline = time.monotonic() + 10
+        sizes = None
+        while time.monotonic() < deadline:
+            now = (os.path.getsize(g1), os.path.getsize(g2))
+            if now == sizes:
+                break
+            sizes = now
+            time.sleep(0.5)
         verify = subprocess.run([BINARY, "audit", "verify", g1, g2], capture_output=True, text=True, timeout=60)
         self.assertEqual(verify.returncode, 0, verify.stdout)
         self.assertIn("instance g1:", verify.stdout)
