@@ -72,7 +72,8 @@ struct RequestDecider {
         // The policy's own refusals after the rules (a loop through the gateway, a command
         // the route cannot carry) are decided in AccessPolicy; the gateway tells it only
         // what it alone can know.
-        var decision = decision.checked(facts, destinationIsGateway: destinationIsGateway(facts))
+        // (Asked only of an allow: the check may bind a socket to the address.)
+        var decision = decision.checked(facts, destinationIsGateway: decision.verdict == .allow && destinationIsGateway(facts))
         if decision.verdict == .allow, let refusal = admission.admit(facts.attributed(by: decision)) {
             decision = decision.refused(by: refusal)
             gateway.repeated.occurred(
