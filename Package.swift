@@ -5,15 +5,18 @@ import PackageDescription
 //
 // Layers, each depending only on the ones above it:
 //   NetAddress      pure IP address and CIDR values
+//   PrintableText   text others chose, made safe to print: terminal/log escaping, JSON strings
 //   PosixEndpoint   the one conversion between IPEndpoint and the socket calls' sockaddr
 //   ProxyURL        SOCKS URLs (socks5h://user@gw:1080): parents in the policy, servers for probe
 //   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
 //   ProxyProtocol   pure PROXY protocol v1/v2 header parser (clients behind a load balancer)
 //   AccessPolicy    pure request facts -> decision engine, and the policy language
 //   IdentProtocol   pure RFC 1413 query and reply
-//   SOCKSSession    pure session state machines (CONNECT, BIND) and the wire <-> policy vocabulary
+//   SOCKSSession    pure session state machines (CONNECT, BIND, UDP's destinations) and the
+//                   wire <-> policy vocabulary (SOCKS requests and ident replies as facts)
 //   AuditLog        audit records, the hash chain, reading log files (plain and gzip)
 //   PolicyFiles     a policy file and its tests from disk, with the SHA-256 of what was compiled
+//   CommandSupport  what every command shares: running async work to its end, a failed start
 //   OfflineCommands check, test, explain, audit: files and the pure core, no SwiftNIO I/O
 //   Gateway         SwiftNIO handlers, relay, resolver, ident client, audit writer (all the I/O)
 //   identgate       the command line: run (Gateway) and the offline commands
@@ -43,6 +46,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "NetAddress"),
+        .target(name: "PrintableText"),
         .target(name: "PosixEndpoint", dependencies: ["NetAddress"]),
         // SOCKS URLs (socks5h://user@gw:1080): the policy names parents by them, the wire
         // speaks to them.
@@ -54,13 +58,18 @@ let package = Package(
         .target(name: "AccessPolicy", dependencies: ["NetAddress", "ProxyURL"]),
         // HAProxy's PROXY protocol (v1 and v2): the real client behind a load balancer.
         .target(name: "ProxyProtocol", dependencies: ["NetAddress"]),
-        .target(name: "SOCKSSession", dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy"]),
-        .target(name: "IdentProtocol", dependencies: ["AccessPolicy"]),
+        .target(name: "IdentProtocol"),
+        .target(
+            name: "SOCKSSession", dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy", "IdentProtocol"]),
         .target(
             name: "AuditLog",
-            dependencies: ["AccessPolicy", "NetAddress", "CZlib", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "AccessPolicy", "NetAddress", "PrintableText", "CZlib", .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
-        .target(name: "PolicyFiles", dependencies: ["AccessPolicy", "AuditLog"]),
+        .target(name: "PolicyFiles", dependencies: ["AccessPolicy", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "CommandSupport", dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
@@ -72,7 +81,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PolicyFiles", "PosixEndpoint", "CCrypt",
+                "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PrintableText", "PosixEndpoint", "CCrypt",
                 "CGSSAPI", "ProxyURL", "ProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -88,16 +97,16 @@ let package = Package(
         .target(
             name: "OfflineCommands",
             dependencies: [
-                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress",
+                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText",
+                "CommandSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // `identgate probe`: a SOCKS client on blocking sockets, for operators.
         .target(
             name: "Probe",
             dependencies: [
-                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL", "AuditLog",
+                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL", "PrintableText",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -106,7 +115,7 @@ let package = Package(
             name: "identgate",
             dependencies: [
                 "Gateway", "OfflineCommands", "Probe", "PolicyFiles", "AccessPolicy", "NetAddress", "SOCKSWire", "Privileges", "AuditLog",
-                "CBuildInfo",
+                "PrintableText", "CommandSupport", "CBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -129,10 +138,17 @@ let package = Package(
             path: "Tests/AllocationGuard"
         ),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "PosixEndpoint"]),
-        .testTarget(name: "SOCKSWireTests", dependencies: ["SOCKSWire", "NetAddress", "ProxyURL", "ProxyProtocol"]),
+        .testTarget(name: "PrintableTextTests", dependencies: ["PrintableText"]),
+        .testTarget(
+            name: "SOCKSWireTests",
+            dependencies: ["SOCKSWire", "NetAddress", "ProxyURL", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "ProxyURLTests", dependencies: ["ProxyURL", "NetAddress"]),
+        .testTarget(name: "ProxyProtocolTests", dependencies: ["ProxyProtocol", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
-        .testTarget(name: "SOCKSSessionTests", dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress", "ProxyURL"]),
-        .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol", "AccessPolicy"]),
+        .testTarget(
+            name: "SOCKSSessionTests",
+            dependencies: ["SOCKSSession", "SOCKSWire", "AccessPolicy", "NetAddress", "ProxyURL", "IdentProtocol"]),
+        .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(name: "PolicyFilesTests", dependencies: ["PolicyFiles", "AuditLog", "AccessPolicy"]),
         .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress", "PosixEndpoint"]),
@@ -144,6 +160,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
     ],
@@ -168,7 +185,7 @@ if Context.environment["IDENTGATE_FUZZ"] != nil {
             name: "fuzz-policy", dependencies: ["AccessPolicy"], path: "Tests/Fuzz/FuzzPolicy", swiftSettings: fuzzFlags))
     package.targets.append(
         .executableTarget(
-            name: "fuzz-ident", dependencies: ["IdentProtocol", "AccessPolicy"], path: "Tests/Fuzz/FuzzIdent",
+            name: "fuzz-ident", dependencies: ["IdentProtocol", "SOCKSSession", "AccessPolicy"], path: "Tests/Fuzz/FuzzIdent",
             swiftSettings: fuzzFlags))
     package.targets.append(
         .executableTarget(

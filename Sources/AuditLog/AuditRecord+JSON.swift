@@ -1,3 +1,4 @@
+import PrintableText
 /// A hand-written JSON encoder for audit records: the writer encodes every record, and
 /// Foundation's JSONEncoder costs several times more per record. Keys are written in
 /// sorted order, absent optionals left out, strings escaped as RFC 8259 requires.
@@ -69,40 +70,6 @@ extension AuditRecord {
     }
 }
 
-/// JSON string literals as the audit log writes them (RFC 8259, and DEL), for the other
-/// JSON the gateway prints (`--log-format json`).
-public enum JSONText {
-    public static func quoted(_ text: String) -> String {
-        var writer = JSONObjectWriter()
-        writer.string(text)
-        return String(decoding: writer.out, as: UTF8.self)
-    }
-
-    /// JSON text from another serializer (Foundation's leaves them raw) with the
-    /// characters a terminal or a line reader would act on escaped as `\uXXXX`: C1
-    /// controls (U+009B is a CSI to many terminals), the line separators U+2028/2029
-    /// and the bidirectional controls. They can only be inside strings, where the escape
-    /// means the same character.
-    public static func escapingInvisibles(_ json: String) -> String {
-        guard json.unicodeScalars.contains(where: isInvisible) else { return json }
-        var out = String.UnicodeScalarView()
-        for scalar in json.unicodeScalars {
-            if isInvisible(scalar) {
-                let hex = String(scalar.value, radix: 16)
-                out.append(contentsOf: ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).unicodeScalars)
-            } else {
-                out.append(scalar)
-            }
-        }
-        return String(out)
-    }
-
-    /// What `DisplayText` escapes beyond ASCII (ASCII's controls JSON escapes itself).
-    static func isInvisible(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value >= 0x80 && DisplayText.needsEscape(scalar)
-    }
-}
-
 private struct JSONObjectWriter {
     var out: [UInt8] = []
     /// No field written yet in the object being written (no comma before the next key).
@@ -154,73 +121,7 @@ private struct JSONObjectWriter {
         out.append(UInt8(ascii: "]"))
     }
 
-    private static let hex = Array("0123456789abcdef".utf8)
-
-    /// Copies the string in runs between the bytes that need escaping: most audit strings
-    /// (addresses, names, digests) have none and go in with one copy.
     mutating func string(_ value: String) {
-        out.append(UInt8(ascii: "\""))
-        var value = value
-        value.withUTF8 { bytes in
-            var runStart = 0
-            var index = 0
-            while index < bytes.count {
-                let byte = bytes[index]
-                // U+2028 and U+2029 (E2 80 A8/A9) are valid in JSON but end a line for
-                // many line readers (JavaScript, Python's splitlines): escaped too.
-                // So are the C1 controls (C2 80-9F; U+009B is a CSI to many terminals) and
-                // the bidirectional controls: valid JSON, but not text to print raw.
-                let invisible = Self.invisibleScalar(bytes, at: index)
-                guard Self.needsEscape(byte) || invisible != nil else {
-                    index += 1
-                    continue
-                }
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
-                if let (scalar, length) = invisible {
-                    let hex = String(scalar, radix: 16)
-                    out += Array(("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
-                    index += length
-                } else {
-                    escape(byte)
-                    index += 1
-                }
-                runStart = index
-            }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart...]))
-        }
-        out.append(UInt8(ascii: "\""))
-    }
-
-    /// The scalar and its UTF-8 length, if the bytes at `index` encode one that
-    /// `JSONText.isInvisible` names (all are two or three bytes long).
-    private static func invisibleScalar(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int) -> (UInt32, Int)? {
-        let byte = bytes[index]
-        guard byte == 0xC2 || byte == 0xD8 || byte == 0xE2 else { return nil }
-        if byte != 0xE2 {
-            guard index + 1 < bytes.count else { return nil }
-            let scalar = (UInt32(byte & 0x1F) << 6) | UInt32(bytes[index + 1] & 0x3F)
-            return Unicode.Scalar(scalar).map(JSONText.isInvisible) == true ? (scalar, 2) : nil
-        }
-        guard index + 2 < bytes.count else { return nil }
-        let scalar = (UInt32(byte & 0x0F) << 12) | (UInt32(bytes[index + 1] & 0x3F) << 6) | UInt32(bytes[index + 2] & 0x3F)
-        return Unicode.Scalar(scalar).map(JSONText.isInvisible) == true ? (scalar, 3) : nil
-    }
-
-    private static func needsEscape(_ byte: UInt8) -> Bool {
-        byte < 0x20 || byte == 0x7F || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\")
-    }
-
-    private mutating func escape(_ byte: UInt8) {
-        out.append(UInt8(ascii: "\\"))
-        switch byte {
-        case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(byte)
-        case 0x0A: out.append(UInt8(ascii: "n"))
-        case 0x0D: out.append(UInt8(ascii: "r"))
-        case 0x09: out.append(UInt8(ascii: "t"))
-        default:
-            out += [
-                UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), Self.hex[Int(byte >> 4)], Self.hex[Int(byte & 0x0f)],
-            ]
-        }
+        JSONText.appendQuoted(value, to: &out)
     }
 }

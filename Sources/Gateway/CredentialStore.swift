@@ -1,5 +1,4 @@
 import CCrypt
-import PolicyFiles
 
 #if canImport(Glibc)
     import Glibc
@@ -58,10 +57,6 @@ public struct CredentialStore: PasswordVerifier {
         self.decoyHash =
             hashes.values.first(where: { $0.hasPrefix("$") })
             ?? (try? PasswordHasher.hash(password: Array("decoy".utf8), method: .sha512)) ?? "*"
-    }
-
-    public init(contentsOfFile path: String) throws {
-        try self.init(contents: try TextFile.read(path), fileName: path)
     }
 
     /// Deliberately slow (that is what the hash is for): call it off the event loop.

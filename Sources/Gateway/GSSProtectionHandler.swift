@@ -1,5 +1,6 @@
 import AuditLog
 import NIOCore
+import PrintableText
 import SOCKSWire
 
 /// RFC 1961 §5 per-message protection for one client connection, at the head of its

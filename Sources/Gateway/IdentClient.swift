@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NetAddress
+import PrintableText
 
 /// An RFC 1413 client on SwiftNIO. It connects to port 113 of the SOCKS client's
 /// address from the gateway address the client reached (an identd answers only about

@@ -1,8 +1,10 @@
 import AccessPolicy
 import AuditLog
+import CommandSupport
 import Logging
 import NIOCore
 import NetAddress
+import PrintableText
 import SOCKSSession
 import SOCKSWire
 

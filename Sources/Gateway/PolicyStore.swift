@@ -20,6 +20,9 @@ public final class PolicyStore: PolicyDecider {
 
     public var engine: PolicyEngine { current.withLockedValue { $0.engine } }
 
+    /// The SHA-256 of the text the engine in force was compiled from, if known.
+    public var sha256: String? { current.withLockedValue { $0.sha256 } }
+
     public var generation: UInt64 { current.withLockedValue { $0.generation } }
 
     /// Sessions open under the policy's `sessions` limits: they stay counted under the

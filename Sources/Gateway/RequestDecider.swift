@@ -1,8 +1,9 @@
 import AccessPolicy
 import AuditLog
 import Logging
-import NetAddress
 import NIOCore
+import NetAddress
+import PrintableText
 import SOCKSSession
 import SOCKSWire
 

@@ -1,6 +1,7 @@
 import AccessPolicy
 import ArgumentParser
 import AuditLog
+import CommandSupport
 import Foundation
 import NetAddress
 

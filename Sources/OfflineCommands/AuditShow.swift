@@ -3,6 +3,7 @@ import ArgumentParser
 import AuditLog
 import Foundation
 import NetAddress
+import PrintableText
 
 /// A key for a session across gateway restarts and instances: session numbers start
 /// again at each start, and each instance numbers its own.

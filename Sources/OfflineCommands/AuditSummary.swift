@@ -3,6 +3,7 @@ import ArgumentParser
 import AuditLog
 import Foundation
 import NetAddress
+import PrintableText
 
 struct AuditSummary: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,8 +1,10 @@
 import AccessPolicy
 import ArgumentParser
 import AuditLog
+import CommandSupport
 import Foundation
 import NetAddress
+import PrintableText
 
 struct AuditVerify: ParsableCommand {
     static let configuration = CommandConfiguration(

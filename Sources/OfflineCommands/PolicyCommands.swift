@@ -1,8 +1,10 @@
 import AccessPolicy
-import AuditLog
 import ArgumentParser
+import AuditLog
+import CommandSupport
 import NetAddress
 import PolicyFiles
+import PrintableText
 import SOCKSSession
 import SOCKSWire
 

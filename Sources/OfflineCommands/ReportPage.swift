@@ -1,5 +1,6 @@
 import AuditLog
 import Foundation
+import PrintableText
 
 /// The HTML of `audit report`: one self-contained page (inline CSS and SVG, no script,
 /// nothing fetched), charts first and the same numbers in tables below. Every text from

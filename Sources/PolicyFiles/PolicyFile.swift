@@ -1,5 +1,5 @@
 import AccessPolicy
-import AuditLog
+import Crypto
 import Foundation
 
 /// A policy file as read from disk: its compilation (with `FILE.tests` beside it) and the
@@ -43,9 +43,12 @@ public struct PolicyFile: Sendable {
             sha256: sha256(of: DefaultPolicy.text))
     }
 
-    /// The same SHA-256 as the audit chain's.
+    /// SHA-256 of the text's UTF-8 bytes in lowercase hex, as the audit records carry it.
     public static func sha256(of text: String) -> String {
-        AuditChain.hash(Data(text.utf8))
+        SHA256.hash(data: Data(text.utf8)).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 0x10 ? "0" + hex : hex
+        }.joined()
     }
 }
 

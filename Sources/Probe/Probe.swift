@@ -1,8 +1,9 @@
 import ArgumentParser
-import AuditLog
+import CommandSupport
 import NIOCore
 import NetAddress
 import PosixEndpoint
+import PrintableText
 import ProxyURL
 import SOCKSWire
 

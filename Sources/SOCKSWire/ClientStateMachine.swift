@@ -1,3 +1,4 @@
+import CommandSupport
 import NIOCore
 import NetAddress
 import ProxyURL

@@ -1,5 +1,6 @@
 import AuditLog
 import Logging
+import PrintableText
 
 #if canImport(Glibc)
     import Glibc

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AuditLog
 import Gateway
+import PrintableText
 
 #if canImport(Glibc)
     import Glibc

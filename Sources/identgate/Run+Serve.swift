@@ -2,6 +2,7 @@ import AccessPolicy
 import ArgumentParser
 import AuditLog
 import CBuildInfo
+import CommandSupport
 import Foundation
 import Gateway
 import Logging
@@ -48,59 +49,21 @@ extension Run {
                 testsPassed: report.passed))
 
         let signals = Signals()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoops)
-        let identClient = IdentClient(group: group, port: identPort, logger: logger, metrics: metrics)
-        let policyStore = PolicyStore(engine, sha256: policySHA256, identLookup: identClient.lookup)
-        let threadPool = NIOThreadPool(numberOfThreads: 8)
-        threadPool.start()
-        let gateway = GatewayServer(
-            configuration: configuration,
-            policy: policyStore,
-            credentials: credentials,
-            group: group,
-            threadPool: threadPool,
-            logger: logger,
-            audit: audit,
-            gssAcceptor: gssAcceptor,
-            metrics: metrics
-        )
-        metrics?.policyLoaded(sha256: policySHA256, file: policy ?? DefaultPolicy.fileName)
-
+        let service = GatewayService(
+            settings: .init(
+                configuration: configuration, eventLoops: eventLoops, identPort: identPort,
+                policyFile: policy ?? DefaultPolicy.fileName, version: Identgate.configuration.version),
+            engine: engine, policySHA256: policySHA256, credentials: credentials, gssAcceptor: gssAcceptor, audit: audit,
+            metrics: metrics, logger: logger)
         let bound: [IPEndpoint]
         do {
-            bound = try await gateway.start(adopting: descriptors)
+            bound = try await service.start(
+                adopting: descriptors,
+                metricsListener: metricsSetup.map { .init(endpoint: $0.1.endpoint, descriptor: $0.1.descriptor) }
+            ).socks
         } catch {
             throw FailedStart(message: "\(error)")
         }
-        var metricsEndpoint: MetricsEndpoint?
-        if let (metrics, socket) = metricsSetup {
-            let endpoint = MetricsEndpoint(metrics: metrics, gateway: gateway)
-            do {
-                let served = try await endpoint.start(socket.endpoint, adopting: socket.descriptor, group: group)
-                logger.info("metrics served", metadata: ["listen": "\(served)", "paths": "/metrics /healthz"])
-            } catch {
-                _ = try? await gateway.shutdown(grace: .zero)
-                throw FailedStart(message: "\(error)")
-            }
-            metricsEndpoint = endpoint
-        }
-        for (line, parent) in compiled.routesToItself(listening: bound) {
-            logger.warning("the rule on line \(line) routes through this gateway itself (\(parent)): a loop")
-        }
-        audit?.record(
-            .gatewayStart(
-                version: Identgate.configuration.version, listen: bound.map(\.description),
-                policyFile: policy ?? DefaultPolicy.fileName, policySHA256: policySHA256))
-        logger.info(
-            "identgate serving",
-            metadata: [
-                "listen": "\(bound.map(\.description).joined(separator: " "))",
-                "policy": "\(policy ?? DefaultPolicy.fileName)",
-                "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
-            ]
-        )
-        // Ready only now: bound, privileges dropped and verified, policy loaded.
-        metrics?.markReady()
         notifier.notify("READY=1", "STATUS=serving on \(bound.map(\.description).joined(separator: " "))", "MAINPID=\(getpid())")
         let watchdog = notifier.watchdogInterval.map { interval in
             Task {
@@ -118,7 +81,7 @@ extension Run {
                 signal = name
             case .reload:
                 notifier.reloading()
-                await reloadPolicy(into: policyStore, audit: audit, metrics: metrics, logger: logger)
+                await reloadPolicy(into: service, logger: logger)
                 notifier.notify("READY=1", "STATUS=serving; policy reload done (see the log)")
                 continue
             case .reopenAuditLog:
@@ -133,12 +96,7 @@ extension Run {
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])
-        await metricsEndpoint?.stop()
-        let inTime = try await gateway.shutdown(grace: shutdownGrace.amount)
-        if !inTime { logger.notice("grace period over; closing the sessions still running") }
-        audit?.record(.gatewayStop(reason: signal))
-        try await group.shutdownGracefully()
-        try await threadPool.shutdownGracefully()
+        try await service.stop(grace: shutdownGrace.amount, reason: signal)
         logger.info("stopped")
     }
 
@@ -168,33 +126,23 @@ extension Run {
     /// SIGHUP: read, check and test the policy file again; swap only if all is well. The
     /// engine the tests ran on is the one that serves, and the recorded SHA-256 is of the
     /// bytes it was compiled from.
-    func reloadPolicy(into store: PolicyStore, audit: AuditWriter?, metrics: GatewayMetrics?, logger: Logger) async {
+    func reloadPolicy(into service: GatewayService, logger: Logger) async {
         guard let path = policy else {
             logger.notice("SIGHUP: no --policy file to reload; the embedded default stays")
             return
-        }
-        func reject(_ problem: String) {
-            metrics?.policyReloaded(applied: false)
-            logger.error("policy reload rejected; the previous policy stays in force", metadata: ["reason": "\(problem)"])
-            audit?.record(.policyReloadRejected(file: path, reason: problem))
         }
         let tested: TestedPolicy
         do {
             tested = await TestedPolicy.load(try PolicyFile.read(path))
         } catch {
-            return reject("\(error)")
+            return service.rejectPolicy(file: path, reason: "\(error)")
         }
         if let problem = compileProblem(tested.file.compilation) ?? tested.report.flatMap(testProblem) {
-            return reject(problem)
+            return service.rejectPolicy(file: path, reason: problem)
         }
-        guard let engine = tested.engine, let report = tested.report else { return reject("\(path) did not compile") }
-        store.replace(with: engine, sha256: tested.file.sha256)
-        metrics?.policyReloaded(applied: true)
-        metrics?.policyLoaded(sha256: tested.file.sha256, file: path)
-        audit?.record(
-            .policyReload(file: path, sha256: tested.file.sha256, rules: engine.policy.rules.count, testsPassed: report.passed))
-        logger.info(
-            "policy reloaded",
-            metadata: ["file": "\(path)", "rules": "\(engine.policy.rules.count)", "tests": "\(report.passed) passed"])
+        guard let engine = tested.engine, let report = tested.report else {
+            return service.rejectPolicy(file: path, reason: "\(path) did not compile")
+        }
+        service.replacePolicy(with: engine, sha256: tested.file.sha256, file: path, testsPassed: report.passed)
     }
 }

@@ -2,6 +2,7 @@ import AccessPolicy
 import ArgumentParser
 import AuditLog
 import CBuildInfo
+import CommandSupport
 import Foundation
 import Gateway
 import Logging
@@ -61,7 +62,7 @@ extension Run {
         let signingKey: AuditSigningKey?
         do {
             signingKey = try auditSigningKey.map(AuditSigningKey.init(contentsOfFile:))
-            credentials = try passwordFile.map(CredentialStore.init(contentsOfFile:))
+            credentials = try passwordFile.map { try CredentialStore(contents: TextFile.read($0), fileName: $0) }
             // Keys are copied into memory here, while still root: a keytab is root's.
             gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
             policyFile = try policy.map(PolicyFile.read) ?? .embeddedDefault

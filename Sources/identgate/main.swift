@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandSupport
 import OfflineCommands
 
 // The entry point is written out, not `@main`, so that `identgate run` starts on the

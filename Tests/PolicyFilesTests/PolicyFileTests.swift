@@ -5,6 +5,14 @@ import PolicyFiles
 import Testing
 
 @Suite struct PolicyFileTests {
+    /// The digest every decision record carries is the audit chain's SHA-256 of the same bytes.
+    @Test func policyDigestIsTheAuditChainsSHA256() {
+        for text in ["", "allow from any to any\n", "# café \u{1F600}\n" + String(repeating: "x", count: 10_000)] {
+            #expect(PolicyFile.sha256(of: text) == AuditChain.hash(Data(text.utf8)))
+        }
+        #expect(PolicyFile.sha256(of: "") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    }
+
     func write(_ text: String, to path: String) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
     }

@@ -1,5 +1,6 @@
 import AccessPolicy
 import IdentProtocol
+import SOCKSSession
 
 /// libFuzzer entry: arbitrary bytes as what an identd sends back. The reply must be
 /// classified, never trap.

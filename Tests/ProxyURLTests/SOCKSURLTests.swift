@@ -1,7 +1,6 @@
 import NetAddress
 import Testing
 
-@testable import SOCKSWire
 import ProxyURL
 
 @Suite struct SOCKSURLTests {
@@ -9,7 +8,7 @@ import ProxyURL
         let four = try SOCKSURL.parse("socks4://10.0.0.1:1080")
         #expect(four.scheme == .socks4 && four.host == .address(.v4(IPv4Address(10, 0, 0, 1))) && four.port == 1080)
         let five = try SOCKSURL.parse("socks5://root:123@10.0.0.2:1080")
-        #expect(five.user == "root" && five.password == "123" && five.scheme.version == .socks5)
+        #expect(five.user == "root" && five.password == "123" && five.scheme == .socks5)
         #expect(five.description == "socks5://root@10.0.0.2:1080", "no password in what is shown")
         let fourA = try SOCKSURL.parse("socks4a://85.224.100.1:9010")
         #expect(fourA.scheme.proxyResolves && fourA.port == 9010)

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import AuditLog
+@testable import PrintableText
 
 @Suite struct DisplayTextTests {
     @Test func ordinaryTextIsUnchanged() {
