@@ -65,6 +65,8 @@ class SessionDriver<Machine: ClientSession>: ChannelDuplexHandler, RemovableChan
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is ChannelShouldQuiesceEvent:
+            // Shutdown: a session not yet relaying ends now, and says why.
+            departure = ClientDeparture.gatewayStopped
             context.close(promise: nil)
         case ChannelEvent.inputClosed:
             // `printf … | nc`: the request, data, then EOF; the relay passes it on (a

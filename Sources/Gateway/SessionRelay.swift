@@ -89,6 +89,7 @@ enum ClientDeparture {
     static let closed = "client connection closed before the reply"
     static let leftAtEOF = "client left before the reply"
     static let leftBeforeDecision = "client left before the decision"
+    static let gatewayStopped = "gateway stopped before the reply"
 
     static func reason(for error: any Error) -> String {
         if let failure = error as? GSSProtectionFailure { return "\(failure) (before the reply)" }

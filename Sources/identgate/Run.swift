@@ -39,7 +39,10 @@ struct Run: ParsableCommand {
     var negotiateTimeout: DurationArgument = "30s"
 
     @Option(
-        help: ArgumentHelp("Longest wait for resolving a destination name, and for the outbound connect.", valueName: "duration"))
+        help: ArgumentHelp(
+            "Longest wait for resolving a destination name, and again for the outbound connect.",
+            discussion: "SOCKS4 suggests about 2 minutes; at an egress point a destination silent for 30 s is almost never coming.",
+            valueName: "duration"))
     var connectTimeout: DurationArgument = "30s"
 
     @Option(help: ArgumentHelp("Close a relay after this long with no bytes either way; 0 for never.", valueName: "duration"))
@@ -54,11 +57,17 @@ struct Run: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             "The policy file; SIGHUP re-reads, checks and tests it. Default: the embedded policies/default.policy.",
+            discussion: "FILE.tests beside it, if present, holds more expect lines. The policy must compile and pass "
+                + "its tests, at the start and at every reload; a reload that fails leaves the policy in force.",
             valueName: "file"))
     var policy: String?
 
     @Option(
-        help: ArgumentHelp("Users for SOCKS5 username/password, 'user:hash' lines (see 'identgate passwd').", valueName: "file"))
+        help: ArgumentHelp(
+            "Users for SOCKS5 username/password, 'user:hash' lines (see 'identgate passwd').",
+            discussion: "Hashes in crypt(3) form: yescrypt ($y$) or SHA-512 ($6$); /etc/shadow lines work as they are. "
+                + "A hash of ! or * is a locked account.",
+            valueName: "file"))
     var passwordFile: String?
 
     @Option(
@@ -80,6 +89,8 @@ struct Run: ParsableCommand {
         help: ArgumentHelp(
             "Where outbound traffic leaves from (CONNECT, BIND listeners, UDP relays): an address of this host or an "
                 + "interface; repeatable; the first of the destination's family is used. Default: the kernel chooses.",
+            discussion: "An interface means every address it has. A destination family with no address here is "
+                + "unreachable (0x03). An address that is not this host's stops the start with a message.",
             valueName: "addr|iface"))
     var external: [String] = []
 
@@ -104,7 +115,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("As root: after binding, run as this user, with no capabilities.", valueName: "name"))
     var user: String?
 
-    @Option(help: ArgumentHelp("With --user: run with this group and no supplementary groups.", valueName: "name"))
+    @Option(
+        help: ArgumentHelp(
+            "With --user: run with this group and no supplementary groups. Default: the user's group.", valueName: "name"))
     var group: String?
 
     @Flag(help: "Keep running as root (not recommended): without it, root must name --user.")
@@ -139,7 +152,11 @@ struct Run: ParsableCommand {
         case text, json
     }
 
-    @Option(help: "text (a line per event), or json (an object per line, for log shippers).")
+    @Option(
+        help: ArgumentHelp(
+            "text (a line per event), or json (an object per line, for log shippers).",
+            discussion: "JSON objects carry time, level, label, source, message and metadata; text a client or identd "
+                + "chose is escaped in both forms."))
     var logFormat: LogFormat = .text
 
     func validate() throws {

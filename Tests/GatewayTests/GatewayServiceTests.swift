@@ -83,6 +83,38 @@ import Testing
         #expect(events.filter { $0.0 == "decision" }.map(\.2) == ["sha-default", "sha-empty"])
     }
 
+    /// Shutdown while a BIND waits for its peer: the session's end is on record, and says
+    /// the gateway stopped (not that the client closed).
+    @Test func aSessionStoppedBeforeItsReplySaysSo() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("service-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let auditPath = directory.appendingPathComponent("audit.jsonl").path
+        let audit = try AuditWriter(path: auditPath)
+        audit.start()
+        var configuration = GatewayConfiguration()
+        configuration.listen = [IPEndpoint("127.0.0.1:0")!]
+        var logger = Logger(label: "test-service")
+        logger.logLevel = .critical
+        let service = GatewayService(
+            settings: .init(configuration: configuration, eventLoops: 1, policyFile: "default.policy", version: "test"),
+            engine: PolicyEngine(policy: DefaultPolicy.policy), policySHA256: "sha", audit: audit, logger: logger)
+        let listening = try await service.start()
+        let client = try await RawClient.connect(
+            to: try SocketAddress(ipAddress: "127.0.0.1", port: Int(listening.socks[0].port)),
+            sending: [5, 1, 0] + [5, 2, 0, 1, 127, 0, 0, 1, 0, 20])
+        defer { Task { await client.close() } }
+        #expect(try await client.read(2) == [5, 0])
+        #expect(Array(try await client.read(10).prefix(2)) == [5, 0], "the first BIND reply: listening")
+        try await service.stop(grace: .zero, reason: "SIGTERM")
+        audit.shutdown()
+        let ends = try String(contentsOfFile: auditPath, encoding: .utf8).split(separator: "\n").compactMap { line in
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return object?["event"] as? String == "session-end" ? object?["reason"] as? String : nil
+        }
+        #expect(ends == ["gateway stopped before the reply"])
+    }
+
     /// A listen address that cannot be bound: the error says which, and nothing keeps
     /// running (the threads are stopped too).
     @Test func aFailedStartStopsEverything() async throws {
