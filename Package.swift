@@ -10,6 +10,7 @@ import PackageDescription
 //   ProxyURL        SOCKS URLs (socks5h://user@gw:1080): parents in the policy, servers for probe
 //   SOCKSWire       pure SOCKS 4/4a/5 and RFC 1929 codecs and the negotiation state machine
 //   ProxyProtocol   pure PROXY protocol v1/v2 header parser (clients behind a load balancer)
+//   HTTPProxyWire   pure HTTP proxy pieces: request targets, the proxy's own answers, Basic
 //   AccessPolicy    pure request facts -> decision engine, and the policy language
 //   IdentProtocol   pure RFC 1413 query and reply
 //   SOCKSSession    pure session state machines (CONNECT, BIND, UDP's destinations) and the
@@ -58,9 +59,13 @@ let package = Package(
         .target(name: "AccessPolicy", dependencies: ["NetAddress", "ProxyURL"]),
         // HAProxy's PROXY protocol (v1 and v2): the real client behind a load balancer.
         .target(name: "ProxyProtocol", dependencies: ["NetAddress"]),
+        // HTTP proxy requests' targets, the proxy's own answers, Basic credentials (the
+        // head itself is NIOHTTP1's to parse).
+        .target(name: "HTTPProxyWire", dependencies: ["NetAddress"]),
         .target(name: "IdentProtocol"),
         .target(
-            name: "SOCKSSession", dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy", "IdentProtocol"]),
+            name: "SOCKSSession",
+            dependencies: ["NetAddress", "ProxyURL", "SOCKSWire", "AccessPolicy", "IdentProtocol", "HTTPProxyWire"]),
         .target(
             name: "AuditLog",
             dependencies: [
@@ -82,7 +87,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PrintableText", "PosixEndpoint", "CCrypt",
-                "CGSSAPI", "ProxyURL", "ProxyProtocol",
+                "CGSSAPI", "ProxyURL", "ProxyProtocol", "HTTPProxyWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -97,7 +102,7 @@ let package = Package(
         .target(
             name: "OfflineCommands",
             dependencies: [
-                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText",
+                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText", "HTTPProxyWire",
                 "CommandSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -144,6 +149,7 @@ let package = Package(
             dependencies: ["SOCKSWire", "NetAddress", "ProxyURL", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "ProxyURLTests", dependencies: ["ProxyURL", "NetAddress"]),
         .testTarget(name: "ProxyProtocolTests", dependencies: ["ProxyProtocol", "NetAddress"]),
+        .testTarget(name: "HTTPProxyWireTests", dependencies: ["HTTPProxyWire", "NetAddress"]),
         .testTarget(name: "AccessPolicyTests", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
         .testTarget(
             name: "SOCKSSessionTests",
@@ -191,6 +197,14 @@ if Context.environment["IDENTGATE_FUZZ"] != nil {
         .executableTarget(
             name: "fuzz-socks", dependencies: ["SOCKSWire", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/Fuzz/FuzzSOCKS", swiftSettings: fuzzFlags))
+    package.targets.append(
+        .executableTarget(
+            name: "fuzz-http",
+            dependencies: [
+                "HTTPProxyWire", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/Fuzz/FuzzHTTP", swiftSettings: fuzzFlags))
     package.targets.append(
         .executableTarget(
             name: "fuzz-audit", dependencies: ["AuditLog"], path: "Tests/Fuzz/FuzzAudit", swiftSettings: fuzzFlags))

@@ -4,8 +4,9 @@ import NetAddress
 /// `explain`, policy tests and audit replay build it from text. Nothing here refers to a
 /// socket or a wire format.
 public struct RequestFacts: Hashable, Sendable {
+    /// The client's protocol: a SOCKS version, or an HTTP proxy request (CONNECT).
     public enum Version: String, Hashable, Sendable, CaseIterable {
-        case socks4, socks4a, socks5
+        case socks4, socks4a, socks5, http
     }
 
     public enum Command: String, Hashable, Sendable, CaseIterable {

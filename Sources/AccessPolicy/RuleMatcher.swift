@@ -340,6 +340,7 @@ extension RequestFacts.Version {
         case .socks4: 0
         case .socks4a: 1
         case .socks5: 2
+        case .http: 3
         }
     }
 }

@@ -35,7 +35,7 @@ final class BindSessionHandler: SessionDriver<BindSession> {
         case .listenVia(let route, let destination, let port):
             listenVia(route, destination: destination, port: port, context: context)
         case .sendListeningReply(let address):
-            context.write(.granted(version: setup.version, boundAddress: address))
+            context.write(setup.frontDoor.granted(bound: address))
             context.flush()
             peerDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: setup.gateway.configuration.bindTimeout) {
                 self.setup.gateway.repeated.occurred(.bindPeerTimeout, on: context.eventLoop, metadata: ["listening": "\(address)"])
@@ -43,12 +43,12 @@ final class BindSessionHandler: SessionDriver<BindSession> {
             }
         case .startRelay(let from):
             guard let peer else {
-                context.sendAndClose(.failed(.generalFailure, version: setup.version))
+                context.sendAndClose(setup.frontDoor.failed(.generalFailure))
                 return
             }
             self.peer = nil
             SessionRelay.start(
-                client: context, outbound: peer, reply: .granted(version: setup.version, boundAddress: from), early: early,
+                client: context, outbound: peer, reply: setup.frontDoor.granted(bound: from), early: early,
                 gateway: setup.gateway, session: setup.id, parent: parent)
         case .closeListener:
             closeListener()

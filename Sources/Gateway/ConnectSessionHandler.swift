@@ -40,12 +40,12 @@ final class ConnectSessionHandler: SessionDriver<ConnectSession> {
                 // The destination's connection closed already: nothing to relay.
                 outbound?.close(promise: nil)
                 self.outbound = nil
-                context.sendAndClose(.failed(.generalFailure, version: setup.version))
+                context.sendAndClose(setup.frontDoor.failed(.generalFailure))
                 return
             }
             self.outbound = nil
             SessionRelay.start(
-                client: context, outbound: outbound, reply: .granted(version: setup.version, boundAddress: bound), early: early,
+                client: context, outbound: outbound, reply: setup.frontDoor.granted(bound: bound), early: early,
                 gateway: setup.gateway, session: setup.id, parent: parent.map { "\($0.url) (attempt \($0.attempt))" })
         case .closeOutbound:
             outbound?.close(promise: nil)

@@ -7,9 +7,17 @@ import NetAddress
 import SOCKSWire
 import Synchronization
 
+/// A protocol a listener serves.
+public enum ListenerProtocol: String, Hashable, Sendable, CaseIterable {
+    case socks, http
+}
+
 /// The settings the operator chooses on the command line.
 public struct GatewayConfiguration: Sendable {
     public var listen: [IPEndpoint] = [IPEndpoint(address: .v4(IPv4Address(127, 0, 0, 1)), port: 1080)]
+    /// What the listeners serve (`--protocols`): a connection's first byte tells SOCKS
+    /// (4 or 5) from an HTTP proxy request (a method's capital letter).
+    public var protocols: Set<ListenerProtocol> = [.socks, .http]
     /// From accept until a complete request (and authentication) has arrived.
     public var negotiationTimeout: TimeAmount = .seconds(30)
     /// For the outbound connect, and separately for resolving a destination name.

@@ -23,13 +23,13 @@ public final class GatewayMetrics: Sendable {
     static let policySeriesLimit = 2000
 
     struct SessionKind: Hashable {
-        var command: SOCKSCommand
-        var version: SOCKSVersion
+        var command: RequestFacts.Command
+        var version: RequestFacts.Version
     }
 
     private struct DecisionKey: Hashable {
         var verdict: Decision.Verdict
-        var reply: UInt8
+        var reply: Int
         var rule: RuleReference?
         var timedOut: Bool
     }
@@ -86,10 +86,10 @@ public final class GatewayMetrics: Sendable {
         ).set(to: 1)
         var started: [SessionKind: Counter] = [:]
         var open: [SessionKind: Gauge] = [:]
-        let sessionsStarted = name("sessions_started", "total", "Requests handed to a session (after negotiation), by command and SOCKS version.")
-        let sessionsOpen = name("sessions_open", "", "Sessions whose client is still connected, by command and SOCKS version.")
-        for command in [SOCKSCommand.connect, .bind, .udpAssociate] {
-            for version in [SOCKSVersion.socks4, .socks4a, .socks5] {
+        let sessionsStarted = name("sessions_started", "total", "Requests handed to a session (after negotiation), by command and client protocol.")
+        let sessionsOpen = name("sessions_open", "", "Sessions whose client is still connected, by command and client protocol.")
+        for command in RequestFacts.Command.allCases {
+            for version in RequestFacts.Version.allCases where version != .http || command == .connect {
                 let labels = [("command", command.rawValue), ("version", version.rawValue)]
                 started[SessionKind(command: command, version: version)] = registry.makeCounter(descriptor: sessionsStarted, labels: labels)
                 open[SessionKind(command: command, version: version)] = registry.makeGauge(descriptor: sessionsOpen, labels: labels)
@@ -157,7 +157,7 @@ public final class GatewayMetrics: Sendable {
     // MARK: Sessions
 
     /// A request was handed to its session; it stays open until `closed` completes.
-    func sessionStarted(_ command: SOCKSCommand, _ version: SOCKSVersion, closed: EventLoopFuture<Void>) {
+    func sessionStarted(_ command: RequestFacts.Command, _ version: RequestFacts.Version, closed: EventLoopFuture<Void>) {
         let kind = SessionKind(command: command, version: version)
         sessionsStarted[kind]?.increment()
         guard let open = sessionsOpen[kind] else { return }
@@ -177,7 +177,7 @@ public final class GatewayMetrics: Sendable {
 
     /// A decision made (`timedOut`: none was, in time; the request was refused), and how
     /// long it took (nil: no rule decided it, as for a UDP association a limit refused).
-    func decided(_ decision: Decision, reply: UInt8, after duration: Duration?, timedOut: Bool = false) {
+    func decided(_ decision: Decision, reply: Int, after duration: Duration?, timedOut: Bool = false) {
         if let duration { decisionDuration.record(duration) }
         let key = DecisionKey(verdict: decision.verdict, reply: reply, rule: decision.rule, timedOut: timedOut)
         let counter = decisions.withLockedValue { counters in

@@ -3,6 +3,7 @@ import AuditLog
 import CommandSupport
 import Logging
 import NIOCore
+import NIOHTTP1
 import NetAddress
 import PrintableText
 import SOCKSSession
@@ -26,6 +27,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var machine: SOCKSServerStateMachine
     private var received = EarlyClientData()
     private var deadline: Scheduled<Void>?
+    /// When the negotiation must be over (an HTTP request's head too).
+    private var deadlineTime = NIODeadline.now()
     /// A password check or a GSS-API context step runs on the thread pool; reading is
     /// bounded meanwhile.
     private var awaitingWork = false
@@ -46,7 +49,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.configuration.negotiationTimeout) {
+        deadlineTime = context.eventLoop.now + gateway.configuration.negotiationTimeout
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadlineTime) {
             self.gateway.repeated.occurred(.negotiationTimeout, on: context.eventLoop, metadata: ["client": "\(context.remoteAddressText)"])
             if let message = self.machine.negotiationTimedOut() {
                 context.sendAndClose(message)
@@ -62,15 +66,20 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        if firstBytes {
+        if firstBytes, let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self) {
             firstBytes = false
-            if proxied == nil, let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
-                first == UInt8(ascii: "P") || first == 0x0D
-            {
+            if proxied == nil, first == 0x0D || bytes.readableBytesView.starts(with: "PROXY ".utf8) {
                 // A PROXY protocol header from a peer that is not a trusted load balancer.
                 gateway.repeated.occurred(.untrustedProxyHeader, on: context.eventLoop, metadata: ["peer": "\(context.remoteAddressText)"])
                 return context.close(promise: nil)
             }
+            // The front door: SOCKS starts with its version (4, 5), an HTTP request with
+            // its method's first capital letter.
+            if (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(first) {
+                guard gateway.configuration.protocols.contains(.http) else { return context.close(promise: nil) }
+                return switchToHTTP(bytes, context: context)
+            }
+            guard gateway.configuration.protocols.contains(.socks) else { return context.close(promise: nil) }
         }
         received.append(&bytes)
         if !awaitingWork { advance(context: context) }
@@ -279,21 +288,25 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Hands the connection to the HTTP front door: NIOHTTP1's decoder and an
+    /// `HTTPFrontHandler` take this handler's place, under the same deadline.
+    private func switchToHTTP(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+        let front = HTTPFrontHandler(gateway: gateway, deadline: deadlineTime, proxied: proxied)
+        do {
+            try context.pipeline.syncOperations.addHandlers([decoder, front], position: .after(self))
+        } catch {
+            return context.close(promise: nil)
+        }
+        context.fireChannelRead(NIOAny(bytes))
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
     /// Replaces this handler with the session handler for the request's command.
     private func handOver(_ request: SOCKSRequest, early: EarlyClientData, context: ChannelHandlerContext) {
         deadline?.cancel()
-        switch gateway.audit?.admitRequest() {
-        case .admitted, nil:
-            break
-        case .admittedAgain(let refused):
-            gateway.logger.notice("requests are served again", metadata: ["refused meanwhile": "\(refused)"])
-        case .refused(let first):
-            // Fail closed: nothing is served that the audit log cannot record. Logged once
-            // per episode: a full disk must not fill stderr with a line per request.
-            if first {
-                gateway.logger.error(
-                    "requests refused: the audit log cannot be written or is too far behind (logged once until it recovers)")
-            }
+        guard gateway.admitToAuditLog() else {
             context.sendAndClose(.failed(.generalFailure, version: request.version))
             return
         }
@@ -309,10 +322,10 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         facts.gssapi = gssapi
         if proxied?.client != nil { facts.balancer = proxied?.balancer }
         let session = SessionSetup(
-            gateway: gateway, id: gateway.nextSessionID(), version: request.version,
+            gateway: gateway, id: gateway.nextSessionID(), frontDoor: .socks(request.version),
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture),
             perMessage: perMessage)
-        gateway.metrics?.sessionStarted(request.command, request.version, closed: context.channel.closeFuture)
+        gateway.metrics?.sessionStarted(facts.command, facts.version, closed: context.channel.closeFuture)
         let next: any ChannelHandler =
             switch request.command {
             case .connect: ConnectSessionHandler(session, facts: facts, early: early)
@@ -340,7 +353,8 @@ struct SessionSetup {
     let gateway: GatewayContext
     /// Numbers the session's records in the audit log.
     let id: UInt64
-    let version: SOCKSVersion
+    /// How the session's replies are written.
+    let frontDoor: FrontDoor
     let admission: SessionAdmission
     /// RFC 1961 per-message protection, when granted (the stream's handler is in place).
     let perMessage: GSSPerMessage?
@@ -351,4 +365,24 @@ struct SessionSetup {
 extension ChannelHandlerContext {
     /// The client's address for a log line, made only when the line is printed.
     var remoteAddressText: String { channel.remoteAddress?.ipEndpoint?.description ?? "unknown" }
+}
+
+extension GatewayContext {
+    /// Whether a complete request may go on to its session: fail closed, nothing is served
+    /// that the audit log cannot record. Logged once per episode: a full disk must not
+    /// fill stderr with a line per request.
+    func admitToAuditLog() -> Bool {
+        switch audit?.admitRequest() {
+        case .admitted, nil:
+            return true
+        case .admittedAgain(let refused):
+            logger.notice("requests are served again", metadata: ["refused meanwhile": "\(refused)"])
+            return true
+        case .refused(let first):
+            if first {
+                logger.error("requests refused: the audit log cannot be written or is too far behind (logged once until it recovers)")
+            }
+            return false
+        }
+    }
 }

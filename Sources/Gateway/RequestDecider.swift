@@ -132,7 +132,7 @@ struct RequestDecider {
     /// The deadline passed: a decision record says so (deny, general failure), with
     /// every fact the engine had, so the auditor sees the request and why it failed.
     private func recordTimeout(_ facts: RequestFacts, step: String?, after deadline: TimeAmount, started: ContinuousClock.Instant?) {
-        let reply = SOCKSServerMessage.failed(.generalFailure, version: SOCKSVersion(facts.version)).replyCode ?? 0
+        let reply = facts.version.replyCode(for: .generalFailure)
         if let started {
             gateway.metrics?.decided(Decision.timedOut, reply: reply, after: .now - started, timedOut: true)
         }

@@ -101,7 +101,7 @@ class SessionDriver<Machine: ClientSession>: ChannelDuplexHandler, RemovableChan
             }
         case .fail(let failure, let recordEnd):
             endOutsideWork()
-            let reply = SOCKSServerMessage.failed(failure, version: setup.version)
+            let reply = setup.frontDoor.failed(failure)
             if recordEnd {
                 SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: setup.gateway, session: setup.id)
             }

@@ -11,7 +11,7 @@ import SOCKSWire
 /// closes. The session handler that calls it leaves the pipeline.
 enum SessionRelay {
     static func start(
-        client context: ChannelHandlerContext, outbound: any Channel, reply: SOCKSServerMessage, early: EarlyClientData,
+        client context: ChannelHandlerContext, outbound: any Channel, reply: ClientReply, early: EarlyClientData,
         gateway: GatewayContext, session: UInt64, parent: String? = nil
     ) {
         guard context.channel.isActive else {
@@ -21,7 +21,7 @@ enum SessionRelay {
             return
         }
         var replyBytes = context.channel.allocator.buffer(capacity: 22)
-        replyBytes.writeSOCKSServerMessage(reply)
+        reply.write(to: &replyBytes)
         context.writeAndFlush(NIOAny(replyBytes), promise: nil)
 
         let started = ContinuousClock.now
@@ -62,24 +62,8 @@ enum SessionRelay {
 
     /// The session-end record of a request that was allowed but ended before its relay:
     /// it failed (`reply` is what the client heard) or its client left (no reply).
-    static func recordEndBeforeRelay(_ reason: String, reply: SOCKSServerMessage?, gateway: GatewayContext, session: UInt64) {
-        gateway.audit?.record(.sessionEnd(session: session, reason: reason, reply: reply?.replyCode.map(Int.init)))
-    }
-}
-
-extension ChannelHandlerContext {
-    /// Writes a SOCKS message (flushed by `flush` or the next `writeAndFlush`).
-    func write(_ message: SOCKSServerMessage) {
-        var bytes = channel.allocator.buffer(capacity: 22)
-        bytes.writeSOCKSServerMessage(message)
-        write(NIOAny(bytes), promise: nil)
-    }
-
-    /// Sends a SOCKS message, then closes the connection.
-    func sendAndClose(_ message: SOCKSServerMessage) {
-        var bytes = channel.allocator.buffer(capacity: 22)
-        bytes.writeSOCKSServerMessage(message)
-        writeAndFlush(NIOAny(bytes)).assumeIsolated().whenComplete { _ in self.close(promise: nil) }
+    static func recordEndBeforeRelay(_ reason: String, reply: ClientReply?, gateway: GatewayContext, session: UInt64) {
+        gateway.audit?.record(.sessionEnd(session: session, reason: reason, reply: reply?.code))
     }
 }
 

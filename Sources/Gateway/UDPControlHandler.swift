@@ -33,7 +33,7 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         if let refusal = setup.admission.admit(facts) {
             setup.decider.refuse(facts, refusal, on: context.eventLoop)
-            context.sendAndClose(.failed(.notAllowed, version: setup.version))
+            context.sendAndClose(setup.frontDoor.failed(.notAllowed))
             return
         }
         let expected: IPEndpoint? =
@@ -52,9 +52,9 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch result {
             case .failure(let error):
                 logger.notice("UDP ASSOCIATE cannot bind a relay", metadata: ["error": "\(error)"])
-                context.sendAndClose(.failed(.generalFailure, version: self.setup.version))
+                context.sendAndClose(self.setup.frontDoor.failed(.generalFailure))
             case .success(let relay):
-                context.write(.granted(version: self.setup.version, boundAddress: relay))
+                context.write(self.setup.frontDoor.granted(bound: relay))
                 context.flush()
             }
         }

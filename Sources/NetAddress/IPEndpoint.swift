@@ -39,3 +39,18 @@ public struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// A host as a URL or a request names it: an address, or a name to resolve.
+public enum NetworkHost: Hashable, Sendable, CustomStringConvertible {
+    case address(IPAddress)
+    case name(String)
+
+    /// As it goes into a URL's authority or a `Host` header: IPv6 in brackets.
+    public var description: String {
+        switch self {
+        case .address(.v6(let address)): "[\(address)]"
+        case .address(let address): address.description
+        case .name(let name): name
+        }
+    }
+}

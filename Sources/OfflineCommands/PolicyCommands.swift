@@ -1,4 +1,5 @@
 import AccessPolicy
+import HTTPProxyWire
 import ArgumentParser
 import AuditLog
 import CommandSupport
@@ -292,12 +293,16 @@ enum Explanation {
         return lines.joined(separator: "\n")
     }
 
-    /// `allow, reply 0x00` or `deny, reply 93`: the exact reply the client would get.
+    /// `allow, reply 0x00`, `deny, reply 93` or `deny, reply 403 Forbidden`: the exact reply
+    /// the client would get.
     static func outcome(_ decision: Decision, facts: RequestFacts) -> String {
         let code = decision.replyCode(for: facts.version)
         let shown =
-            facts.version == .socks5
-            ? "0x0\(code) \(SOCKS5ReplyCode(rawValue: code).meaning)" : "\(code) \(SOCKS4ReplyCode(rawValue: code).meaning)"
+            switch facts.version {
+            case .socks5: "0x0\(code) \(SOCKS5ReplyCode(rawValue: UInt8(truncatingIfNeeded: code)).meaning)"
+            case .socks4, .socks4a: "\(code) \(SOCKS4ReplyCode(rawValue: UInt8(truncatingIfNeeded: code)).meaning)"
+            case .http: "\(code) \(ProxyStatus(rawValue: code)?.reasonPhrase ?? "")"
+            }
         return "\(decision.verdict.rawValue) (reply \(shown))"
     }
 }

@@ -86,6 +86,7 @@ struct ReportPage {
             Self.barChart(id: "chart-durations", Array(zip(ReportTally.durationBands, tally.durations)).map { ($0.0, $0.1) }, approximate: false, sorted: false))
         page += "<h2>Tables</h2>"
         page += table("Denials by rule and reply", tally.denials.top(top))
+        page += table("Requests by protocol", tally.protocols.top(top))
         page += table("Ident outcomes", tally.identOutcomes.top(top))
         page += table("Top users by requests", tally.users.top(top))
         page += table("Top clients by requests", tally.clients.top(top))

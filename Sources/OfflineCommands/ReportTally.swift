@@ -34,6 +34,8 @@ struct ReportTally {
     var clientBytes = TopCounter()
     var destinationBytes = TopCounter()
     var identOutcomes = TopCounter()
+    /// Requests by the client's protocol and command (`socks5 connect`, `http connect`).
+    var protocols = TopCounter()
     /// Session durations: counts per power-of-ten band of milliseconds (<1 ms … ≥ 1 h).
     var durations = [Int](repeating: 0, count: ReportTally.durationBands.count)
     static let durationBands = ["< 10 ms", "10-100 ms", "0.1-1 s", "1-10 s", "10-100 s", "100 s-1 h", "≥ 1 h"]
@@ -87,6 +89,7 @@ struct ReportTally {
         users.add(user)
         clients.add(host)
         destinations.add(destination)
+        protocols.add("\(record.socks ?? "?") \(record.command ?? "?")")
         var bucket = buckets[bucketKey(record.time), default: Bucket()]
         bucket.requests += 1
         if let ident = record.ident {

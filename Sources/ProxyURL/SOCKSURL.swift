@@ -22,18 +22,7 @@ public struct SOCKSURL: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Where the proxy is: an address, or a name the client resolves to reach it.
-    public enum Host: Hashable, Sendable, CustomStringConvertible {
-        case address(IPAddress)
-        case name(String)
-
-        public var description: String {
-            switch self {
-            case .address(.v6(let address)): "[\(address)]"
-            case .address(let address): address.description
-            case .name(let name): name
-            }
-        }
-    }
+    public typealias Host = NetworkHost
 
     public var scheme: Scheme
     public var host: Host

@@ -1,4 +1,5 @@
 import AccessPolicy
+import HTTPProxyWire
 import NetAddress
 import SOCKSWire
 
@@ -54,11 +55,13 @@ extension RequestFacts.Version {
 }
 
 extension SOCKSVersion {
-    public init(_ version: RequestFacts.Version) {
+    /// The SOCKS version of a request's protocol; nil for HTTP.
+    public init?(_ version: RequestFacts.Version) {
         switch version {
         case .socks4: self = .socks4
         case .socks4a: self = .socks4a
         case .socks5: self = .socks5
+        case .http: return nil
         }
     }
 }
@@ -92,13 +95,37 @@ extension SOCKSRequestFailure {
 }
 
 extension Decision {
-    /// The reply this decision means for the client: 90/0x00 when allowed, else the
+    /// The reply this decision means for the client: 90/0x00/200 when allowed, else the
     /// refusal's code.
-    public func replyCode(for version: RequestFacts.Version) -> UInt8 {
-        let failure = refusal.map(SOCKSRequestFailure.init)
-        switch version {
-        case .socks4, .socks4a: return failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue
-        case .socks5: return failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue
+    public func replyCode(for version: RequestFacts.Version) -> Int {
+        version.replyCode(for: refusal.map(SOCKSRequestFailure.init))
+    }
+}
+
+extension RequestFacts.Version {
+    /// The code a client of this protocol hears: the SOCKS4 or SOCKS5 reply code, or the
+    /// HTTP status; success when `failure` is nil. What the audit log records as `reply`.
+    public func replyCode(for failure: SOCKSRequestFailure?) -> Int {
+        switch self {
+        case .socks4, .socks4a: Int(failure?.socks4Code.rawValue ?? SOCKS4ReplyCode.granted.rawValue)
+        case .socks5: Int(failure?.socks5Code.rawValue ?? SOCKS5ReplyCode.succeeded.rawValue)
+        case .http: (failure.map(ProxyStatus.init) ?? .established).code
+        }
+    }
+}
+
+extension ProxyStatus {
+    /// The HTTP status for a request that failed (RFC 9110 §15): the policy's refusals,
+    /// ident's included, are 403 (an HTTP client has no way to say who it is to identd:
+    /// 407 would ask for what cannot help); a destination that cannot be reached is 502,
+    /// one that does not answer in time 504.
+    public init(_ failure: SOCKSRequestFailure) {
+        switch failure {
+        case .notAllowed, .identUnreachable, .identMismatch: self = .forbidden
+        case .generalFailure, .networkUnreachable, .hostUnreachable, .connectionRefused: self = .badGateway
+        case .timedOut: self = .gatewayTimeout
+        case .commandNotSupported: self = .notImplemented
+        case .addressTypeNotSupported: self = .badRequest
         }
     }
 }

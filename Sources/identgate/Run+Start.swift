@@ -46,6 +46,7 @@ extension Run {
         configuration.connectTimeout = connectTimeout.amount
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods
+        configuration.protocols = Set(parsedProtocols)
         configuration.proxyProtocolFrom = try proxyProtocolFrom.map { text in
             guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
             return network

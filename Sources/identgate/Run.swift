@@ -35,6 +35,14 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "What the listeners serve: socks, http, or both (the default; each connection's first byte tells them apart).",
+            discussion: "http: HTTP proxy requests, CONNECT host:port (https_proxy=http://gw:1080), decided by the same "
+                + "policy as SOCKS (its version is http), with Proxy-Authorization: Basic checked against --password-file.",
+            valueName: "list"))
+    var protocols: String = "socks,http"
+
+    @Option(
+        help: ArgumentHelp(
             "Longest wait from accept to a complete request; also each policy decision's deadline.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
@@ -172,9 +180,16 @@ struct Run: ParsableCommand {
         if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
             throw ValidationError("--methods password needs --password-file")
         }
+        if parsedProtocols.isEmpty || parsedProtocols.count != protocols.split(separator: ",").count {
+            throw ValidationError("--protocols: '\(protocols)' is not a list of socks, http")
+        }
         if let metrics = metricsListen?.endpoint, listen.contains(where: { $0.endpoint == metrics }) {
             throw ValidationError("--metrics-listen \(metrics) is also a --listen address: the metrics need a port of their own")
         }
+    }
+
+    var parsedProtocols: [ListenerProtocol] {
+        protocols.split(separator: ",").compactMap { ListenerProtocol(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
     }
 
     var parsedMethods: [SOCKS5AuthMethod] {

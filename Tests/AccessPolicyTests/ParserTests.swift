@@ -30,7 +30,7 @@ import Testing
         ("allow label unquoted", "1:13: error: expected the label as a \"quoted string\""),
         ("net corp = 10.0.0.0/8\nallow from corp", "2:12: error: 'corp' is a set: write @corp"),
         ("net 9lives = 10.0.0.0/8", "1:5: error: a set name is letters, digits"),
-        ("allow version socks6", "1:15: error: 'socks6' is not a SOCKS version"),
+        ("allow version socks6", "1:15: error: 'socks6' is not a client protocol"),
         ("allow auth kerberos", "1:12: error: 'kerberos' is not an auth method"),
         ("allow to bad!name", "1:10: error: 'bad!name' is not a network, host name or .domain"),
         ("ident 10.0.0.0/8", "1:7: error: expected 'from' after 'ident'"),

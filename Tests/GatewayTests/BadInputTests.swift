@@ -31,7 +31,8 @@ import Testing
     }
 
     @Test func unknownVersionByteIsClosedWithoutReply() async throws {
-        try await expectRefusal([0x47, 0x45, 0x54, 0x20], reply: [])
+        try await expectRefusal([0x06, 0x45, 0x54, 0x20], reply: [])
+        try await expectRefusal([0x67, 0x65, 0x74, 0x20], reply: [], sourceLocation: #_sourceLocation)
     }
 
     @Test func socks4UserIDOverTheCapWithoutNUL() async throws {

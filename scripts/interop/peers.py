@@ -153,11 +153,18 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 
 
 class HTTPServer:
-    def __init__(self, host="127.0.0.1"):
+    """`tls`: (certificate file, key file) to serve HTTPS."""
+
+    def __init__(self, host="127.0.0.1", tls=None):
         server_class = http.server.ThreadingHTTPServer
         if ":" in host:
             server_class = type("HTTPServer6", (http.server.ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
         self.server = server_class((host, 0), _EchoHandler)
+        if tls:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.server.received = []
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

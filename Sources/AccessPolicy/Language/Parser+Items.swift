@@ -82,7 +82,9 @@ extension Parser {
     }
 
     static let commandNames: [String: RequestFacts.Command] = ["connect": .connect, "bind": .bind, "udp": .udp]
-    static let versionNames: [String: RequestFacts.Version] = ["socks4": .socks4, "socks4a": .socks4a, "socks5": .socks5]
+    static let versionNames: [String: RequestFacts.Version] = [
+        "socks4": .socks4, "socks4a": .socks4a, "socks5": .socks5, "http": .http,
+    ]
     static let authNames: [String: RequestFacts.AuthMethod] = [
         "none": .none, "password": .password, "gssapi": .gssapi,
     ]

@@ -71,7 +71,7 @@ extension Parser {
                 rule.requiresIdent = true
             case "version":
                 var versions: Set<RequestFacts.Version> = []
-                repeat { versions.insert(try keyword(&cursor, "a SOCKS version", Self.versionNames)) } while cursor.skipComma()
+                repeat { versions.insert(try keyword(&cursor, "a client protocol", Self.versionNames)) } while cursor.skipComma()
                 rule.versions = versions
             case "auth":
                 var methods: Set<RequestFacts.AuthMethod> = []

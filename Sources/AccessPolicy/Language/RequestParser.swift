@@ -73,9 +73,9 @@ enum RequestParser {
                 }
                 ident = .failure(failure)
             case "version":
-                let (text, column) = try cursor.word("a SOCKS version")
+                let (text, column) = try cursor.word("a client protocol")
                 guard let named = RequestFacts.Version(rawValue: text) else {
-                    throw ParseError(column: column, message: "'\(text)' is not a SOCKS version: use socks4, socks4a, socks5")
+                    throw ParseError(column: column, message: "'\(text)' is not a client protocol: use socks4, socks4a, socks5, http")
                 }
                 version = named
             case "auth":

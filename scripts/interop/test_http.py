@@ -1,0 +1,175 @@
+"""The HTTP front door with real clients: curl -x http://, https_proxy, Python requests and
+PySocks' HTTP proxy type, on the port that serves SOCKS too.
+
+Run by scripts/test; IDENTGATE_BIN names the binary under test. An HTTPS server with a
+throw-away certificate on loopback stands for the destination; every test checks what
+arrived and what the audit log says.
+"""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import unittest
+
+import jsonschema
+import requests
+import socks
+
+from peers import BINARY, Gateway, HTTPServer, TCPServer, echo, recv_exactly
+
+USER, PASSWORD = "alice", "s3cret-pass"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCHEMA = json.load(open(os.path.join(ROOT, "docs", "audit-log.schema.json")))
+HELLO = b"hello through identgate\n"
+
+
+def run(command, input=None, env=None, timeout=60):
+    return subprocess.run(command, input=input, capture_output=True, timeout=timeout, env=env)
+
+
+class HTTPProxyTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.TemporaryDirectory(prefix="identgate-http-")
+        cls.certificate = os.path.join(cls.folder.name, "localhost.pem")
+        cls.key = os.path.join(cls.folder.name, "localhost.key")
+        made = run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", cls.key, "-out", cls.certificate])
+        assert made.returncode == 0, made.stderr
+        line = run([BINARY, "passwd", USER], input=PASSWORD.encode() + b"\n")
+        assert line.returncode == 0, line.stderr
+        cls.password_file = os.path.join(cls.folder.name, "passwords")
+        with open(cls.password_file, "wb") as out:
+            out.write(line.stdout)
+        cls.deny_all = os.path.join(cls.folder.name, "deny.policy")
+        with open(cls.deny_all, "w") as out:
+            out.write("deny from any label \"nothing goes\"\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def https(self):
+        return HTTPServer(tls=(self.certificate, self.key))
+
+    def curl(self, gateway, url, *extra, env=None):
+        """curl through the gateway as an HTTP proxy; returns (exit status, body, CONNECT's status)."""
+        result = run(["curl", "-sS", "--max-time", "20", "--cacert", self.certificate, "-w", "\n%{http_connect}",
+                      *extra, url], env=env)
+        body, _, connect_status = result.stdout.rpartition(b"\n")
+        return result.returncode, body, int(connect_status or 0), result.stderr.decode() + gateway.output()
+
+    def decisions(self, gateway):
+        return [r for r in gateway.audit_records() if r.get("event") == "decision"]
+
+    def test_curl_connect_to_https(self):
+        with self.https() as server, Gateway() as gateway:
+            url = f"https://localhost:{server.port}/"
+            status, body, connect, detail = self.curl(gateway, url, "-x", f"http://{gateway.address}")
+            self.assertEqual((status, body, connect), (0, HELLO, 200), detail)
+            # https_proxy, as clients are configured at an egress point.
+            env = dict(os.environ, https_proxy=f"http://{gateway.address}")
+            status, body, connect, detail = self.curl(gateway, url, env=env)
+            self.assertEqual((status, body, connect), (0, HELLO, 200), detail)
+            # And SOCKS on the same port, meanwhile.
+            status, body, _, detail = self.curl(gateway, url, "--socks5-hostname", gateway.address)
+            self.assertEqual((status, body), (0, HELLO), detail)
+            self.assertEqual(gateway.stop(), 0)
+            decisions = self.decisions(gateway)
+            self.assertEqual([(d["socks"], d["command"], d["verdict"], d["reply"]) for d in decisions],
+                             [("http", "connect", "allow", 200)] * 2 + [("socks5", "connect", "allow", 0)])
+            ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
+            self.assertEqual(len(ends), 3, "every allowed session ends with one record")
+            self.assertTrue(all(e.get("bytesToClient", 0) > len(HELLO) for e in ends), ends)
+            for record in gateway.audit_records():
+                jsonschema.validate(record, SCHEMA)
+            # The auditor's view: the report counts requests by protocol.
+            page = os.path.join(self.folder.name, "report.html")
+            made = run([BINARY, "audit", "report", gateway.audit_log, "--html", page])
+            self.assertEqual(made.returncode, 0, made.stderr)
+            with open(page) as html:
+                text = html.read()
+            self.assertIn("http connect", text)
+            self.assertIn("socks5 connect", text)
+
+    def test_denied_destinations_get_403(self):
+        with self.https() as server, Gateway("--policy", self.deny_all) as gateway:
+            status, body, connect, detail = self.curl(
+                gateway, f"https://localhost:{server.port}/", "-x", f"http://{gateway.address}")
+            self.assertEqual((status, connect), (56, 403), detail)
+            self.assertNotIn("nothing goes", detail.split("\n")[0], "the rule's label is not shown to the client")
+            gateway.stop()
+            self.assertEqual([(d["socks"], d["verdict"], d["reply"]) for d in self.decisions(gateway)], [("http", "deny", 403)])
+
+    def test_proxy_user_basic(self):
+        with self.https() as server, Gateway("--password-file", self.password_file) as gateway:
+            url = f"https://localhost:{server.port}/"
+            proxy = ["-x", f"http://{gateway.address}"]
+            status, body, connect, detail = self.curl(gateway, url, *proxy, "--proxy-user", f"{USER}:{PASSWORD}")
+            self.assertEqual((status, body, connect), (0, HELLO, 200), detail)
+            for credentials in [f"{USER}:wrong", None]:
+                with self.subTest(credentials=credentials):
+                    extra = ["--proxy-user", credentials] if credentials else []
+                    status, _, connect, detail = self.curl(gateway, url, *proxy, *extra)
+                    self.assertEqual((status, connect), (56, 407), detail)
+            # The challenge, as a client sees it.
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(f"CONNECT localhost:{server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                answer = b""
+                while chunk := client.recv(4096):
+                    answer += chunk
+            self.assertTrue(answer.startswith(b"HTTP/1.1 407 "), answer)
+            self.assertIn(b'Proxy-Authenticate: Basic realm="identgate"', answer)
+            gateway.stop()
+            allowed = [d for d in self.decisions(gateway) if d["verdict"] == "allow"]
+            self.assertEqual([(d["auth"], d.get("claimedUser")) for d in allowed], [("password", USER)])
+            self.assertIn("password authentication failed", gateway.output())
+
+    def test_python_requests(self):
+        with self.https() as server, Gateway() as gateway:
+            proxy = f"http://{gateway.address}"
+            answer = requests.get(f"https://localhost:{server.port}/", proxies={"https": proxy},
+                                  verify=self.certificate, timeout=20)
+            self.assertEqual((answer.status_code, answer.content), (200, HELLO))
+
+    def test_pysocks_http_proxy_type(self):
+        with TCPServer(echo) as server, Gateway() as gateway:
+            client = socks.socksocket()
+            client.settimeout(10)
+            client.set_proxy(socks.HTTP, "127.0.0.1", gateway.port)
+            client.connect(("127.0.0.1", server.port))
+            payload = os.urandom(100_000)
+            client.sendall(payload)
+            self.assertEqual(recv_exactly(client, len(payload)), payload)
+            client.close()
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as refused:
+                refused.sendall(b"CONNECT 127.0.0.1:1 HTTP/1.0\r\n\r\n")
+                self.assertTrue(refused.recv(100).startswith(b"HTTP/1.0 502 "), "HTTP/1.0 answered in kind")
+
+    def test_smuggling_and_control_characters(self):
+        with Gateway("--password-file", self.password_file, "--methods", "password") as gateway:
+            for request in [
+                b"CONNECT localhost:443 HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"CONNECT localhost:443 HTTP/1.1\nHost: x\n\n",
+            ]:
+                with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                    client.sendall(request)
+                    self.assertTrue(client.recv(100).startswith(b"HTTP/1.1 400 "), request)
+            forged = base64.b64encode(b"eve\xe2\x80\xae\ninjected:pw").decode()
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(f"CONNECT localhost:443 HTTP/1.1\r\nProxy-Authorization: Basic {forged}\r\n\r\n".encode())
+                self.assertTrue(client.recv(100).startswith(b"HTTP/1.1 400 "), "a user name with a newline")
+            bidi = base64.b64encode("mallory\u202e:pw".encode()).decode()
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(f"CONNECT localhost:443 HTTP/1.1\r\nProxy-Authorization: Basic {bidi}\r\n\r\n".encode())
+                self.assertTrue(client.recv(100).startswith(b"HTTP/1.1 407 "))
+            gateway.stop()
+            self.assertNotIn("\u202e", gateway.output())
+            self.assertIn("mallory\\u{202E}", gateway.output())
+
+
+if __name__ == "__main__":
+    unittest.main()
