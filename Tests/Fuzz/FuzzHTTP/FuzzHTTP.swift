@@ -8,9 +8,11 @@ import NIOHTTP1
 final class HeadReader: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
 
+    /// Set before the decoder leaves: what it forwards then are raw bytes, not request parts.
+    var decoderLeft = false
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // After a CONNECT the decoder forwards raw bytes: not a request part.
-        guard let part = try? data.tryAs(type: HTTPServerRequestPart.self), case .head(let head) = part else { return }
+        guard !decoderLeft, case .head(let head) = unwrapInboundIn(data) else { return }
         _ = try? ProxyRequestTarget.parse(method: head.method.rawValue, target: head.uri)
         for value in head.headers["Proxy-Authorization"] {
             _ = try? BasicCredentials.parse(value)
@@ -18,7 +20,7 @@ final class HeadReader: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
+        // A head the parser refuses: the gateway answers 400 and closes (HTTPFrontHandler).
     }
 }
 
@@ -29,13 +31,15 @@ final class HeadReader: ChannelInboundHandler {
 public func fuzzHTTP(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let channel = EmbeddedChannel()
     let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
-    guard (try? channel.pipeline.syncOperations.addHandlers([decoder, HeadReader()])) != nil else { return 0 }
+    let reader = HeadReader()
+    guard (try? channel.pipeline.syncOperations.addHandlers([decoder, reader])) != nil else { return 0 }
     var buffer = channel.allocator.buffer(capacity: size)
     buffer.writeBytes(UnsafeBufferPointer(start: data, count: size))
     _ = try? channel.writeInbound(buffer)
     // The decoder leaving releases what it held after a CONNECT.
-    _ = try? channel.pipeline.syncOperations.removeHandler(decoder)
-    _ = try? channel.finish()
+    reader.decoderLeft = true
+    channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
+    _ = try? channel.finish(acceptAlreadyClosed: true)
     return 0
 }
 
