@@ -207,5 +207,5 @@ if Context.environment["IDENTGATE_FUZZ"] != nil {
             path: "Tests/Fuzz/FuzzHTTP", swiftSettings: fuzzFlags))
     package.targets.append(
         .executableTarget(
-            name: "fuzz-audit", dependencies: ["AuditLog"], path: "Tests/Fuzz/FuzzAudit", swiftSettings: fuzzFlags))
+            name: "fuzz-audit", dependencies: ["AuditLog", "PrintableText"], path: "Tests/Fuzz/FuzzAudit", swiftSettings: fuzzFlags))
 }

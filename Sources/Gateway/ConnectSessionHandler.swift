@@ -92,51 +92,24 @@ final class ConnectSessionHandler: SessionDriver<ConnectSession> {
     private func connect(to destination: IPEndpoint, context: ChannelHandlerContext) {
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
         let timing = ConnectTiming(setup.gateway.metrics)
-        var bootstrap = ClientBootstrap(group: context.eventLoop)
-        switch setup.gateway.configuration.outboundSource(toward: destination.address) {
-        case .kernel:
-            break
-        case .address(let source):
-            bootstrap = bootstrap.bind(to: SocketAddress(IPEndpoint(address: source, port: 0)))
-        case .none:
-            // `--external` has no address of this family: nothing may leave from another.
-            perform(machine.connectFailed(.networkUnreachable), context: context)
-            return
+        OutboundConnect.open(to: destination, gateway: setup.gateway, on: context.eventLoop) { channel in
+            // The client left before the attempt began: nothing to connect for.
+            guard !this.value.machine.isEnded else { throw ChannelError.ioOnClosedChannel }
+            this.value.attempt = channel
+        }.assumeIsolated().whenComplete { result in
+            self.attempt = nil
+            switch result {
+            case .success(let channel):
+                timing.connected()
+                self.outbound = channel
+                self.perform(self.machine.connected(), context: context)
+            case .failure(let error):
+                self.setup.gateway.logger.debug("connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
+                let failure = OutboundConnect.failure(error)
+                timing.failed(failure)
+                self.perform(self.machine.connectFailed(failure), context: context)
+            }
         }
-        bootstrap
-            .connectTimeout(setup.gateway.configuration.connectTimeout)
-            .channelInitializer { channel in
-                // Set here rather than with `channelOption`, which applies each option
-                // through a future of its own: this is on every connection's path.
-                channel.eventLoop.makeCompletedFuture {
-                    // The client left before the attempt began: nothing to connect for.
-                    guard !this.value.machine.isEnded else { throw ChannelError.ioOnClosedChannel }
-                    this.value.attempt = channel
-                    let options = channel.syncOptions
-                    try options?.setOption(.allowRemoteHalfClosure, value: true)
-                    try options?.setOption(.recvAllocator, value: GatewayContext.relayReceiveAllocator)
-                    // Nothing is read from the destination until the relay is in place
-                    // (it may wait for the audit record): bytes read earlier would be lost.
-                    try options?.setOption(.autoRead, value: false)
-                }
-            }
-            .connect(to: SocketAddress(destination))
-            .assumeIsolated()
-            .whenComplete { result in
-                self.attempt = nil
-                switch result {
-                case .success(let channel):
-                    timing.connected()
-                    self.outbound = channel
-                    self.perform(self.machine.connected(), context: context)
-                case .failure(let error):
-                    self.setup.gateway.logger.debug(
-                        "connect failed", metadata: ["destination": "\(destination)", "error": "\(error)"])
-                    let failure = SOCKSRequestFailure(connectError: error)
-                    timing.failed(failure)
-                    self.perform(self.machine.connectFailed(failure), context: context)
-                }
-            }
     }
 }
 

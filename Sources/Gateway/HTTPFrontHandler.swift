@@ -10,15 +10,17 @@ import SOCKSSession
     import Glibc
 #endif
 
-/// The HTTP front door: reads one proxy request's head (NIOHTTP1's decoder, in front of
-/// this handler) under the negotiation deadline, checks `Proxy-Authorization`, and hands
-/// a CONNECT to the `ConnectSessionHandler` a SOCKS CONNECT goes to: the same policy,
-/// ident, limits, parents, relay and audit records; only the replies are HTTP's.
+/// The HTTP front door: reads the first proxy request's head (NIOHTTP1's decoder, in front
+/// of this handler) under the negotiation deadline. A CONNECT, once `Proxy-Authorization`
+/// is checked, goes to the `ConnectSessionHandler` a SOCKS CONNECT goes to: the same
+/// policy, ident, limits, parents, relay and audit records; only the replies are HTTP's.
+/// An absolute-form request makes the connection a forwarding one (`HTTPForwardHandler`).
 ///
-/// Answers of its own (400, 407, 408, 414, 431, 501, 503) close the connection: nothing
-/// after a request the proxy refused to read is trusted to be framed as the client meant.
+/// Answers of its own (400, 407, 408, 414, 431, 503) close the connection: nothing after a
+/// request the proxy refused to read is trusted to be framed as the client meant.
 final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
     typealias OutboundOut = ByteBuffer
 
     /// At most this many header fields in a head (431 beyond); NIOHTTP1's parser bounds
@@ -30,7 +32,7 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         case readingHead
         /// The head was read; waiting for its end (CONNECT has no body).
         case readingEnd(HTTPRequestHead, host: ProxyTargetHost, port: UInt16)
-        /// Checking the password on the thread pool.
+        /// Checking who the client is (a password, on the thread pool).
         case checkingPassword
         /// The session handler has the connection; bytes the decoder held are passed on.
         case handedOver
@@ -42,12 +44,14 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let deadlineTime: NIODeadline
     private var deadline: Scheduled<Void>?
     private let proxied: ProxiedConnection?
+    private let authentication: HTTPProxyAuthentication
     private var state = State.readingHead
 
     init(gateway: GatewayContext, deadline: NIODeadline, proxied: ProxiedConnection?) {
         self.gateway = gateway
         self.deadlineTime = deadline
         self.proxied = proxied
+        self.authentication = HTTPProxyAuthentication(gateway: gateway)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -79,7 +83,7 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard case .readingHead = state else { return answer(.badRequest, context: context) }
             readHead(head, context: context)
         case .body:
-            // CONNECT has no body; a forwarded request's is not read (yet: 501 above).
+            // CONNECT has no body (a forwarded request's goes to the forwarding handler).
             break
         case .end:
             guard case .readingEnd(let head, let host, let port) = state else { return }
@@ -123,68 +127,31 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .tunnel(let host, let port):
             state = .readingEnd(head, host: host, port: port)
         case .forward:
-            // Forwarding plain-HTTP requests is not built yet: CONNECT only.
-            answer(.notImplemented, context: context)
+            forward(head, context: context)
         }
     }
 
-    /// `Proxy-Authorization: Basic` when the listener takes passwords (`--methods`
-    /// password); without one, 407 unless it also serves anonymous clients (`none`).
     private func authenticate(_ head: HTTPRequestHead, host: ProxyTargetHost, port: UInt16, context: ChannelHandlerContext) {
-        let methods = gateway.offeredMethods
-        let takesPasswords = methods.contains(.usernamePassword) && gateway.credentials != nil
-        let credentials: BasicCredentials?
-        do {
-            credentials = try head.headers["Proxy-Authorization"].first.flatMap { value throws(ProxyRequestError) in
-                try BasicCredentials.parse(value)
-            }
-        } catch {
-            return answer(error.status, context: context)
-        }
-        guard takesPasswords, let credentials else {
-            guard methods.contains(.noAuthentication) else { return challenge(context: context, takesPasswords: takesPasswords) }
-            return handOver(head, host: host, port: port, user: nil, context: context)
-        }
         state = .checkingPassword
-        let store = gateway.credentials
-        gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
-            store?.verify(user: credentials.user, password: credentials.password) ?? false
-        }.assumeIsolated().whenComplete { result in
+        authentication.check(head, context: context) { outcome in
             guard case .checkingPassword = self.state, context.channel.isActive else { return }
-            guard (try? result.get()) == true else {
-                self.gateway.repeated.occurred(
-                    .passwordFailure, on: context.eventLoop,
-                    metadata: ["user": "\(DisplayText.escaped(credentials.user))", "client": "\(context.remoteAddressText)"])
-                return self.challenge(context: context, takesPasswords: true)
+            switch outcome {
+            case .anonymous: self.handOver(head, host: host, port: port, user: nil, context: context)
+            case .user(let user): self.handOver(head, host: host, port: port, user: user, context: context)
+            case .challenge(let challenges): self.answer(.proxyAuthenticationRequired, challenges: challenges, context: context)
+            case .unreadable(let status): self.answer(status, context: context)
             }
-            self.handOver(head, host: host, port: port, user: credentials.user, context: context)
         }
-    }
-
-    /// 407 with what this listener accepts.
-    private func challenge(context: ChannelHandlerContext, takesPasswords: Bool) {
-        let challenges = takesPasswords ? [#"Basic realm="identgate", charset="UTF-8""#] : []
-        answer(.proxyAuthenticationRequired, challenges: challenges, context: context)
     }
 
     private func handOver(
         _ head: HTTPRequestHead, host: ProxyTargetHost, port: UInt16, user: String?, context: ChannelHandlerContext
     ) {
         guard gateway.admitToAuditLog() else { return answer(.serviceUnavailable, context: context) }
-        guard let peer = context.channel.remoteAddress?.ipEndpoint, let local = context.channel.localAddress?.ipEndpoint else {
+        guard let facts = Self.facts(host: host, port: port, user: user, channel: context.channel, proxied: proxied) else {
             return context.close(promise: nil)
         }
         deadline?.cancel()
-        let destination: RequestFacts.Destination =
-            switch host {
-            case .address(let address): .address(address)
-            case .name(let name): .hostName(name)
-            }
-        var facts = RequestFacts(
-            version: .http, command: .connect, client: proxied?.client ?? peer, listener: proxied?.frontEnd ?? local,
-            destination: destination, destinationPort: port, claimedUser: user, authMethod: user == nil ? .none : .password,
-            time: Int64(Glibc.time(nil)))
-        if proxied?.client != nil { facts.balancer = proxied?.balancer }
         let setup = SessionSetup(
             gateway: gateway, id: gateway.nextSessionID(), frontDoor: .http(minorVersion: head.version.minor),
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture), perMessage: nil)
@@ -201,6 +168,45 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             return context.close(promise: nil)
         }
         pipeline.removeHandler(context: context, promise: nil)
+    }
+
+    /// An absolute-form request: the connection becomes a forwarding one. NIOHTTP1's
+    /// response encoder and an `HTTPForwardHandler` take this handler's place, and the head
+    /// goes to it; the parts after it follow by themselves.
+    private func forward(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        deadline?.cancel()
+        state = .handedOver
+        var encoding = HTTPResponseEncoder.Configuration()
+        // Responses go on framed as the destination framed them.
+        encoding.automaticallySetFramingHeaders = false
+        let forwarder = HTTPForwardHandler(gateway: gateway, proxied: proxied, authentication: authentication)
+        do {
+            try context.pipeline.syncOperations.addHandler(HTTPResponseEncoder(configuration: encoding), position: .before(self))
+            try context.pipeline.syncOperations.addHandler(forwarder, position: .after(self))
+        } catch {
+            return context.close(promise: nil)
+        }
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// The facts of an HTTP proxy request to `host`:`port`: the same as a SOCKS CONNECT's,
+    /// with `version http`; nil if the connection has already gone.
+    static func facts(
+        host: ProxyTargetHost, port: UInt16, user: String?, channel: any Channel, proxied: ProxiedConnection?
+    ) -> RequestFacts? {
+        guard let peer = channel.remoteAddress?.ipEndpoint, let local = channel.localAddress?.ipEndpoint else { return nil }
+        let destination: RequestFacts.Destination =
+            switch host {
+            case .address(let address): .address(address)
+            case .name(let name): .hostName(name)
+            }
+        var facts = RequestFacts(
+            version: .http, command: .connect, client: proxied?.client ?? peer, listener: proxied?.frontEnd ?? local,
+            destination: destination, destinationPort: port, claimedUser: user, authMethod: user == nil ? .none : .password,
+            time: Int64(Glibc.time(nil)))
+        if proxied?.client != nil { facts.balancer = proxied?.balancer }
+        return facts
     }
 
     private func answer(_ status: ProxyStatus, challenges: [String] = [], context: ChannelHandlerContext) {

@@ -1,6 +1,5 @@
 import AccessPolicy
 import AuditLog
-import CommandSupport
 import Logging
 import NIOCore
 import NIOHTTP1

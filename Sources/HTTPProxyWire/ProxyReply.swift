@@ -69,14 +69,27 @@ public enum ProxyReply {
     public static func status(
         _ status: ProxyStatus, minorVersion: Int = 1, challenges: [String] = [], keepAlive: Bool = false, via: String? = nil
     ) -> [UInt8] {
-        let body = status.text + "\n"
         var head = "HTTP/1.\(minorVersion == 0 ? 0 : 1) \(status.code) \(status.reasonPhrase)\r\n"
-        for challenge in challenges { head += "Proxy-Authenticate: \(challenge)\r\n" }
-        if let via { head += "Via: \(via)\r\n" }
-        head += "Content-Type: text/plain; charset=utf-8\r\n"
-        head += "Content-Length: \(body.utf8.count)\r\n"
-        head += keepAlive ? "" : "Connection: close\r\n"
-        head += "\r\n"
-        return Array((head + body).utf8)
+        for field in fields(status, challenges: challenges, keepAlive: keepAlive, via: via) {
+            head += "\(field.name): \(field.value)\r\n"
+        }
+        return Array((head + "\r\n" + body(status)).utf8)
+    }
+
+    /// The header fields of such an answer (for a writer that frames the head itself).
+    public static func fields(
+        _ status: ProxyStatus, challenges: [String] = [], keepAlive: Bool = false, via: String? = nil
+    ) -> [ForwardedHeaders.Field] {
+        var fields = challenges.map { (name: "Proxy-Authenticate", value: $0) }
+        if let via { fields.append((name: "Via", value: via)) }
+        fields.append((name: "Content-Type", value: "text/plain; charset=utf-8"))
+        fields.append((name: "Content-Length", value: "\(body(status).utf8.count)"))
+        if !keepAlive { fields.append((name: "Connection", value: "close")) }
+        return fields
+    }
+
+    /// The answer's body: its one line of text.
+    public static func body(_ status: ProxyStatus) -> String {
+        status.text + "\n"
     }
 }

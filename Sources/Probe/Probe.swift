@@ -1,5 +1,4 @@
 import ArgumentParser
-import CommandSupport
 import NIOCore
 import NetAddress
 import PosixEndpoint

@@ -1,4 +1,3 @@
-import CommandSupport
 import NIOCore
 import NetAddress
 import ProxyURL

@@ -36,8 +36,9 @@ struct Run: ParsableCommand {
     @Option(
         help: ArgumentHelp(
             "What the listeners serve: socks, http, or both (the default; each connection's first byte tells them apart).",
-            discussion: "http: HTTP proxy requests, CONNECT host:port (https_proxy=http://gw:1080), decided by the same "
-                + "policy as SOCKS (its version is http), with Proxy-Authorization: Basic checked against --password-file.",
+            discussion: "http: HTTP proxy requests, CONNECT host:port (https_proxy=http://gw:1080) and forwarded "
+                + "http:// requests (http_proxy), each decided by the same policy as SOCKS (its version is http), with "
+                + "Proxy-Authorization: Basic checked against --password-file.",
             valueName: "list"))
     var protocols: String = "socks,http"
 

@@ -134,6 +134,9 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         body = b"hello through identgate\n"
+        if self.path == "/headers":
+            # What arrived, for tests of what a proxy forwards.
+            body = "".join(f"{name}: {value}\n" for name, value in self.headers.items()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -149,6 +149,101 @@ class HTTPProxyTests(unittest.TestCase):
                 refused.sendall(b"CONNECT 127.0.0.1:1 HTTP/1.0\r\n\r\n")
                 self.assertTrue(refused.recv(100).startswith(b"HTTP/1.0 502 "), "HTTP/1.0 answered in kind")
 
+    def test_curl_forwards_plain_http_to_two_hosts_over_one_connection(self):
+        with HTTPServer() as first, HTTPServer(host="127.0.0.2") as second, Gateway() as gateway:
+            result = run(["curl", "-sS", "--max-time", "20", "-x", f"http://{gateway.address}", "-w", "|%{num_connects}\n",
+                          f"http://127.0.0.1:{first.port}/", f"http://127.0.0.2:{second.port}/"])
+            self.assertEqual(result.returncode, 0, result.stderr.decode() + gateway.output())
+            self.assertEqual(result.stdout, HELLO + b"|1\n" + HELLO + b"|0\n",
+                             "both answers, the second over the kept-alive connection (no new connect)")
+            gateway.stop()
+            decisions = self.decisions(gateway)
+            self.assertEqual([(d["socks"], d["destination"], d["verdict"], d["reply"]) for d in decisions],
+                             [("http", "127.0.0.1", "allow", 200), ("http", "127.0.0.2", "allow", 200)])
+            ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
+            self.assertEqual(sorted(e["session"] for e in ends), sorted(d["session"] for d in decisions))
+            self.assertEqual([e.get("reply") for e in ends], [200, 200])
+            self.assertEqual([e.get("bytesToClient") for e in ends], [len(HELLO)] * 2)
+
+    def test_forwarded_bodies_and_headers(self):
+        payload = os.urandom(3 << 20)
+        with HTTPServer() as server, Gateway() as gateway:
+            proxy = f"http://{gateway.address}"
+            body_file = os.path.join(self.folder.name, "payload")
+            with open(body_file, "wb") as out:
+                out.write(payload)
+            headers_file = os.path.join(self.folder.name, "headers")
+            # A 3 MiB upload both ways, with Expect: 100-continue (curl waits a second for
+            # the 100 otherwise).
+            result = run(["curl", "-sS", "--max-time", "20", "-x", proxy, "-H", "Expect: 100-continue",
+                          "--expect100-timeout", "5", "--data-binary", f"@{body_file}", "-D", headers_file,
+                          "-w", "%{time_total}", "-o", os.path.join(self.folder.name, "back"),
+                          f"http://127.0.0.1:{server.port}/echo"])
+            self.assertEqual(result.returncode, 0, result.stderr.decode() + gateway.output())
+            self.assertLess(float(result.stdout), 4.0, "the 100 came from the gateway, not the timeout")
+            with open(os.path.join(self.folder.name, "back"), "rb") as back:
+                self.assertEqual(back.read(), payload)
+            with open(headers_file) as h:
+                text = h.read()
+            self.assertIn("Via: 1.1 ", text)
+            # What the destination saw: origin-form, Via, no proxy credentials or hop-by-hop fields.
+            answer = requests.get(f"http://127.0.0.1:{server.port}/headers", proxies={"http": proxy},
+                                  headers={"Proxy-Connection": "keep-alive", "Connection": "X-Private", "X-Private": "1",
+                                           "X-Kept": "yes"}, timeout=20)
+            self.assertEqual(answer.status_code, 200)
+            seen = answer.text.lower()
+            self.assertIn("via: 1.1 ", seen)
+            self.assertIn("x-kept: yes", seen)
+            for field in ("proxy-connection", "x-private", "proxy-authorization"):
+                self.assertNotIn(field + ":", seen)
+            self.assertEqual(answer.headers.get("Via", "").split()[0], "1.1")
+
+    def test_pipelined_http10_and_close_framed_responses(self):
+        def close_framed(server, connection):
+            # An origin that frames its body by closing (no Content-Length, no chunking).
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(4096)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 100_000)
+
+        def exchange(request, until_close=True):
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(request)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+                return answer
+
+        with HTTPServer() as server, TCPServer(close_framed) as closing, Gateway() as gateway:
+            get = f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            last = f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            # Three requests in one write: three answers, in order, then the close asked for.
+            answer = exchange(get + get + last)
+            self.assertEqual(answer.count(b"HTTP/1.1 200 OK\r\n"), 3, answer[:300])
+            self.assertEqual(answer.count(HELLO), 3)
+            # HTTP/1.0: answered in 1.0, and closed after.
+            answer = exchange(f"GET http://127.0.0.1:{server.port}/ HTTP/1.0\r\n\r\n".encode())
+            self.assertTrue(answer.startswith(b"HTTP/1.0 200 OK\r\n"), answer[:100])
+            self.assertTrue(answer.endswith(HELLO))
+            # A body framed by the origin's close reaches the client whole, then the close.
+            answer = exchange(f"GET http://127.0.0.1:{closing.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertIn(b"Connection: close", head)
+            self.assertEqual(body, b"x" * 100_000)
+            gateway.stop()
+            decisions = self.decisions(gateway)
+            ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
+            self.assertEqual(len(decisions), 5)
+            self.assertEqual(sorted(e["session"] for e in ends), sorted(d["session"] for d in decisions),
+                             "every forwarded request ends with exactly one record")
+
+    def test_forwarding_denied_is_403(self):
+        with HTTPServer() as server, Gateway("--policy", self.deny_all) as gateway:
+            result = run(["curl", "-sS", "--max-time", "20", "-x", f"http://{gateway.address}", "-o", "/dev/null",
+                          "-w", "%{http_code}", f"http://127.0.0.1:{server.port}/"])
+            self.assertEqual(result.stdout, b"403", result.stderr.decode() + gateway.output())
+            self.assertEqual(server.server.received, [])
+
     def test_smuggling_and_control_characters(self):
         with Gateway("--password-file", self.password_file, "--methods", "password") as gateway:
             for request in [

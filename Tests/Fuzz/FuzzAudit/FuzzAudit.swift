@@ -1,4 +1,5 @@
 import AuditLog
+import PrintableText
 import Foundation
 
 /// libFuzzer entry: arbitrary bytes as one line of an audit log. The hand-written reader
