@@ -54,12 +54,11 @@ import Testing
     }
 
     @Test func aDestinationThatRefusesIs502() async throws {
-        let closed = try await EchoServer()
-        let port = closed.port
-        await closed.stop()
+        let refusing = try RefusingPort()
         let gateway = try await TestGateway.start()
         defer { Task { try? await gateway.stop() } }
-        try await expectAnswer(connect(port), "HTTP/1.1 502 Bad Gateway", gateway: gateway)
+        try await expectAnswer(connect(refusing.port), "HTTP/1.1 502 Bad Gateway", gateway: gateway)
+        withExtendedLifetime(refusing) {}
     }
 
     /// RFC 9112 §6's framing rules and the bounds on a head: answered by the proxy, closed,

@@ -103,12 +103,14 @@ final class TestIdentd: Sendable {
         var identd: TestIdentd?
         if let behavior { identd = try await TestIdentd(behavior) }
         let identPort: Int
+        // No identd: a port that refuses, held to the end (not a stopped server's, which a
+        // test running beside could take).
+        let refusing = try RefusingPort()
+        defer { withExtendedLifetime(refusing) {} }
         if let identd {
             identPort = identd.port
         } else {
-            let closed = try await EchoServer()
-            identPort = Int(closed.port)
-            await closed.stop()
+            identPort = Int(refusing.port)
         }
         var logger = Logger(label: "test-ident")
         logger.logLevel = .critical

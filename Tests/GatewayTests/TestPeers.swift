@@ -6,6 +6,10 @@ import NIOPosix
 import NetAddress
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @testable import Gateway
 
 /// One event loop group for every test in the process, like a real server would have.
@@ -215,6 +219,33 @@ final class EchoServer: Sendable {
 
     func stop() async {
         try? await channel.close()
+    }
+}
+
+/// A loopback port where a connect is refused, held for the test's length: a socket bound
+/// but not listening (a stopped server's port could be taken by a test running beside).
+final class RefusingPort {
+    private let descriptor: Int32
+    let port: UInt16
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.descriptor = descriptor
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(descriptor, raw, length) == 0 && getsockname(descriptor, raw, &length) == 0
+            }
+        }
+        guard descriptor >= 0, bound else { throw TimedOut() }
+        port = UInt16(bigEndian: address.sin_port)
+    }
+
+    deinit {
+        close(descriptor)
     }
 }
 
