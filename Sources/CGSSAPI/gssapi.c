@@ -1,6 +1,7 @@
 #include "CGSSAPI.h"
 
 #include <gssapi/gssapi.h>
+#include <gssapi/gssapi_ext.h>
 #include <gssapi/gssapi_krb5.h>
 #include <krb5.h>
 #include <stdio.h>
@@ -89,8 +90,22 @@ int identgate_gss_acceptor_create(const char *keytab, const char *service, ident
         identgate_gss_acceptor_free(acceptor);
         return -1;
     }
+    // Credentials for Kerberos itself (RFC 1961 clients send its tokens bare) and for
+    // SPNEGO (RFC 4559's Negotiate wraps them), both from the keys in memory.
     OM_uint32 minor;
-    OM_uint32 major = gss_krb5_import_cred(&minor, NULL, NULL, acceptor->memory, &acceptor->credential);
+    gss_key_value_element_desc element = {"keytab", name};
+    gss_key_value_set_desc store = {1, &element};
+    gss_OID_desc spnego = {6, "\x2b\x06\x01\x05\x05\x02"};
+    gss_OID_set mechanisms = GSS_C_NO_OID_SET;
+    OM_uint32 major = gss_create_empty_oid_set(&minor, &mechanisms);
+    if (!GSS_ERROR(major)) major = gss_add_oid_set_member(&minor, (gss_OID)gss_mech_krb5, &mechanisms);
+    if (!GSS_ERROR(major)) major = gss_add_oid_set_member(&minor, &spnego, &mechanisms);
+    if (!GSS_ERROR(major)) {
+        major = gss_acquire_cred_from(&minor, GSS_C_NO_NAME, GSS_C_INDEFINITE, mechanisms, GSS_C_ACCEPT, &store,
+                                      &acceptor->credential, NULL, NULL);
+    }
+    OM_uint32 ignored;
+    gss_release_oid_set(&ignored, &mechanisms);
     if (GSS_ERROR(major)) {
         gss_message(major, minor, "cannot use the keytab's keys", error, error_size);
         identgate_gss_acceptor_free(acceptor);

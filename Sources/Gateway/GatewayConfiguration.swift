@@ -95,6 +95,8 @@ final class GatewayContext: Sendable {
     let credentials: (any PasswordVerifier)?
     /// RFC 1961's acceptor credentials (`--gssapi-keytab`); nil: GSS-API not offered.
     let gssAcceptor: GSSAcceptor?
+    /// RFC 4559's (`Negotiate` for HTTP clients, `--http-gssapi-service`); nil: not offered.
+    let httpGSSAcceptor: GSSAcceptor?
     let resolver: HostResolver
     let threadPool: NIOThreadPool
     let logger: Logger
@@ -119,8 +121,9 @@ final class GatewayContext: Sendable {
     init(
         configuration: GatewayConfiguration, policy: any PolicyDecider, credentials: (any PasswordVerifier)?,
         resolver: HostResolver, threadPool: NIOThreadPool, logger: Logger, audit: AuditWriter?, gssAcceptor: GSSAcceptor? = nil,
-        metrics: GatewayMetrics? = nil
+        httpGSSAcceptor: GSSAcceptor? = nil, metrics: GatewayMetrics? = nil
     ) {
+        self.httpGSSAcceptor = httpGSSAcceptor
         self.metrics = metrics
         self.repeated = RepeatedEvents(logger: logger, metrics: metrics)
         self.gssAcceptor = gssAcceptor

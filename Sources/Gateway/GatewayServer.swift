@@ -28,6 +28,7 @@ public final class GatewayServer: Sendable {
         logger: Logger,
         audit: AuditWriter? = nil,
         gssAcceptor: GSSAcceptor? = nil,
+        httpGSSAcceptor: GSSAcceptor? = nil,
         metrics: GatewayMetrics? = nil,
         lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) {
@@ -46,6 +47,7 @@ public final class GatewayServer: Sendable {
             logger: logger,
             audit: audit,
             gssAcceptor: gssAcceptor,
+            httpGSSAcceptor: httpGSSAcceptor,
             metrics: metrics
         )
     }

@@ -56,7 +56,7 @@ public final class GatewayService: Sendable {
 
     public init(
         settings: Settings, engine: PolicyEngine, policySHA256: String, credentials: (any PasswordVerifier)? = nil,
-        gssAcceptor: GSSAcceptor? = nil, audit: AuditWriter? = nil, metrics: GatewayMetrics? = nil, logger: Logger
+        gssAcceptor: GSSAcceptor? = nil, httpGSSAcceptor: GSSAcceptor? = nil, audit: AuditWriter? = nil, metrics: GatewayMetrics? = nil, logger: Logger
     ) {
         self.settings = settings
         self.audit = audit
@@ -71,7 +71,7 @@ public final class GatewayService: Sendable {
         self.threadPool = threadPool
         let gateway = GatewayServer(
             configuration: settings.configuration, policy: policyStore, credentials: credentials, group: group,
-            threadPool: threadPool, logger: logger, audit: audit, gssAcceptor: gssAcceptor, metrics: metrics)
+            threadPool: threadPool, logger: logger, audit: audit, gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor, metrics: metrics)
         self.gateway = gateway
         self.metricsEndpoint = metrics.map { MetricsEndpoint(metrics: $0, gateway: gateway) }
         metrics?.policyLoaded(sha256: policySHA256, file: settings.policyFile)

@@ -177,17 +177,17 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         authentication.check(head, context: context) { outcome in
             guard case .preparing(let current) = self.state, current === exchange else { return }
             switch outcome {
-            case .anonymous: self.connect(exchange, host: host, port: port, user: nil, context: context)
-            case .user(let user): self.connect(exchange, host: host, port: port, user: user, context: context)
+            case .anonymous: self.connect(exchange, host: host, port: port, identity: nil, context: context)
+            case .authenticated(let identity): self.connect(exchange, host: host, port: port, identity: identity, context: context)
             case .challenge(let challenges): self.answer(.proxyAuthenticationRequired, challenges: challenges, exchange: nil, context: context)
             case .unreadable(let status): self.answer(status, exchange: nil, context: context)
             }
         }
     }
 
-    private func connect(_ exchange: ForwardedExchange, host: ProxyTargetHost, port: UInt16, user: String?, context: ChannelHandlerContext) {
+    private func connect(_ exchange: ForwardedExchange, host: ProxyTargetHost, port: UInt16, identity: HTTPProxyAuthentication.Identity?, context: ChannelHandlerContext) {
         guard gateway.admitToAuditLog() else { return answer(.serviceUnavailable, exchange: nil, context: context) }
-        guard let facts = HTTPFrontHandler.facts(host: host, port: port, user: user, channel: context.channel, proxied: proxied)
+        guard let facts = HTTPFrontHandler.facts(host: host, port: port, identity: identity, channel: context.channel, proxied: proxied)
         else { return context.close(promise: nil) }
         gateway.metrics?.sessionStarted(.connect, .http, closed: exchange.ended.futureResult)
         let connector = UpstreamConnector(exchange.setup, facts: facts, eventLoop: context.eventLoop) { outcome in

@@ -136,8 +136,8 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         authentication.check(head, context: context) { outcome in
             guard case .checkingPassword = self.state, context.channel.isActive else { return }
             switch outcome {
-            case .anonymous: self.handOver(head, host: host, port: port, user: nil, context: context)
-            case .user(let user): self.handOver(head, host: host, port: port, user: user, context: context)
+            case .anonymous: self.handOver(head, host: host, port: port, identity: nil, context: context)
+            case .authenticated(let identity): self.handOver(head, host: host, port: port, identity: identity, context: context)
             case .challenge(let challenges): self.answer(.proxyAuthenticationRequired, challenges: challenges, context: context)
             case .unreadable(let status): self.answer(status, context: context)
             }
@@ -145,10 +145,10 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func handOver(
-        _ head: HTTPRequestHead, host: ProxyTargetHost, port: UInt16, user: String?, context: ChannelHandlerContext
+        _ head: HTTPRequestHead, host: ProxyTargetHost, port: UInt16, identity: HTTPProxyAuthentication.Identity?, context: ChannelHandlerContext
     ) {
         guard gateway.admitToAuditLog() else { return answer(.serviceUnavailable, context: context) }
-        guard let facts = Self.facts(host: host, port: port, user: user, channel: context.channel, proxied: proxied) else {
+        guard let facts = Self.facts(host: host, port: port, identity: identity, channel: context.channel, proxied: proxied) else {
             return context.close(promise: nil)
         }
         deadline?.cancel()
@@ -193,7 +193,8 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The facts of an HTTP proxy request to `host`:`port`: the same as a SOCKS CONNECT's,
     /// with `version http`; nil if the connection has already gone.
     static func facts(
-        host: ProxyTargetHost, port: UInt16, user: String?, channel: any Channel, proxied: ProxiedConnection?
+        host: ProxyTargetHost, port: UInt16, identity: HTTPProxyAuthentication.Identity?, channel: any Channel,
+        proxied: ProxiedConnection?
     ) -> RequestFacts? {
         guard let peer = channel.remoteAddress?.ipEndpoint, let local = channel.localAddress?.ipEndpoint else { return nil }
         let destination: RequestFacts.Destination =
@@ -203,8 +204,9 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         var facts = RequestFacts(
             version: .http, command: .connect, client: proxied?.client ?? peer, listener: proxied?.frontEnd ?? local,
-            destination: destination, destinationPort: port, claimedUser: user, authMethod: user == nil ? .none : .password,
+            destination: destination, destinationPort: port, claimedUser: identity?.user, authMethod: identity?.method ?? .none,
             time: Int64(Glibc.time(nil)))
+        facts.gssapi = identity?.gssapi
         if proxied?.client != nil { facts.balancer = proxied?.balancer }
         return facts
     }

@@ -22,7 +22,7 @@ import SOCKSWire
 extension Run {
     func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
-        gssAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
+        gssAcceptor: GSSAcceptor?, httpGSSAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
         metrics metricsSetup: (GatewayMetrics, ListeningSocket)?, notifier: ServiceNotifier, logger: Logger
     ) async throws {
         let metrics = metricsSetup?.0
@@ -53,7 +53,8 @@ extension Run {
             settings: .init(
                 configuration: configuration, eventLoops: eventLoops, identPort: identPort,
                 policyFile: policy ?? DefaultPolicy.fileName, version: Identgate.configuration.version),
-            engine: engine, policySHA256: policySHA256, credentials: credentials, gssAcceptor: gssAcceptor, audit: audit,
+            engine: engine, policySHA256: policySHA256, credentials: credentials, gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor,
+            audit: audit,
             metrics: metrics, logger: logger)
         let bound: [IPEndpoint]
         do {

@@ -60,12 +60,22 @@ extension Run {
         let credentials: CredentialStore?
         let policyFile: PolicyFile
         let gssAcceptor: GSSAcceptor?
+        let httpGSSAcceptor: GSSAcceptor?
         let signingKey: AuditSigningKey?
         do {
             signingKey = try auditSigningKey.map(AuditSigningKey.init(contentsOfFile:))
             credentials = try passwordFile.map { try CredentialStore(contents: TextFile.read($0), fileName: $0) }
             // Keys are copied into memory here, while still root: a keytab is root's.
             gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
+            httpGSSAcceptor = try gssapiKeytab.flatMap { keytab in
+                do {
+                    return try GSSAcceptor(keytab: keytab, service: httpGssapiService ?? "HTTP")
+                } catch where httpGssapiService == nil {
+                    // Not asked for by name: HTTP clients are offered what else there is.
+                    logger.info("the keytab has no HTTP/host keys: HTTP clients are not offered Negotiate")
+                    return nil
+                }
+            }
             policyFile = try policy.map(PolicyFile.read) ?? .embeddedDefault
         } catch {
             throw FailedStart(message: "\(error)")
@@ -136,7 +146,7 @@ extension Run {
         try waitFor {
             try await command.serve(
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
-                gssAcceptor: gssAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
+                gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
                 metrics: metrics, notifier: notifier, logger: logger)
         }
     }

@@ -96,6 +96,13 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "HTTP clients' Negotiate (RFC 4559, SPNEGO): the keytab's keys for SERVICE/host@REALM are used. "
+                + "Default: HTTP, when the keytab has such keys.",
+            valueName: "name"))
+    var httpGssapiService: String?
+
+    @Option(
+        help: ArgumentHelp(
             "Where outbound traffic leaves from (CONNECT, BIND listeners, UDP relays): an address of this host or an "
                 + "interface; repeatable; the first of the destination's family is used. Default: the kernel chooses.",
             discussion: "An interface means every address it has. A destination family with no address here is "

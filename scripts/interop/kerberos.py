@@ -68,6 +68,9 @@ class Realm:
             self.admin(f"addprinc -randkey {SERVICE}/localhost")
             self.admin(f"addprinc -randkey other/localhost")
             self.admin(f"ktadd -k {self.keytab} {SERVICE}/localhost")
+            # HTTP clients' Negotiate (RFC 4559) asks for HTTP/<proxy host>: same keytab.
+            self.admin("addprinc -randkey HTTP/localhost")
+            self.admin(f"ktadd -k {self.keytab} HTTP/localhost")
             self.admin(f"ktadd -k {self.other_keytab} other/localhost")
             self.kdc = subprocess.Popen(["krb5kdc", "-n"], env=self.env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)

@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, echo, recv_exactly
+from peers import BINARY, Gateway, HTTPServer, TCPServer, echo, recv_exactly
 from test_bind_udp import UDPEcho
 
 try:
@@ -315,6 +315,39 @@ class GSSAPITest(unittest.TestCase):
         self.assertEqual(lines[f"carol@{REALM}"], 6, "the realm rule")
         shown = subprocess.run([BINARY, "audit", "show", self.gateway.audit_log], capture_output=True, text=True, timeout=30)
         self.assertIn(f"carol@{REALM}", shown.stdout)
+
+    def test_http_negotiate_with_curl(self):
+        """curl --proxy-negotiate (SPNEGO, RFC 4559) with a ticket from the test KDC: the
+        same keytab's HTTP/localhost keys, the same policy (auth gssapi, the principal),
+        for a forwarded request and a CONNECT; bob is refused, no ticket is challenged."""
+        hello = b"hello through identgate\n"
+        with HTTPServer() as http:
+            def curl(user, *extra):
+                ccache = self.realm.ticket(user) if user else os.path.join(self.folder, "empty.ccache")
+                return subprocess.run(
+                    ["curl", "-sS", "--max-time", "20", "--proxy-negotiate", "-U", ":", "-x",
+                     f"http://localhost:{self.gateway.port}", "-w", "|%{http_code}|%{http_connect}", *extra,
+                     f"http://127.0.0.1:{http.port}/"],
+                    env=dict(os.environ, KRB5CCNAME=ccache), capture_output=True, timeout=30)
+            for tunnel in ([], ["-p"]):
+                with self.subTest(tunnel=tunnel):
+                    result = curl("alice", *tunnel)
+                    self.assertEqual(result.stdout, hello + (b"|200|200" if tunnel else b"|200|000"),
+                                     result.stderr.decode() + self.gateway.output())
+            self.assertTrue(curl("bob").stdout.endswith(b"|403|000"), "bob: refused by the policy")
+            # The listener also takes anonymous clients (none is offered): the policy refuses.
+            self.assertTrue(curl(None).stdout.endswith(b"|403|000"))
+            with Gateway("--policy", self.policy, "--gssapi-keytab", self.realm.keytab, "--methods", "gssapi") as strict:
+                with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as client:
+                    client.sendall(f"GET http://127.0.0.1:{http.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    answer = client.recv(4096)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 407 "), answer)
+                self.assertIn(b"Proxy-Authenticate: Negotiate\r\n", answer)
+                self.assertNotIn(b"Basic", answer, "no password file: Basic is not offered")
+        decisions = [r for r in self.records(4) if r.get("socks") == "http"]
+        self.assertEqual([(d["auth"], d.get("claimedUser"), d["verdict"]) for d in decisions],
+                         [("gssapi", f"alice@{REALM}", "allow")] * 2 + [("gssapi", f"bob@{REALM}", "deny"),
+                                                                         ("none", None, "deny")])
 
     def test_without_a_valid_ticket_nothing_is_relayed(self):
         # No ticket at all: the client library cannot even start.
