@@ -111,7 +111,7 @@ let package = Package(
         .target(
             name: "Probe",
             dependencies: [
-                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL", "PrintableText",
+                "SOCKSWire", "NetAddress", "PosixEndpoint", "ProxyURL", "PrintableText", "HTTPProxyWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

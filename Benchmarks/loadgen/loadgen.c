@@ -24,8 +24,9 @@
 //        opens COUNT relayed connections (handshake done, one byte echoed), holds
 //        them idle for SECONDS, prints how many were up, then closes them.
 //   loadgen rate MODE PROXY_PORT DEST_PORT CONCURRENCY COUNT SECONDS
-//        MODE: socks5 | socks4 | direct. Each connection: connect, (SOCKS request and
-//        reply), 64-byte request, 64-byte reply, the destination's close (DEST_PORT is
+//        MODE: socks5 | socks4 | http | direct (http: an HTTP proxy's CONNECT, the
+//        answer read to its empty line). Each connection: connect, (SOCKS or CONNECT
+//        request and reply), 64-byte request, 64-byte reply, the destination's close (DEST_PORT is
 //        a `loadgen reply` server), close. Stops after COUNT connections or
 //        SECONDS, whichever comes first. Prints: connections, seconds, conns/s, p50 and
 //        p99 latency in microseconds, failures.
@@ -107,7 +108,22 @@ static int echo_server(int port, enum server kind) {
     }
 }
 
-enum mode { SOCKS5, SOCKS4, DIRECT };
+enum mode { SOCKS5, SOCKS4, HTTP, DIRECT };
+
+static enum mode mode_named(const char *name) {
+    return !strcmp(name, "socks5") ? SOCKS5 : !strcmp(name, "socks4") ? SOCKS4 : !strcmp(name, "http") ? HTTP : DIRECT;
+}
+
+/// Advances the search for an HTTP head's end ("\r\n\r\n") over `count` bytes; returns
+/// how many bytes were used up to and including it, or -1 if it has not come yet.
+static int head_end(int *matched, const unsigned char *bytes, int count) {
+    static const char end[] = "\r\n\r\n";
+    for (int i = 0; i < count; i++) {
+        *matched = bytes[i] == end[*matched] ? *matched + 1 : (bytes[i] == '\r' ? 1 : 0);
+        if (*matched == 4) return i + 1;
+    }
+    return -1;
+}
 enum phase { CONNECTING, GREETING, NEGOTIATING, EXCHANGING, CLOSING };
 
 struct conn {
@@ -115,6 +131,7 @@ struct conn {
     enum phase phase;
     double started;
     int have;  // bytes of the current expected reply received
+    int matched;  // HTTP: bytes of "\r\n\r\n" matched so far
 };
 
 static int compare(const void *a, const void *b) {
@@ -129,7 +146,7 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
     long started = 0, finished = 0, failures = 0;
     unsigned char payload[64];
     memset(payload, 'x', sizeof payload);
-    unsigned char request[32];
+    unsigned char request[128];
     int request_length = 0, reply_length = 0;
     // SOCKS5 as clients like curl do it: greeting, wait for the method, then the request
     // (microsocks cannot take both in one segment).
@@ -143,6 +160,11 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
         memcpy(request, r, sizeof r);
         request_length = sizeof r;
         reply_length = 8;
+    } else if (mode == HTTP) {
+        char host[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &dest_host, host, sizeof host);
+        request_length = snprintf((char *)request, sizeof request, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host,
+                                  dest_port, host, dest_port);
     }
     int target = mode == DIRECT ? dest_port : proxy_port;
     double begin = now(), deadline = begin + seconds;
@@ -155,6 +177,7 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(target), .sin_addr = mode == DIRECT ? dest_host : proxy_host};
         c->started = now();
         c->have = 0;
+        c->matched = 0;
         c->phase = CONNECTING;
         connect(c->fd, (struct sockaddr *)&a, sizeof a);
         struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = slot};
@@ -207,6 +230,13 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                 c->phase = NEGOTIATING;
                 if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }
             }
+            if (c->phase == NEGOTIATING && mode == HTTP) {
+                int used = head_end(&c->matched, buffer, (int)r);
+                if (used < 0) { c->have = 0; continue; }
+                c->have = (int)r - used;
+                c->phase = EXCHANGING;
+                if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
+            }
             if (c->phase == NEGOTIATING && c->have >= reply_length) {
                 int granted = mode == SOCKS5 ? (buffer[reply_length - 10 + 1 - (r - c->have + reply_length > 0 ? 0 : 0)] == 0) : 1;
                 (void)granted;
@@ -242,6 +272,18 @@ static int open_relayed(enum mode mode, int proxy_port, int dest_port) {
     } else if (mode == SOCKS4) {
         unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], 'b', 0};
         if (write(fd, r, sizeof r) != sizeof r || recv(fd, reply, 8, MSG_WAITALL) != 8 || reply[1] != 90) { close(fd); return -1; }
+    } else if (mode == HTTP) {
+        char host[INET_ADDRSTRLEN], r[128];
+        inet_ntop(AF_INET, &dest_host, host, sizeof host);
+        int length = snprintf(r, sizeof r, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host, dest_port, host, dest_port);
+        if (write(fd, r, length) != length) { close(fd); return -1; }
+        // The answer, a byte at a time up to its empty line (nothing of the tunnel is read).
+        unsigned char head[1024];
+        int matched = 0, used = 0;
+        while (used < (int)sizeof head && recv(fd, &head[used], 1, 0) == 1) {
+            if (head_end(&matched, &head[used++], 1) > 0) break;
+        }
+        if (matched != 4 || used < 12 || memcmp(head + 9, "200", 3)) { close(fd); return -1; }
     }
     return fd;
 }
@@ -349,15 +391,15 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "reply")) echo_server(atoi(argv[2]), REPLY);
     if (argc == 3 && !strcmp(argv[1], "source")) source_server(atoi(argv[2]));
     if (argc == 9 - 1 && !strcmp(argv[1], "rate")) {
-        enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
+        enum mode mode = mode_named(argv[2]);
         return rate(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atol(argv[6]), atof(argv[7]));
     }
     if (argc == 7 && (!strcmp(argv[1], "bulk") || !strcmp(argv[1], "download") || !strcmp(argv[1], "idle"))) {
-        enum mode mode = !strcmp(argv[2], "socks5") ? SOCKS5 : !strcmp(argv[2], "socks4") ? SOCKS4 : DIRECT;
+        enum mode mode = mode_named(argv[2]);
         if (!strcmp(argv[1], "bulk")) return bulk(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
         if (!strcmp(argv[1], "download")) return download(mode, atoi(argv[3]), atoi(argv[4]), atol(argv[5]), atof(argv[6]));
         return idle(mode, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]));
     }
-    fprintf(stderr, "usage: loadgen echo|sink|reply|source PORT | loadgen rate|bulk|download|idle socks5|socks4|direct PROXY_PORT DEST_PORT ...\n");
+    fprintf(stderr, "usage: loadgen echo|sink|reply|source PORT | loadgen rate|bulk|download|idle socks5|socks4|http|direct PROXY_PORT DEST_PORT ...\n");
     return 2;
 }

@@ -59,7 +59,7 @@ public enum ProxyRequestTarget: Hashable, Sendable {
     }
 
     /// `host:port`, `[v6]:port`; the port may be left out where there is a default.
-    static func authority(_ text: Substring, defaultPort: UInt16?) throws(ProxyRequestError) -> (ProxyTargetHost, UInt16) {
+    public static func authority(_ text: Substring, defaultPort: UInt16?) throws(ProxyRequestError) -> (ProxyTargetHost, UInt16) {
         let hostText: Substring
         var portText: Substring?
         if text.first == "[" {

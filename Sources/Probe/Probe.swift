@@ -17,7 +17,7 @@ public struct Probe: ParsableCommand {
     public init() {}
 
     public static let configuration = CommandConfiguration(
-        abstract: "Talk to a SOCKS server as a client and show every step, with times and the reply's meaning.",
+        abstract: "Talk to a SOCKS server or an HTTP proxy as a client and show every step, with times and the reply's meaning.",
         discussion: """
             Example: identgate probe socks5h://alice@gw:1080 --to www.example.com:443 --password-file pw
             Exit status: 0 granted; 1 refused by the server (the reply says why); 2 no acceptable \
@@ -26,7 +26,8 @@ public struct Probe: ParsableCommand {
             """
     )
 
-    @Argument(help: "The server: socks4://, socks4a://, socks5://, socks5h:// (user[:password]@host[:port]).")
+    @Argument(
+        help: "The server: socks4://, socks4a://, socks5://, socks5h://, or http:// for an HTTP proxy's CONNECT (user[:password]@host[:port]).")
     var url: String
 
     @Option(help: ArgumentHelp("The destination to ask for, HOST:PORT.", valueName: "host:port"))
@@ -68,6 +69,7 @@ public struct Probe: ParsableCommand {
     }
 
     private func probe(_ report: inout Report) throws -> Outcome {
+        if url.lowercased().hasPrefix("http://") { return try probeHTTP(&report) }
         var server: SOCKSURL
         do {
             server = try SOCKSURL.parse(url)
@@ -196,6 +198,13 @@ public struct Probe: ParsableCommand {
             report.step(clock.ms, "udp", "sent \(payload.count) bytes; " + (answer.map { "received \(max(0, $0.count - 10)) bytes: \(Self.printable(Array($0.dropFirst(10))))" } ?? "nothing came back"))
             return
         }
+        try streamExchange(text, socket: socket, report: &report, clock: clock)
+    }
+
+    /// The text to the destination through a granted tunnel, then the end of our stream,
+    /// and what comes back (until the peer closes, 64 KiB, or the time-out).
+    func streamExchange(_ text: String, socket: Connection, report: inout Report, clock: Clock) throws {
+        let payload = Array(text.utf8)
         try socket.write(payload)
         // Then the end of the stream, so that a server that answers at EOF (an echo, an
         // HTTP/1.0 request) answers and closes rather than waiting for more.

@@ -43,6 +43,30 @@ class ProbeIdentgateTest(unittest.TestCase):
         self.addCleanup(self.gateway.__exit__, None, None, None)
         self.url = f"socks5://{self.gateway.address}"
 
+    def test_http_connect(self):
+        """probe speaks an HTTP proxy's CONNECT too: each answer with its meaning and the
+        same exit statuses as for SOCKS."""
+        refused = probe(f"http://{self.gateway.address}", "--to", f"127.0.0.1:{self.server.port}")
+        self.assertEqual(refused.returncode, 1, refused.stdout + refused.stderr)
+        self.assertIn("answer: HTTP/1.1 403 Forbidden (The gateway's policy does not allow this request.)", refused.stdout)
+        line = subprocess.run([BINARY, "passwd", "alice"], input=b"pw\n", capture_output=True)
+        passwords = os.path.join(self.folder.name, "passwords")
+        with open(passwords, "wb") as out:
+            out.write(line.stdout)
+        with Gateway() as open_gateway, Gateway("--password-file", passwords) as closed_gateway:
+            granted = probe(f"http://{open_gateway.address}", "--to", f"127.0.0.1:{self.server.port}", "--send", "hello")
+            self.assertEqual(granted.returncode, 0, granted.stdout + granted.stderr)
+            self.assertIn("answer: HTTP/1.1 200 Connection established\n", granted.stdout)
+            self.assertIn("received: 5 bytes: hello", granted.stdout)
+            unreachable = probe(f"http://{open_gateway.address}", "--to", f"127.0.0.1:{free_port()}")
+            self.assertEqual(unreachable.returncode, 1)
+            self.assertIn("502 Bad Gateway (The destination could not be reached.)", unreachable.stdout)
+            challenged = probe(f"http://{closed_gateway.address}", "--to", f"127.0.0.1:{self.server.port}")
+            self.assertEqual(challenged.returncode, 2, challenged.stdout)
+            self.assertIn("407 Proxy Authentication Required", challenged.stdout)
+            with_password = probe(f"http://alice:pw@{closed_gateway.address}", "--to", f"127.0.0.1:{self.server.port}")
+            self.assertEqual(with_password.returncode, 0, with_password.stdout)
+
     def test_a_grant_with_every_step_and_the_echo(self):
         result = probe(self.url, "--to", f"127.0.0.1:{self.server.port}", "--send", "hello")
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
@@ -132,9 +156,9 @@ class ProbeIdentgateTest(unittest.TestCase):
         stalled = probe(f"socks5://127.0.0.1:{silent.getsockname()[1]}", "--to", "127.0.0.1:80", "--timeout", "1")
         self.assertEqual(stalled.returncode, 5)
         self.assertIn("no answer in 1.0 s", stalled.stdout)
-        bad = probe("http://127.0.0.1:1080", "--to", "127.0.0.1:80")
+        bad = probe("ftp://127.0.0.1:1080", "--to", "127.0.0.1:80")
         self.assertEqual(bad.returncode, 64)
-        self.assertIn("at character 1: unknown scheme 'http'", bad.stderr)
+        self.assertIn("at character 1: unknown scheme 'ftp'", bad.stderr)
 
 
 @unittest.skipUnless(shutil.which("danted") and shutil.which("microsocks") and os.geteuid() == 0,
