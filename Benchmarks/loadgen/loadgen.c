@@ -132,6 +132,7 @@ struct conn {
     double started;
     int have;  // bytes of the current expected reply received
     int matched;  // HTTP: bytes of "\r\n\r\n" matched so far
+    int answered;  // HTTP: the answer's status line was checked
 };
 
 static int compare(const void *a, const void *b) {
@@ -178,6 +179,7 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
         c->started = now();
         c->have = 0;
         c->matched = 0;
+        c->answered = 0;
         c->phase = CONNECTING;
         connect(c->fd, (struct sockaddr *)&a, sizeof a);
         struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = slot};
@@ -231,6 +233,11 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                 if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }
             }
             if (c->phase == NEGOTIATING && mode == HTTP) {
+                // The answer's first read holds its status line: anything but 200 fails.
+                if (!c->answered) {
+                    c->answered = 1;
+                    if (r < 12 || memcmp(buffer, "HTTP/1.", 7) || memcmp(buffer + 9, "200", 3)) { close_one(slot, 0); continue; }
+                }
                 int used = head_end(&c->matched, buffer, (int)r);
                 if (used < 0) { c->have = 0; continue; }
                 c->have = (int)r - used;

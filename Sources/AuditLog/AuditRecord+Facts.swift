@@ -7,10 +7,14 @@ import NetAddress
 extension AuditRecord {
     /// A decision with every fact the engine used, so `audit replay` can decide it again.
     /// `reply` is the SOCKS reply code the decision meant for the client.
+    /// `httpRequest`: an HTTP proxy request's method and, for a forwarded one, its target.
     public static func decision(
-        _ facts: RequestFacts, _ decision: Decision, reply: Int, session: UInt64, step: String? = nil
+        _ facts: RequestFacts, _ decision: Decision, reply: Int, session: UInt64, step: String? = nil,
+        httpRequest: HTTPRequestLine? = nil
     ) -> AuditRecord {
         var record = AuditRecord(event: .decision)
+        record.httpMethod = httpRequest?.method
+        record.httpTarget = httpRequest?.target.map(HTTPRequestLine.recorded)
         record.session = session
         record.client = facts.client.description
         record.listener = facts.listener.description
@@ -70,5 +74,28 @@ extension AuditRecord {
             })
         facts.balancer = balancer.flatMap(IPEndpoint.init)
         return facts
+    }
+}
+
+/// An HTTP proxy request's method and target, as the decision record keeps them.
+public struct HTTPRequestLine: Hashable, Sendable {
+    public var method: String
+    /// The request-target of a forwarded request (nil for CONNECT: its destination says it).
+    public var target: String?
+
+    /// A target is kept up to this many bytes in the record.
+    public static let maximumTargetLength = 2048
+
+    public init(method: String, target: String?) {
+        self.method = method
+        self.target = target
+    }
+
+    /// `target`, cut at a character boundary to at most `maximumTargetLength` bytes, with "…".
+    public static func recorded(_ target: String) -> String {
+        guard target.utf8.count > maximumTargetLength else { return target }
+        var cut = Substring(target)
+        while cut.utf8.count > maximumTargetLength - 3 { cut = cut.dropLast() }
+        return cut + "…"
     }
 }

@@ -22,6 +22,8 @@ extension AuditRecord {
         writer.field("durationMs", durationMs.map(Int64.init))
         writer.field("event", event.rawValue)
         writer.field("gssMechanism", gssMechanism)
+        writer.field("httpMethod", httpMethod)
+        writer.field("httpTarget", httpTarget)
         if let ident {
             writer.key("ident")
             writer.openObject()

@@ -57,6 +57,8 @@ private struct JSONLineReader {
             case "rules": return reader.integer(into: &record.rules)
             case "tests": return reader.integer(into: &record.tests)
             case "reason": return reader.string(into: &record.reason)
+            case "httpMethod": return reader.string(into: &record.httpMethod)
+            case "httpTarget": return reader.string(into: &record.httpTarget)
             case "user": return reader.string(into: &record.user)
             case "verified": return reader.string(into: &record.verified)
             case "session": return reader.integer(into: &record.session)

@@ -77,6 +77,10 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// (none, integrity, confidentiality); `claimedUser` is the principal.
     public var gssMechanism: String?
     public var protection: String?
+    /// For an HTTP proxy request: its method (CONNECT, GET, …) and, for a forwarded one,
+    /// the target as the client wrote it (cut to `maximumTargetLength` bytes, then "…").
+    public var httpMethod: String?
+    public var httpTarget: String?
     public var ident: IdentRecord?
     public var ruleLine: Int?
     public var ruleLabel: String?

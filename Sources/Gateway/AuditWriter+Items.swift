@@ -21,14 +21,14 @@ extension AuditWriter {
     /// into a record on the writer thread so that the event loops do less per request.
     public enum Item: Sendable {
         case record(AuditRecord)
-        case decision(RequestFacts, Decision, session: UInt64, step: String?, time: String)
+        case decision(RequestFacts, Decision, session: UInt64, step: String?, time: String, httpRequest: HTTPRequestLine?)
 
         var record: AuditRecord {
             switch self {
             case .record(let record):
                 return record
-            case .decision(let facts, let decision, let session, let step, let time):
-                var record = AuditRecord.decision(facts, decision, session: session, step: step)
+            case .decision(let facts, let decision, let session, let step, let time, let httpRequest):
+                var record = AuditRecord.decision(facts, decision, session: session, step: step, httpRequest: httpRequest)
                 record.time = time
                 return record
             }

@@ -179,9 +179,12 @@ public final class AuditWriter: Sendable {
 
     /// Queues a decision; the writer thread makes the record.
     public func recordDecision(
-        _ facts: RequestFacts, _ decision: Decision, session: UInt64, step: String?, written: EventLoopPromise<Void>? = nil
+        _ facts: RequestFacts, _ decision: Decision, session: UInt64, step: String?, httpRequest: HTTPRequestLine? = nil,
+        written: EventLoopPromise<Void>? = nil
     ) {
-        enqueue(item: .decision(facts, decision, session: session, step: step, time: AuditChain.timestamp()), written: written)
+        enqueue(
+            item: .decision(facts, decision, session: session, step: step, time: AuditChain.timestamp(), httpRequest: httpRequest),
+            written: written)
     }
 
     private func enqueue(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {

@@ -169,9 +169,10 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let ended = context.eventLoop.makePromise(of: Void.self)
         context.channel.closeFuture.cascade(to: ended)
-        let setup = SessionSetup(
+        var setup = SessionSetup(
             gateway: gateway, id: gateway.nextSessionID(), frontDoor: .http(minorVersion: head.version.minor),
             admission: SessionAdmission(policy: gateway.policy, clientClosed: ended.futureResult), perMessage: nil)
+        setup.httpRequest = HTTPRequestLine(method: head.method.rawValue, target: head.uri)
         let exchange = ForwardedExchange(setup: setup, head: forwardedHead, clientMinorVersion: head.version.minor, ended: ended)
         state = .preparing(exchange)
         authentication.check(head, context: context) { outcome in

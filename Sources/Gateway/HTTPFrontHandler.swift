@@ -1,4 +1,5 @@
 import AccessPolicy
+import AuditLog
 import HTTPProxyWire
 import NIOCore
 import NIOHTTP1
@@ -152,9 +153,10 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             return context.close(promise: nil)
         }
         deadline?.cancel()
-        let setup = SessionSetup(
+        var setup = SessionSetup(
             gateway: gateway, id: gateway.nextSessionID(), frontDoor: .http(minorVersion: head.version.minor),
             admission: SessionAdmission(policy: gateway.policy, clientClosed: context.channel.closeFuture), perMessage: nil)
+        setup.httpRequest = HTTPRequestLine(method: "CONNECT", target: nil)
         gateway.metrics?.sessionStarted(.connect, .http, closed: context.channel.closeFuture)
         state = .handedOver
         let pipeline = context.pipeline.syncOperations

@@ -357,8 +357,12 @@ struct SessionSetup {
     let admission: SessionAdmission
     /// RFC 1961 per-message protection, when granted (the stream's handler is in place).
     let perMessage: GSSPerMessage?
+    /// An HTTP proxy request's method and target, for its decision records.
+    var httpRequest: HTTPRequestLine? = nil
 
-    var decider: RequestDecider { RequestDecider(gateway: gateway, session: id, admission: admission) }
+    var decider: RequestDecider {
+        RequestDecider(gateway: gateway, session: id, admission: admission, httpRequest: httpRequest)
+    }
 }
 
 extension ChannelHandlerContext {

@@ -19,6 +19,8 @@ struct RequestDecider {
     let gateway: GatewayContext
     let session: UInt64
     let admission: SessionAdmission
+    /// An HTTP proxy request's method and target, for its decision records.
+    var httpRequest: HTTPRequestLine? = nil
 
     /// `step` names the decision in the audit record (nil: the request's own). `report`
     /// runs on `eventLoop`: `.decided` or `.timedOut` exactly once, then, for a record the
@@ -89,12 +91,12 @@ struct RequestDecider {
             return decision
         }
         guard decision.verdict == .allow, audit.relayWaitsForWrite else {
-            audit.recordDecision(facts, decision, session: session, step: step)
+            audit.recordDecision(facts, decision, session: session, step: step, httpRequest: httpRequest)
             report(.decided(decision, recordPending: false))
             return decision
         }
         let written = eventLoop.makePromise(of: Void.self)
-        audit.recordDecision(facts, decision, session: session, step: step, written: written)
+        audit.recordDecision(facts, decision, session: session, step: step, httpRequest: httpRequest, written: written)
         // Reported first, so that the session counts the record before it hears of its write.
         report(.decided(decision, recordPending: true))
         written.futureResult.assumeIsolated().whenComplete { result in
@@ -126,7 +128,7 @@ struct RequestDecider {
             .limitRefusal, on: eventLoop, metadata: ["client": "\(facts.client)", "limit": "\(DisplayText.escaped(refusal.reason))"])
         log(decision, facts, step: nil)
         gateway.metrics?.decided(decision, reply: decision.replyCode(for: facts.version), after: nil)
-        gateway.audit?.recordDecision(facts, decision, session: session, step: nil)
+        gateway.audit?.recordDecision(facts, decision, session: session, step: nil, httpRequest: httpRequest)
     }
 
     /// The deadline passed: a decision record says so (deny, general failure), with
@@ -141,7 +143,7 @@ struct RequestDecider {
             "request refused: \(reason)",
             metadata: ["client": "\(facts.client)", "destination": "\(DisplayText.escaped(facts.destination.description))"])
         guard let audit = gateway.audit else { return }
-        var record = AuditRecord.decision(facts, Decision.timedOut, session: session, step: step)
+        var record = AuditRecord.decision(facts, Decision.timedOut, session: session, step: step, httpRequest: httpRequest)
         record.reason = step.map { "\($0): \(reason)" } ?? reason
         audit.record(record)
     }

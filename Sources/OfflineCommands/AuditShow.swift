@@ -77,11 +77,13 @@ struct AuditShow: ParsableCommand {
                     "\(record.destination ?? "?"):\(record.destinationPort ?? 0)" + (record.resolved.map { " (\($0))" } ?? "")
                 let rule = record.decidedBy
                 let moved = bytes.map { "\($0.up)/\($0.down)" } ?? "-"
+                // An HTTP request's method and target close the line.
+                let request = record.httpMethod.map { "  " + DisplayText.escaped([$0, record.httpTarget].compactMap { $0 }.joined(separator: " ")) }
                 print(
                     Self.row([
                         String(record.time.prefix(23)), record.claimedUser ?? "-", ident, record.client ?? "?", destination,
                         record.verdict ?? "?", record.reply.map(String.init) ?? "?", rule, moved,
-                    ]))
+                    ]) + (request ?? ""))
             }
             return true
         }

@@ -24,6 +24,8 @@ import Testing
         record.reply = 90
         record.requestTime = -5
         record.listen = ["127.0.0.1:1080", "[::1]:1080"]
+        record.httpMethod = "GET"
+        record.httpTarget = "http://example.com/a?b=\"c\"\n"
         return record
     }
 
@@ -61,6 +63,16 @@ import Testing
         #expect(time.hasSuffix("Z"))
         #expect(time.dropFirst(10).first == "T")
     }
+
+    /// A forwarded request's target is kept whole up to 2,048 bytes, else cut at a
+    /// character boundary with "…".
+    @Test func longTargetsAreCut() {
+        #expect(HTTPRequestLine.recorded("http://a/") == "http://a/")
+        let long = "http://a/" + String(repeating: "é", count: 2000)
+        let kept = HTTPRequestLine.recorded(long)
+        #expect(kept.utf8.count <= HTTPRequestLine.maximumTargetLength)
+        #expect(kept.hasSuffix("…") && long.hasPrefix(String(kept.dropLast())))
+    }
 }
 
 extension AuditRecord {
@@ -69,4 +81,5 @@ extension AuditRecord {
         copy.time = time
         return copy
     }
+
 }

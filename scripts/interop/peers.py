@@ -132,8 +132,18 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
+    # A page with 60 images that counts them loaded (a browser's many requests at once).
+    PAGE = ("<!doctype html><html><body><div id=count>0</div><script>let n = 0;"
+            "function loaded() { document.getElementById('count').textContent = 'loaded ' + (++n); }</script>"
+            + "".join(f"<img src='/img/{i}.gif' onload='loaded()'>" for i in range(60)) + "</body></html>").encode()
+    GIF = bytes.fromhex("47494638396101000100800000ffffff00000021f90401000000002c00000000010001000002024401003b")
+
     def do_GET(self):
         body = b"hello through identgate\n"
+        if self.path == "/page":
+            body = self.PAGE
+        elif self.path.startswith("/img/"):
+            body = self.GIF
         if self.path == "/headers":
             # What arrived, for tests of what a proxy forwards.
             body = "".join(f"{name}: {value}\n" for name, value in self.headers.items()).encode()

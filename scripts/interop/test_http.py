@@ -9,6 +9,7 @@ arrived and what the audit log says.
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -81,6 +82,8 @@ class HTTPProxyTests(unittest.TestCase):
             decisions = self.decisions(gateway)
             self.assertEqual([(d["socks"], d["command"], d["verdict"], d["reply"]) for d in decisions],
                              [("http", "connect", "allow", 200)] * 2 + [("socks5", "connect", "allow", 0)])
+            self.assertEqual([(d.get("httpMethod"), d.get("httpTarget")) for d in decisions],
+                             [("CONNECT", None)] * 2 + [(None, None)])
             ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
             self.assertEqual(len(ends), 3, "every allowed session ends with one record")
             self.assertTrue(all(e.get("bytesToClient", 0) > len(HELLO) for e in ends), ends)
@@ -160,6 +163,8 @@ class HTTPProxyTests(unittest.TestCase):
             decisions = self.decisions(gateway)
             self.assertEqual([(d["socks"], d["destination"], d["verdict"], d["reply"]) for d in decisions],
                              [("http", "127.0.0.1", "allow", 200), ("http", "127.0.0.2", "allow", 200)])
+            self.assertEqual([(d["httpMethod"], d["httpTarget"]) for d in decisions],
+                             [("GET", f"http://127.0.0.1:{first.port}/"), ("GET", f"http://127.0.0.2:{second.port}/")])
             ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
             self.assertEqual(sorted(e["session"] for e in ends), sorted(d["session"] for d in decisions))
             self.assertEqual([e.get("reply") for e in ends], [200, 200])
@@ -236,6 +241,26 @@ class HTTPProxyTests(unittest.TestCase):
             self.assertEqual(len(decisions), 5)
             self.assertEqual(sorted(e["session"] for e in ends), sorted(d["session"] for d in decisions),
                              "every forwarded request ends with exactly one record")
+
+    @unittest.skipUnless(shutil.which("chromium"), "needs chromium (scripts/test installs it)")
+    def test_chromium_loads_a_page_of_60_images_over_https_and_http(self):
+        """Headless Chromium with --proxy-server: the page and its 60 images, through CONNECT
+        (HTTPS) and forwarding (HTTP), many requests in flight at once."""
+        with self.https() as secure, HTTPServer() as plain, Gateway() as gateway:
+            profile = os.path.join(self.folder.name, "chromium")
+            for url in (f"https://127.0.0.1:{secure.port}/page", f"http://127.0.0.1:{plain.port}/page"):
+                with self.subTest(url=url):
+                    shown = run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                 f"--user-data-dir={profile}", f"--proxy-server=http://{gateway.address}",
+                                 "--proxy-bypass-list=<-loopback>", "--ignore-certificate-errors",
+                                 "--virtual-time-budget=15000", "--dump-dom", url], timeout=120)
+                    self.assertIn(b"loaded 60", shown.stdout, shown.stderr.decode()[-2000:] + gateway.output()[-2000:])
+            gateway.stop()
+            decisions = self.decisions(gateway)
+            forwarded = [d for d in decisions if d.get("httpMethod") == "GET"]
+            self.assertGreaterEqual(len(forwarded), 61, "the page and each image decided")
+            self.assertTrue(any(d.get("httpMethod") == "CONNECT" for d in decisions))
+            self.assertTrue(all(d["verdict"] == "allow" for d in decisions))
 
     def test_forwarding_denied_is_403(self):
         with HTTPServer() as server, Gateway("--policy", self.deny_all) as gateway:
