@@ -78,3 +78,10 @@ final class UpstreamResponseHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 }
+
+extension HTTPHeaders {
+    /// Header fields as the proxy's pure code lists them, in order.
+    init(_ fields: [ForwardedHeaders.Field]) {
+        self.init(fields.map { ($0.name, $0.value) })
+    }
+}

@@ -20,7 +20,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private enum State {
+    enum State {
         /// Waiting for the next request (for at most the negotiation deadline).
         case idle
         /// Checking who the client is, or reaching the destination.
@@ -29,18 +29,20 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case closed
     }
 
-    private let gateway: GatewayContext
+    let gateway: GatewayContext
     private let proxied: ProxiedConnection?
     private let authentication: HTTPProxyAuthentication
-    private var state = State.idle
+    var state = State.idle
     /// Request parts that came after the current request (pipelined), in order.
     private var queued: [HTTPServerRequestPart] = []
     /// A read the client side asked for while it was held back.
     private var readPending = false
     /// The client asked to close after the current exchange.
-    private var closeAfterExchange = false
+    var closeAfterExchange = false
+    /// What the client sent after the current request could not be read: 400 after it.
+    private var unreadableAfterExchange = false
     private var idleTimer: Scheduled<Void>?
-    private weak var clientContext: ChannelHandlerContext?
+    weak var clientContext: ChannelHandlerContext?
 
     init(gateway: GatewayContext, proxied: ProxiedConnection?, authentication: HTTPProxyAuthentication) {
         self.gateway = gateway
@@ -48,7 +50,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.authentication = authentication
     }
 
-    private var via: String { "1.1 \(gateway.audit?.instance ?? "identgate")" }
+    var via: String { "1.1 \(gateway.audit?.instance ?? "identgate")" }
 
     func handlerAdded(context: ChannelHandlerContext) {
         clientContext = context
@@ -107,7 +109,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func resumeClientReads(context: ChannelHandlerContext) {
+    func resumeClientReads(context: ChannelHandlerContext) {
         if readPending, wantsClientBytes {
             readPending = false
             context.read()
@@ -136,11 +138,14 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // The next request's head did not parse: nothing after it can be trusted.
-        if case .idle = state, error is HTTPParserError {
-            return answer(.badRequest, exchange: nil, context: context)
+        // What came after the request did not parse (bytes past its Content-Length, say):
+        // nothing after it can be trusted. The exchange under way ends first, then 400.
+        guard error is HTTPParserError else { return context.close(promise: nil) }
+        switch state {
+        case .idle: answer(.badRequest, exchange: nil, context: context)
+        case .preparing, .forwarding: unreadableAfterExchange = true
+        case .closed: break
         }
-        context.close(promise: nil)
     }
 
     /// A request part taken in turn: a head starts an exchange.
@@ -162,11 +167,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return answer(.notImplemented, exchange: nil, context: context)
         }
         if ForwardedHeaders.closesAfter(fields, minorVersion: head.version.minor) { closeAfterExchange = true }
-        var forwardedHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: originForm)
-        let authority = port == 80 ? host.description : "\(host):\(port)"
-        for field in ForwardedHeaders.forwarded(fields, via: via, host: authority) {
-            forwardedHead.headers.add(name: field.name, value: field.value)
-        }
+        let forwardedHead = HTTPRequestHead(
+            version: .http1_1, method: head.method, uri: originForm,
+            headers: HTTPHeaders(ForwardedHeaders.forwarded(fields, via: via, host: port == 80 ? "\(host)" : "\(host):\(port)")))
         let ended = context.eventLoop.makePromise(of: Void.self)
         context.channel.closeFuture.cascade(to: ended)
         var setup = SessionSetup(
@@ -261,82 +264,14 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    // MARK: The destination's side (called by UpstreamResponseHandler, on this loop)
-
-    /// The exchange being forwarded, if `id` is it and it has not ended: a destination's
-    /// close that the exchange's own end caused (synchronously, on this loop) finds none.
-    private func live(_ id: ObjectIdentifier) -> ForwardedExchange? {
-        guard case .forwarding(let exchange) = state, ObjectIdentifier(exchange) == id, !exchange.isOver else { return nil }
-        return exchange
-    }
-
-    func responsePart(_ part: HTTPClientResponsePart, from id: ObjectIdentifier) {
-        guard let context = clientContext, let exchange = live(id) else { return }
-        switch part {
-        case .head(let head):
-            guard head.status.code >= 200 else { return }  // 1xx: the continue was the proxy's to give
-            exchange.responseStatus = head.status
-            var fields = head.headers.map { (name: $0.name, value: $0.value) }
-            let bodiless = exchange.head.method == .HEAD || head.status.code == 204 || head.status.code == 304
-            if bodiless { fields.removeAll { $0.name.lowercased() == "transfer-encoding" } }
-            guard ForwardedHeaders.framingIsForwardable(fields) else {
-                return failUpstream(exchange, reason: "the destination's Transfer-Encoding cannot be forwarded", context: context)
-            }
-            let framed = fields.contains { ["content-length", "transfer-encoding"].contains($0.name.lowercased()) }
-            exchange.responseEndsAtClose = !bodiless && !framed
-            if exchange.responseEndsAtClose || ForwardedHeaders.closesAfter(fields, minorVersion: head.version.minor) {
-                closeAfterExchange = closeAfterExchange || exchange.responseEndsAtClose
-            }
-            var out = HTTPResponseHead(version: .init(major: 1, minor: exchange.clientMinorVersion), status: head.status)
-            for field in ForwardedHeaders.forwarded(fields, via: via) { out.headers.add(name: field.name, value: field.value) }
-            if closeAfterExchange { out.headers.replaceOrAdd(name: "Connection", value: "close") }
-            context.write(wrapOutboundOut(.head(out)), promise: nil)
-        case .body(let bytes):
-            exchange.bytesToClient += UInt64(bytes.readableBytes)
-            context.write(wrapOutboundOut(.body(.byteBuffer(bytes))), promise: nil)
-        case .end(let trailers):
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            completeExchange(exchange, reason: "response complete", context: context)
-        }
-    }
-
-    func upstreamReadComplete(from id: ObjectIdentifier) {
-        guard let context = clientContext, let exchange = live(id) else { return }
-        context.flush()
-        if context.channel.isWritable { exchange.upstream?.read() }
-    }
-
-    func upstreamWritabilityChanged(from id: ObjectIdentifier) {
-        guard let context = clientContext, live(id) != nil else { return }
-        resumeClientReads(context: context)
-    }
-
-    func upstreamClosed(from id: ObjectIdentifier, error: (any Error)?) {
-        guard let context = clientContext, let exchange = live(id) else { return }
-        if exchange.responseEndsAtClose, exchange.responseStatus != nil, error == nil {
-            // The destination framed its response by closing: that was its end.
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            return completeExchange(exchange, reason: "response complete", context: context)
-        }
-        failUpstream(exchange, reason: "the destination closed the connection before its response was complete", context: context)
-    }
-
-    /// The destination broke off: 502 if the client has heard nothing yet, else the client
-    /// connection ends (a response cut short cannot be mended).
-    private func failUpstream(_ exchange: ForwardedExchange, reason: String, context: ChannelHandlerContext) {
-        gateway.logger.debug("forwarded request broken off", metadata: ["reason": "\(reason)", "session": "\(exchange.setup.id)"])
-        if exchange.responseStatus == nil {
-            return answer(.badGateway, exchange: exchange, reason: "failed: \(reason)", context: context)
-        }
-        end(exchange, reason: reason)
-        state = .closed
-        context.close(promise: nil)
-    }
-
     // MARK: Ends
 
-    private func completeExchange(_ exchange: ForwardedExchange, reason: String, context: ChannelHandlerContext) {
+    func completeExchange(_ exchange: ForwardedExchange, reason: String, context: ChannelHandlerContext) {
         end(exchange, reason: reason)
+        if unreadableAfterExchange {
+            state = .idle
+            return answer(.badRequest, exchange: nil, context: context)
+        }
         guard !closeAfterExchange else {
             state = .closed
             context.close(promise: nil)
@@ -354,7 +289,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The exchange's end: its destination connection closed, its place under the limits
     /// given back, and (if a decision allowed it) its session-end record.
-    private func end(_ exchange: ForwardedExchange, reason: String, reply: Int? = nil) {
+    func end(_ exchange: ForwardedExchange, reason: String, reply: Int? = nil) {
         guard exchange.over() else { return }
         exchange.connector?.cancel()
         exchange.connector = nil
@@ -386,14 +321,14 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// An answer of the proxy's own, then the close.
-    private func answer(
+    func answer(
         _ status: ProxyStatus, challenges: [String] = [], exchange: ForwardedExchange?, reason: String? = nil, context: ChannelHandlerContext
     ) {
         if let exchange { end(exchange, reason: reason ?? "failed", reply: status.code) }
         state = .closed
         let head = HTTPResponseHead(
             version: .init(major: 1, minor: exchange?.clientMinorVersion ?? 1), status: HTTPResponseStatus(statusCode: status.code),
-            headers: HTTPHeaders(ProxyReply.fields(status, challenges: challenges, via: via).map { ($0.name, $0.value) }))
+            headers: HTTPHeaders(ProxyReply.fields(status, challenges: challenges, via: via)))
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: ProxyReply.body(status))))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }

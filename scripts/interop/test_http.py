@@ -19,7 +19,7 @@ import jsonschema
 import requests
 import socks
 
-from peers import BINARY, Gateway, HTTPServer, TCPServer, echo, recv_exactly
+from peers import BINARY, Gateway, HTTPServer, TCPServer, echo, free_port, recv_exactly
 
 USER, PASSWORD = "alice", "s3cret-pass"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -261,6 +261,25 @@ class HTTPProxyTests(unittest.TestCase):
             self.assertGreaterEqual(len(forwarded), 61, "the page and each image decided")
             self.assertTrue(any(d.get("httpMethod") == "CONNECT" for d in decisions))
             self.assertTrue(all(d["verdict"] == "allow" for d in decisions))
+
+    def test_a_body_longer_than_declared_and_metrics_by_protocol(self):
+        """Bytes past a declared Content-Length are the next request's start: unreadable,
+        so 400 and the close; nothing of them reaches the destination. The metrics count
+        HTTP sessions apart from SOCKS ones."""
+        from test_attacks import metric
+        metrics_port = free_port()
+        with HTTPServer() as server, Gateway("--metrics-listen", f"127.0.0.1:{metrics_port}") as gateway:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                client.sendall(f"POST http://127.0.0.1:{server.port}/echo HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Length: 5\r\n\r\nhelloSMUGGLED-GARBAGE\r\n\r\n".encode())
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200])
+            self.assertTrue(answer.endswith(b"HTTP/1.1 400 Bad Request\r\n" + answer.split(b"HTTP/1.1 400 Bad Request\r\n")[-1]))
+            self.assertEqual(len(server.server.received), 1, "only the declared five bytes were a request")
+            self.assertEqual(metric(metrics_port, 'identgate_sessions_started_total{command="connect",version="http"}'), 1)
+            self.assertEqual(metric(metrics_port, 'identgate_sessions_started_total{command="connect",version="socks5"}'), 0)
 
     def test_forwarding_denied_is_403(self):
         with HTTPServer() as server, Gateway("--policy", self.deny_all) as gateway:
