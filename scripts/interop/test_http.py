@@ -282,11 +282,27 @@ class HTTPProxyTests(unittest.TestCase):
             self.assertEqual(metric(metrics_port, 'identgate_sessions_started_total{command="connect",version="socks5"}'), 0)
 
     def test_forwarding_denied_is_403(self):
-        with HTTPServer() as server, Gateway("--policy", self.deny_all) as gateway:
+        with HTTPServer() as server, self.https() as secure, TCPServer(echo) as raw, \
+                Gateway("--policy", self.deny_all) as gateway:
             result = run(["curl", "-sS", "--max-time", "20", "-x", f"http://{gateway.address}", "-o", "/dev/null",
                           "-w", "%{http_code}", f"http://127.0.0.1:{server.port}/"])
             self.assertEqual(result.stdout, b"403", result.stderr.decode() + gateway.output())
             self.assertEqual(server.server.received, [])
+            # Every kind of client hears the 403: requests forwarding and through CONNECT,
+            # PySocks' HTTP type.
+            proxy = f"http://{gateway.address}"
+            answer = requests.get(f"http://127.0.0.1:{server.port}/", proxies={"http": proxy}, timeout=20)
+            self.assertEqual(answer.status_code, 403)
+            with self.assertRaisesRegex(requests.exceptions.ProxyError, "403"):
+                requests.get(f"https://localhost:{secure.port}/", proxies={"https": proxy}, verify=self.certificate,
+                             timeout=20)
+            client = socks.socksocket()
+            client.settimeout(10)
+            client.set_proxy(socks.HTTP, "127.0.0.1", gateway.port)
+            with self.assertRaisesRegex(socks.GeneralProxyError, "403"):
+                client.connect(("127.0.0.1", raw.port))
+            client.close()
+            self.assertEqual(raw.connections, 0, "nothing reached the destination")
 
     def test_smuggling_and_control_characters(self):
         with Gateway("--password-file", self.password_file, "--methods", "password") as gateway:
