@@ -24,6 +24,8 @@ final class ForwardedExchange {
     var bytesToClient: UInt64 = 0
     /// The response is framed by the destination closing its connection.
     var responseEndsAtClose = false
+    /// The destination said it closes after this response (Connection: close, HTTP/1.0).
+    var destinationCloses = false
     var allowed = false
     /// The HTTP/1.x minor version the client spoke, for the response.
     let clientMinorVersion: Int
@@ -49,7 +51,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
     private let forwarder: NIOLoopBound<HTTPForwardHandler>
-    private let exchange: ObjectIdentifier
+    /// The exchange this connection serves now (a kept connection serves several in turn).
+    var exchange: ObjectIdentifier
     private var error: (any Error)?
 
     init(forwarder: NIOLoopBound<HTTPForwardHandler>, exchange: ObjectIdentifier) {
@@ -58,7 +61,8 @@ final class UpstreamResponseHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        forwarder.value.responsePart(unwrapInboundIn(data), from: exchange)
+        // Bytes from a kept connection that serves no request now: it is not to be trusted.
+        guard forwarder.value.responsePart(unwrapInboundIn(data), from: exchange) else { return context.close(promise: nil) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -70,7 +74,7 @@ final class UpstreamResponseHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        forwarder.value.upstreamClosed(from: exchange, error: error)
+        forwarder.value.upstreamClosed(from: exchange, error: error, channel: context.channel)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

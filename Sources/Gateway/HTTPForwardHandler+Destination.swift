@@ -12,23 +12,26 @@ extension HTTPForwardHandler {
         return exchange
     }
 
-    func responsePart(_ part: HTTPClientResponsePart, from id: ObjectIdentifier) {
-        guard let context = clientContext, let exchange = live(id) else { return }
+    /// Returns false when no exchange takes the part (the caller closes that connection).
+    @discardableResult
+    func responsePart(_ part: HTTPClientResponsePart, from id: ObjectIdentifier) -> Bool {
+        guard let context = clientContext, let exchange = live(id) else { return false }
         switch part {
         case .head(let head):
-            guard head.status.code >= 200 else { return }  // 1xx: the continue was the proxy's to give
+            guard head.status.code >= 200 else { return true }  // 1xx: the continue was the proxy's to give
             exchange.responseStatus = head.status
             var fields = head.headers.map { (name: $0.name, value: $0.value) }
             let bodiless = exchange.head.method == .HEAD || head.status.code == 204 || head.status.code == 304
             if bodiless { fields.removeAll { $0.name.lowercased() == "transfer-encoding" } }
             guard ForwardedHeaders.framingIsForwardable(fields) else {
-                return failUpstream(exchange, reason: "the destination's Transfer-Encoding cannot be forwarded", context: context)
+                failUpstream(exchange, reason: "the destination's Transfer-Encoding cannot be forwarded", context: context)
+                return true
             }
             let framed = fields.contains { ["content-length", "transfer-encoding"].contains($0.name.lowercased()) }
             exchange.responseEndsAtClose = !bodiless && !framed
-            if exchange.responseEndsAtClose || ForwardedHeaders.closesAfter(fields, minorVersion: head.version.minor) {
-                closeAfterExchange = closeAfterExchange || exchange.responseEndsAtClose
-            }
+            exchange.destinationCloses = ForwardedHeaders.closesAfter(fields, minorVersion: head.version.minor)
+            // A body that ends at the destination's close ends the client's connection too.
+            if exchange.responseEndsAtClose { closeAfterExchange = true }
             var out = HTTPResponseHead(
                 version: .init(major: 1, minor: exchange.clientMinorVersion), status: head.status,
                 headers: HTTPHeaders(ForwardedHeaders.forwarded(fields, via: via)))
@@ -41,6 +44,7 @@ extension HTTPForwardHandler {
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             completeExchange(exchange, reason: "response complete", context: context)
         }
+        return true
     }
 
     func upstreamReadComplete(from id: ObjectIdentifier) {
@@ -54,7 +58,8 @@ extension HTTPForwardHandler {
         resumeClientReads(context: context)
     }
 
-    func upstreamClosed(from id: ObjectIdentifier, error: (any Error)?) {
+    func upstreamClosed(from id: ObjectIdentifier, error: (any Error)?, channel: any Channel) {
+        if let kept = keptUpstream, kept === channel { keptUpstream = nil }
         guard let context = clientContext, let exchange = live(id) else { return }
         if exchange.responseEndsAtClose, exchange.responseStatus != nil, error == nil {
             // The destination framed its response by closing: that was its end.

@@ -3,6 +3,7 @@ import AuditLog
 import HTTPProxyWire
 import NIOCore
 import NIOHTTP1
+import NetAddress
 import SOCKSSession
 
 /// Forwards plain-HTTP proxy requests (absolute-form, any method) on a kept-alive client
@@ -41,6 +42,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var closeAfterExchange = false
     /// What the client sent after the current request could not be read: 400 after it.
     private var unreadableAfterExchange = false
+    /// The connection to the last destination, kept for the client's next request there
+    /// (direct connections only; closed with the client's).
+    var keptUpstream: (any Channel)?
     private var idleTimer: Scheduled<Void>?
     weak var clientContext: ChannelHandlerContext?
 
@@ -194,7 +198,8 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let facts = HTTPFrontHandler.facts(host: host, port: port, identity: identity, channel: context.channel, proxied: proxied)
         else { return context.close(promise: nil) }
         gateway.metrics?.sessionStarted(.connect, .http, closed: exchange.ended.futureResult)
-        let connector = UpstreamConnector(exchange.setup, facts: facts, eventLoop: context.eventLoop) { outcome in
+        let connector = UpstreamConnector(exchange.setup, facts: facts, eventLoop: context.eventLoop, reuse: takeKeptUpstream) {
+            outcome in
             exchange.connector = nil
             switch outcome {
             case .connected(let channel, let parent):
@@ -218,13 +223,17 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             upstream.close(promise: nil)
             return end(exchange, reason: ClientDeparture.closed)
         }
-        let response = UpstreamResponseHandler(forwarder: NIOLoopBound(self, eventLoop: context.eventLoop), exchange: ObjectIdentifier(exchange))
         var encoding = HTTPRequestEncoder.Configuration()
         // The body goes on framed as the client framed it (Content-Length or chunked).
         encoding.automaticallySetFramingHeaders = false
         do {
-            try upstream.pipeline.syncOperations.addHTTPClientHandlers(encoderConfiguration: encoding)
-            try upstream.pipeline.syncOperations.addHandler(response)
+            if let kept = try? upstream.pipeline.syncOperations.handler(type: UpstreamResponseHandler.self) {
+                kept.exchange = ObjectIdentifier(exchange)  // a kept connection: its handlers are in place
+            } else {
+                try upstream.pipeline.syncOperations.addHTTPClientHandlers(encoderConfiguration: encoding)
+                try upstream.pipeline.syncOperations.addHandler(
+                    UpstreamResponseHandler(forwarder: NIOLoopBound(self, eventLoop: context.eventLoop), exchange: ObjectIdentifier(exchange)))
+            }
         } catch {
             upstream.close(promise: nil)
             return answer(.badGateway, exchange: exchange, reason: "failed: \(error)", context: context)
@@ -267,6 +276,15 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Ends
 
     func completeExchange(_ exchange: ForwardedExchange, reason: String, context: ChannelHandlerContext) {
+        if let upstream = exchange.upstream, upstream.isActive, exchange.requestDone, exchange.parent == nil,
+            !exchange.responseEndsAtClose, !exchange.destinationCloses, !closeAfterExchange, !unreadableAfterExchange
+        {
+            // Kept for the next request: read on, so that its close is seen while it waits.
+            exchange.upstream = nil
+            keptUpstream?.close(promise: nil)
+            keptUpstream = upstream
+            upstream.read()
+        }
         end(exchange, reason: reason)
         if unreadableAfterExchange {
             state = .idle
@@ -305,7 +323,16 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reply: reply ?? exchange.responseStatus.map { Int($0.code) }, parent: exchange.parent))
     }
 
+    /// The kept connection, if it goes to `destination` and is still open.
+    private func takeKeptUpstream(_ destination: IPEndpoint) -> (any Channel)? {
+        guard let kept = keptUpstream, kept.isActive, kept.remoteAddress?.ipEndpoint == destination else { return nil }
+        keptUpstream = nil
+        return kept
+    }
+
     private func clientLeft(context: ChannelHandlerContext) {
+        keptUpstream?.close(promise: nil)
+        keptUpstream = nil
         switch state {
         case .preparing(let exchange), .forwarding(let exchange):
             state = .closed

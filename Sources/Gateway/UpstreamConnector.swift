@@ -30,7 +30,15 @@ final class UpstreamConnector {
     private var outbound: (any Channel)?
     private var parent: String?
 
-    init(_ setup: SessionSetup, facts: RequestFacts, eventLoop: any EventLoop, report: @escaping (Outcome) -> Void) {
+    /// A connection kept from an earlier request to this endpoint, if there is one: used
+    /// in place of a new connect once the policy has allowed the address directly.
+    private let reuse: ((IPEndpoint) -> (any Channel)?)?
+
+    init(
+        _ setup: SessionSetup, facts: RequestFacts, eventLoop: any EventLoop, reuse: ((IPEndpoint) -> (any Channel)?)? = nil,
+        report: @escaping (Outcome) -> Void
+    ) {
+        self.reuse = reuse
         self.setup = setup
         self.decider = setup.decider
         self.eventLoop = eventLoop
@@ -90,6 +98,10 @@ final class UpstreamConnector {
     }
 
     private func connect(to destination: IPEndpoint) {
+        if let kept = reuse?(destination) {
+            outbound = kept
+            return perform(machine.connected())
+        }
         let this = NIOLoopBound(self, eventLoop: eventLoop)
         let timing = ConnectTiming(setup.gateway.metrics)
         OutboundConnect.open(to: destination, gateway: setup.gateway, on: eventLoop) { channel in

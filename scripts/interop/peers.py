@@ -138,6 +138,10 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
             + "".join(f"<img src='/img/{i}.gif' onload='loaded()'>" for i in range(60)) + "</body></html>").encode()
     GIF = bytes.fromhex("47494638396101000100800000ffffff00000021f90401000000002c00000000010001000002024401003b")
 
+    def setup(self):
+        super().setup()
+        self.server.connections = getattr(self.server, "connections", 0) + 1
+
     def do_GET(self):
         body = b"hello through identgate\n"
         if self.path == "/page":

@@ -170,6 +170,18 @@ class HTTPProxyTests(unittest.TestCase):
             self.assertEqual([e.get("reply") for e in ends], [200, 200])
             self.assertEqual([e.get("bytesToClient") for e in ends], [len(HELLO)] * 2)
 
+    def test_the_destination_connection_is_kept_for_the_next_request(self):
+        with HTTPServer() as server, Gateway() as gateway:
+            url = f"http://127.0.0.1:{server.port}/"
+            result = run(["curl", "-sS", "--max-time", "20", "-x", f"http://{gateway.address}", url, url, url])
+            self.assertEqual(result.stdout, HELLO * 3, result.stderr.decode() + gateway.output())
+            self.assertEqual(server.server.connections, 1, "three requests, one connection to the destination")
+            gateway.stop()
+            decisions = self.decisions(gateway)
+            ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
+            self.assertEqual(len(decisions), 3, "each request decided")
+            self.assertEqual(sorted(e["session"] for e in ends), sorted(d["session"] for d in decisions))
+
     def test_forwarded_bodies_and_headers(self):
         payload = os.urandom(3 << 20)
         with HTTPServer() as server, Gateway() as gateway:
