@@ -1,7 +1,8 @@
 """The invariant behind issue 23: every allowed session ends with exactly one session-end
 record, whatever ends it, and leaves no descriptor or limit count behind.
 
-Clients, destinations, parents and an identd that close (FIN), reset (RST), stall or
+SOCKS and HTTP proxy clients (CONNECT, forwarded GETs), destinations (HTTP origins among
+them), parents and an identd that close (FIN), reset (RST), stall or
 vanish at every step (negotiation, decision, connect, parent reply, BIND wait, relay,
 UDP), in a random mix from a printed seed, against the real binary. Then: the audit log
 pairs allowed decisions and session ends one to one, the gateway's descriptors are back
@@ -86,7 +87,26 @@ def destination_fates():
         time.sleep(2)
         connection.close()
 
-    return [echo_until_eof, echo_until_eof, reset_at_once, close_at_once, echo_then_reset, stall]
+    def http_answer(connection):
+        # An origin server for forwarded requests: an answer per request head, kept alive
+        # until the other side closes, or cut short in its body.
+        received = b""
+        while True:
+            data = connection.recv(4096)
+            if not data:
+                return
+            received += data
+            while b"\r\n\r\n" in received:
+                _, _, received = received.partition(b"\r\n\r\n")
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    def http_cut_short(connection):
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+        hard_close(connection)
+
+    return [echo_until_eof, echo_until_eof, reset_at_once, close_at_once, echo_then_reset, stall, http_answer,
+            http_answer, http_cut_short]
 
 
 def parent_fates(destination_port):
@@ -151,7 +171,7 @@ class Client:
 
     def __init__(self, gateway_port, targets, rng):
         self.gateway_port = gateway_port
-        self.command = rng.choice(("connect",) * 5 + ("bind", "udp"))
+        self.command = rng.choice(("connect",) * 5 + ("bind", "udp", "http-connect", "http-get", "http-get"))
         self.target = rng.choice(targets)
         self.step = rng.choice(STEPS)
         self.ending = rng.choice(ENDINGS)
@@ -160,6 +180,8 @@ class Client:
         self.closer = None
 
     def run(self):
+        if self.command.startswith("http"):
+            return self.run_http()
         connection = socket.create_connection(("127.0.0.1", self.gateway_port), timeout=5)
         try:
             connection.sendall(b"\x05\x01\x00")
@@ -198,6 +220,40 @@ class Client:
                     connection.recv(4096)
                 except OSError:
                     pass
+            time.sleep(self.delay)
+            return self.end(connection)
+        except OSError:
+            connection.close()
+
+    def run_http(self):
+        """An HTTP proxy client: CONNECT, or forwarded GETs (two on one connection when it
+        gets as far as the relay), stopping at a random step."""
+        connection = socket.create_connection(("127.0.0.1", self.gateway_port), timeout=5)
+        try:
+            if self.command == "http-connect":
+                request = f"CONNECT 127.0.0.1:{self.target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            else:
+                request = f"GET http://127.0.0.1:{self.target}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            if self.step == "greeting":
+                connection.sendall(request[:12])
+                time.sleep(self.delay)
+                return self.end(connection)
+            connection.sendall(request)
+            if self.step == "request":
+                time.sleep(self.delay)
+                return self.end(connection)
+            connection.settimeout(1)
+            try:
+                connection.recv(4096)
+            except OSError:
+                pass
+            if self.step == "reply":
+                return self.end(connection)
+            connection.sendall(os.urandom(100) if self.command == "http-connect" else request)
+            try:
+                connection.recv(4096)
+            except OSError:
+                pass
             time.sleep(self.delay)
             return self.end(connection)
         except OSError:
