@@ -78,6 +78,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivileges", linkerSettings: [.linkedLibrary("cap")]),
+        // Linux-PAM, for --pam-service (Debian: libpam0g-dev).
+        .target(name: "CPAM", linkerSettings: [.linkedLibrary("pam")]),
         // The commit the binary was built from, for `--version` and the build_info metric.
         .target(name: "CBuildInfo", cSettings: [.define("IDENTGATE_COMMIT", to: "\"\(buildCommit)\"")]),
         // MIT Kerberos' GSS-API, for RFC 1961 (Debian: libkrb5-dev).
@@ -87,7 +89,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PrintableText", "PosixEndpoint", "CCrypt",
-                "CGSSAPI", "ProxyURL", "ProxyProtocol", "HTTPProxyWire",
+                "CGSSAPI", "CPAM", "ProxyURL", "ProxyProtocol", "HTTPProxyWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -18,6 +18,11 @@ public struct RequestFacts: Hashable, Sendable {
         case none, password, gssapi
     }
 
+    /// What checked a password: `--password-file` or PAM (`--pam-service`).
+    public enum PasswordSource: String, Hashable, Sendable, CaseIterable {
+        case file, pam
+    }
+
     /// What a GSS-API (RFC 1961) session negotiated, for the audit record.
     public struct GSSAPISecurity: Hashable, Sendable {
         /// `krb5`, or the mechanism's OID.
@@ -58,6 +63,8 @@ public struct RequestFacts: Hashable, Sendable {
     public var authMethod: AuthMethod
     /// For `auth gssapi`: the mechanism and the protection level.
     public var gssapi: GSSAPISecurity?
+    /// For `auth password`: what checked the password (the password file or PAM).
+    public var passwordSource: PasswordSource?
     /// When the request was made, in seconds since 1970 (UTC); time-window conditions
     /// need it. nil: no time known, and no time window matches.
     public var time: Int64?

@@ -28,6 +28,7 @@ extension AuditRecord {
         record.auth = facts.authMethod.rawValue
         record.authOutcome = facts.authMethod == .none ? "none" : "verified"
         record.gssMechanism = facts.gssapi?.mechanism
+        record.passwordSource = facts.passwordSource?.rawValue
         record.protection = facts.gssapi?.protection.rawValue
         record.requestTime = facts.time
         if let answer = decision.identAnswer {
@@ -73,6 +74,7 @@ extension AuditRecord {
                     mechanism: $0, protection: protection.flatMap(MessageProtection.init(rawValue:)) ?? .none)
             })
         facts.balancer = balancer.flatMap(IPEndpoint.init)
+        facts.passwordSource = passwordSource.flatMap(RequestFacts.PasswordSource.init(rawValue:))
         return facts
     }
 }

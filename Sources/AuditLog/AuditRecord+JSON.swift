@@ -42,6 +42,7 @@ extension AuditRecord {
         writer.field("listen", listen)
         writer.field("listener", listener)
         writer.field("parent", parent)
+        writer.field("passwordSource", passwordSource)
         writer.field("policyFile", policyFile)
         writer.field("policySHA256", policySHA256)
         writer.field("prev", prev)

@@ -58,6 +58,7 @@ private struct JSONLineReader {
             case "tests": return reader.integer(into: &record.tests)
             case "reason": return reader.string(into: &record.reason)
             case "httpMethod": return reader.string(into: &record.httpMethod)
+            case "passwordSource": return reader.string(into: &record.passwordSource)
             case "httpTarget": return reader.string(into: &record.httpTarget)
             case "user": return reader.string(into: &record.user)
             case "verified": return reader.string(into: &record.verified)

@@ -80,6 +80,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// For an HTTP proxy request: its method (CONNECT, GET, …) and, for a forwarded one,
     /// the target as the client wrote it (cut to `maximumTargetLength` bytes, then "…").
     public var httpMethod: String?
+    /// For `auth` password: `file` or `pam`, what checked it.
+    public var passwordSource: String?
     public var httpTarget: String?
     public var ident: IdentRecord?
     public var ruleLine: Int?

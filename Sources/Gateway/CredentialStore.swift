@@ -1,13 +1,30 @@
+import AccessPolicy
 import CCrypt
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// Checks an RFC 1929 username and password; called on the thread pool, so it may be
-/// slow. `CredentialStore` is the gateway's; tests give others.
+/// Checks an RFC 1929 (or HTTP Basic) username and password; called on the thread pool,
+/// so it may be slow. `CredentialStore` (the password file), `PAMVerifier` and the two
+/// chained are the gateway's; tests give others.
 public protocol PasswordVerifier: Sendable {
-    func verify(user: String, password: [UInt8]) -> Bool
+    func check(user: String, password: [UInt8]) -> PasswordCheck
+}
+
+/// What a password check concluded.
+public enum PasswordCheck: Sendable, Equatable {
+    /// Right, and this is what checked it (the decision record says so).
+    case accepted(RequestFacts.PasswordSource)
+    /// Wrong password, unknown user, or an account that may not be used now.
+    case refused(String?)
+    /// Could not be checked (PAM's module could not reach its data): refused too, but
+    /// worth an operator's attention.
+    case unavailable(String)
+
+    public var accepted: Bool {
+        if case .accepted = self { true } else { false }
+    }
 }
 
 /// The users allowed to authenticate with RFC 1929 username/password, and their salted
@@ -57,6 +74,15 @@ public struct CredentialStore: PasswordVerifier {
         self.decoyHash =
             hashes.values.first(where: { $0.hasPrefix("$") })
             ?? (try? PasswordHasher.hash(password: Array("decoy".utf8), method: .sha512)) ?? "*"
+    }
+
+    public func check(user: String, password: [UInt8]) -> PasswordCheck {
+        verify(user: user, password: password) ? .accepted(.file) : .refused(nil)
+    }
+
+    /// Whether the file lists `user` (a chained PAM check is then not asked).
+    public func lists(_ user: String) -> Bool {
+        hashes[user] != nil
     }
 
     /// Deliberately slow (that is what the hash is for): call it off the event loop.

@@ -209,6 +209,7 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             destination: destination, destinationPort: port, claimedUser: identity?.user, authMethod: identity?.method ?? .none,
             time: Int64(Glibc.time(nil)))
         facts.gssapi = identity?.gssapi
+        facts.passwordSource = identity?.passwordSource
         if proxied?.client != nil { facts.balancer = proxied?.balancer }
         return facts
     }

@@ -18,6 +18,7 @@ final class HTTPProxyAuthentication {
         var user: String
         var method: RequestFacts.AuthMethod
         var gssapi: RequestFacts.GSSAPISecurity?
+        var passwordSource: RequestFacts.PasswordSource?
     }
 
     enum Outcome {
@@ -65,17 +66,9 @@ final class HTTPProxyAuthentication {
             // A scheme this listener does not take: as if none was sent.
             return report(gateway.offeredMethods.contains(.noAuthentication) ? .anonymous : .challenge(challenges))
         }
-        let store = gateway.credentials
-        gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
-            store?.verify(user: credentials.user, password: credentials.password) ?? false
-        }.assumeIsolated().whenComplete { result in
-            guard (try? result.get()) == true else {
-                self.gateway.repeated.occurred(
-                    .passwordFailure, on: context.eventLoop,
-                    metadata: ["user": "\(DisplayText.escaped(credentials.user))", "client": "\(context.remoteAddressText)"])
-                return report(.challenge(self.challenges))
-            }
-            self.accept(Identity(user: credentials.user, method: .password), header: header, report: report)
+        gateway.checkPassword(user: credentials.user, password: credentials.password, context: context) { check in
+            guard case .accepted(let source) = check else { return report(.challenge(self.challenges)) }
+            self.accept(Identity(user: credentials.user, method: .password, passwordSource: source), header: header, report: report)
         }
     }
 

@@ -35,6 +35,8 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// RFC 1961: the client's security context, and what it negotiated.
     private var security: GSSSecurityContext?
     private var gssapi: RequestFacts.GSSAPISecurity?
+    /// What checked the RFC 1929 password, for the decision record.
+    private var passwordSource: RequestFacts.PasswordSource?
     /// Set when integrity or confidentiality was granted: the session's UDP datagrams
     /// are wrapped too.
     private var perMessage: GSSPerMessage?
@@ -177,19 +179,11 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func checkCredentials(_ credentials: UsernamePasswordRequest, context: ChannelHandlerContext) {
         awaitingWork = true
-        let store = gateway.credentials
-        gateway.threadPool.runIfActive(eventLoop: context.eventLoop) {
-            store?.verify(user: credentials.username, password: credentials.password) ?? false
-        }.assumeIsolated().whenComplete { result in
+        gateway.checkPassword(user: credentials.username, password: credentials.password, context: context) { check in
             self.awaitingWork = false
-            let valid = (try? result.get()) ?? false
-            if !valid {
-                self.gateway.repeated.occurred(
-                    .passwordFailure, on: context.eventLoop,
-                    metadata: ["user": "\(DisplayText.escaped(credentials.username))", "client": "\(context.remoteAddressText)"])
-            }
+            if case .accepted(let source) = check { self.passwordSource = source }
             // After the deadline or a close, the machine answers `.close`: nothing more is done.
-            self.resume(self.machine.credentialsChecked(valid: valid), context: context)
+            self.resume(self.machine.credentialsChecked(valid: check.accepted), context: context)
         }
     }
 
@@ -319,6 +313,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let listener = proxied?.frontEnd ?? local
         var facts = RequestFacts(request, client: client, listener: listener, time: Int64(Glibc.time(nil)))
         facts.gssapi = gssapi
+        facts.passwordSource = passwordSource
         if proxied?.client != nil { facts.balancer = proxied?.balancer }
         let session = SessionSetup(
             gateway: gateway, id: gateway.nextSessionID(), frontDoor: .socks(request.version),

@@ -21,7 +21,7 @@ import SOCKSWire
 /// Serving after the drop: the gateway, metrics, signals, reloads and the lifecycle records.
 extension Run {
     func serve(
-        configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: CredentialStore?,
+        configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: (any PasswordVerifier)?,
         gssAcceptor: GSSAcceptor?, httpGSSAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
         metrics metricsSetup: (GatewayMetrics, ListeningSocket)?, notifier: ServiceNotifier, logger: Logger
     ) async throws {

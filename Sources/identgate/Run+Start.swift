@@ -57,14 +57,17 @@ extension Run {
             throw FailedStart(message: "\(error)")
         }
 
-        let credentials: CredentialStore?
+        let credentials: (any PasswordVerifier)?
         let policyFile: PolicyFile
         let gssAcceptor: GSSAcceptor?
         let httpGSSAcceptor: GSSAcceptor?
         let signingKey: AuditSigningKey?
         do {
             signingKey = try auditSigningKey.map(AuditSigningKey.init(contentsOfFile:))
-            credentials = try passwordFile.map { try CredentialStore(contents: TextFile.read($0), fileName: $0) }
+            let file = try passwordFile.map { try CredentialStore(contents: TextFile.read($0), fileName: $0) }
+            let pam = pamService.map(PAMVerifier.init(service:))
+            credentials =
+                if let file, let pam { ChainedVerifier(file: file, pam: pam) } else { file ?? pam }
             // Keys are copied into memory here, while still root: a keytab is root's.
             gssAcceptor = try gssapiKeytab.map { try GSSAcceptor(keytab: $0, service: gssapiService) }
             httpGSSAcceptor = try gssapiKeytab.flatMap { keytab in

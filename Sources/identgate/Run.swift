@@ -81,6 +81,16 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Check SOCKS5 and HTTP Basic passwords with PAM, under this service (/etc/pam.d/NAME).",
+            discussion: "pam_authenticate, then pam_acct_mgmt (expired or locked accounts are refused), after the "
+                + "privilege drop: pam_sss, pam_ldap (nslcd) and pam_krb5 work unprivileged, pam_unix cannot read "
+                + "/etc/shadow for other users. With --password-file too, a user the file lists is checked by the file "
+                + "alone, every other user by PAM.",
+            valueName: "name"))
+    var pamService: String?
+
+    @Option(
+        help: ArgumentHelp(
             "SOCKS5 methods to offer, preferred first: none, password, gssapi. Default: gssapi with --gssapi-keytab, "
                 + "then password with --password-file, else none.",
             valueName: "list"))
@@ -185,8 +195,11 @@ struct Run: ParsableCommand {
         if parsedMethods.contains(.gssapi), gssapiKeytab == nil {
             throw ValidationError("--methods gssapi needs --gssapi-keytab")
         }
-        if passwordFile == nil, parsedMethods.contains(.usernamePassword) {
-            throw ValidationError("--methods password needs --password-file")
+        if passwordFile == nil, pamService == nil, parsedMethods.contains(.usernamePassword) {
+            throw ValidationError("--methods password needs --password-file or --pam-service")
+        }
+        if let pamService, pamService.isEmpty || pamService.contains("/") || pamService.hasPrefix(".") {
+            throw ValidationError("--pam-service: '\(pamService)' is not a service name (a file name in /etc/pam.d)")
         }
         if parsedProtocols.isEmpty || parsedProtocols.count != protocols.split(separator: ",").count {
             throw ValidationError("--protocols: '\(protocols)' is not a list of socks, http")

@@ -50,6 +50,7 @@ import Testing
         if Bool.random(using: &random) {
             facts.balancer = IPEndpoint(address: address(&random), port: UInt16.random(in: 1...UInt16.max, using: &random))
         }
+        if facts.authMethod == .password { facts.passwordSource = RequestFacts.PasswordSource.allCases.randomElement(using: &random) }
         return facts
     }
 

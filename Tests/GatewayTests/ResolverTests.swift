@@ -59,7 +59,7 @@ import Testing
     /// Password checks have threads of their own: stalled lookups do not hold them up.
     @Test func stalledLookupsDoNotStarvePasswordChecks() async throws {
         struct Accepting: PasswordVerifier {
-            func verify(user: String, password: [UInt8]) -> Bool { true }
+            func check(user: String, password: [UInt8]) -> PasswordCheck { .accepted(.file) }
         }
         let passwords = NIOThreadPool(numberOfThreads: 1)
         passwords.start()

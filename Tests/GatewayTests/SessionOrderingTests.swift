@@ -45,10 +45,10 @@ import Testing
     final class HeldVerifier: PasswordVerifier {
         let gate = NIOLockedValueBox<Bool?>(nil)
         let started = NIOLockedValueBox(false)
-        func verify(user: String, password: [UInt8]) -> Bool {
+        func check(user: String, password: [UInt8]) -> PasswordCheck {
             started.withLockedValue { $0 = true }
             while true {
-                if let result = gate.withLockedValue({ $0 }) { return result }
+                if let result = gate.withLockedValue({ $0 }) { return result ? .accepted(.file) : .refused(nil) }
                 usleep(1000)
             }
         }

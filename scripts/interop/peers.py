@@ -55,8 +55,9 @@ STAY_ROOT = ("--stay-root",) if os.geteuid() == 0 else ()
 class Gateway:
     """identgate run, on its own port, stopped with SIGTERM (and must exit 0)."""
 
-    def __init__(self, *args, host="127.0.0.1", port=None, nofile=None):
-        """`nofile`: the gateway's descriptor limit (RLIMIT_NOFILE), for tests of exhaustion."""
+    def __init__(self, *args, host="127.0.0.1", port=None, nofile=None, prefix=()):
+        """`nofile`: the gateway's descriptor limit (RLIMIT_NOFILE), for tests of exhaustion.
+        `prefix`: a command that runs the gateway (e.g. in a mount namespace of its own)."""
         self.host = host
         self.port = port or free_port(host)
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
@@ -75,7 +76,7 @@ class Gateway:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.process = subprocess.Popen(
-            [BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT,
+            [*prefix, BINARY, "run", "--listen", listen, *args], stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=limit_descriptors,
         )
         try:

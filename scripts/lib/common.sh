@@ -39,7 +39,7 @@ ensure_swift() {
 
 # What building identgate needs from Debian: libxcrypt's headers for crypt(3), libcap's
 # for dropping capabilities, and MIT Kerberos' for GSS-API (RFC 1961).
-BUILD_PACKAGES=(libcrypt-dev libcap-dev libkrb5-dev)
+BUILD_PACKAGES=(libcrypt-dev libcap-dev libkrb5-dev libpam0g-dev)
 
 # The one way every script builds for release (scripts/run, scripts/package, the tests):
 # the Swift runtime linked in. SwiftPM rebuilds every module when the flags differ from
