@@ -91,6 +91,8 @@ public struct Decision: Hashable, Sendable {
     public var trace: [TraceStep]
     /// The client's identd answer, if a rule needed it (asked at most once).
     public var identAnswer: IdentAnswer?
+    /// The directory's answer for the user a `group` condition asked about, if one did.
+    public var groupsConsulted: GroupsConsulted?
     /// The policy that decided (SHA-256 of its text), when the decider knows it.
     public var policySHA256: String?
     /// The deciding rule names the destination itself (`Rule.namesDestination`).

@@ -87,11 +87,12 @@ public struct PolicyEngine: PolicyDecider {
         self.matcher = RuleMatcher(policy: policy)
     }
 
-    /// `identLookup` nil: no ident client, a rule that needs ident sees "unavailable".
-    public func decide(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {
+    /// `identLookup` nil: no ident client, a rule that needs ident sees "unavailable";
+    /// `groupLookup` nil: no directory, a rule with `group` sees "unavailable".
+    public func decide(_ facts: RequestFacts, identLookup: IdentLookup?, groupLookup: GroupLookup? = nil) async -> Decision {
         let candidates = sequence(state: matcher.candidates(for: facts)) { $0.next() }.lazy.map { policy.rules[$0] }
-        // The matcher yields only rules whose conditions other than ident hold.
-        return await walk(candidates, facts, identLookup: identLookup) { _ in nil }
+        // The matcher yields only rules whose conditions other than ident and group hold.
+        return await walk(candidates, facts, identLookup: identLookup, groupLookup: groupLookup) { _ in nil }
     }
 
     /// As a `PolicyDecider` on its own, the engine has no ident client.
@@ -106,7 +107,7 @@ public struct PolicyEngine: PolicyDecider {
             return Decision(.deny(.notAllowed), rule: nil, trace: [])
         }
         let rule = policy.rules[index]
-        if rule.requiresIdent { return nil }
+        if rule.requiresIdent || rule.groups != nil { return nil }
         let step = Decision.TraceStep(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold")
         var decision = Decision(
             rule.verdict == .allow ? .allow(route: rule.route) : .deny(.notAllowed), rule: rule.reference, trace: [step])
@@ -124,8 +125,8 @@ public struct PolicyEngine: PolicyDecider {
         return decision.refused(by: refusal)
     }
 
-    public func explain(_ facts: RequestFacts, identLookup: IdentLookup?) async -> Decision {
-        await walk(policy.rules, facts, identLookup: identLookup) {
+    public func explain(_ facts: RequestFacts, identLookup: IdentLookup?, groupLookup: GroupLookup? = nil) async -> Decision {
+        await walk(policy.rules, facts, identLookup: identLookup, groupLookup: groupLookup) {
             $0.firstMismatch(facts, utcOffsetSeconds: policy.utcOffsetSeconds)
         }
     }
@@ -133,10 +134,17 @@ public struct PolicyEngine: PolicyDecider {
     /// Rules in order: the first whose conditions hold (`mismatch` nil) and whose ident
     /// check passes decides; every rule passed over is in the trace with the reason.
     private func walk(
-        _ rules: some Sequence<Rule>, _ facts: RequestFacts, identLookup: IdentLookup?, mismatch: (Rule) -> String?
+        _ rules: some Sequence<Rule>, _ facts: RequestFacts, identLookup: IdentLookup?, groupLookup: GroupLookup?,
+        mismatch: (Rule) -> String?
     ) async -> Decision {
         var ident = IdentCheck(policy: policy, lookup: identLookup)
+        var groups = GroupCheck(policy: policy, lookup: groupLookup)
         var trace: [Decision.TraceStep] = []
+        func decided(_ decision: Decision) -> Decision {
+            var decision = decision
+            decision.groupsConsulted = groups.consulted
+            return decision
+        }
         for rule in rules {
             if let reason = mismatch(rule) {
                 trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: reason))
@@ -146,12 +154,18 @@ public struct PolicyEngine: PolicyDecider {
                 trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: failure))
                 continue
             }
-            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold"))
+            let group = await groups.holds(rule, facts, identUser: rule.requiresIdent ? ident.confirmedUser : nil)
+            guard group.holds else {
+                trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: group.reason ?? ""))
+                continue
+            }
+            let reason = group.reason.map { "all conditions hold (\($0))" } ?? "all conditions hold"
+            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: reason))
             var decision = ident.decision(rule: rule, trace: trace)
             decision.ruleNamesDestination = rule.namesDestination(of: facts)
-            return decision
+            return decided(decision)
         }
-        return ident.decision(rule: nil, trace: trace)
+        return decided(ident.decision(rule: nil, trace: trace))
     }
 }
 
@@ -167,6 +181,11 @@ private struct IdentCheck {
     init(policy: Policy, lookup: IdentLookup?) {
         self.policy = policy
         self.lookup = lookup
+    }
+
+    /// The user identd named, once it answered with one.
+    var confirmedUser: String? {
+        if case .userID(let user)? = answer?.outcome { user } else { nil }
     }
 
     /// nil if identd confirms the rule's user, else the reason it does not.

@@ -128,6 +128,9 @@ public struct Rule: Hashable, Sendable {
     /// The client's identd must confirm the claimed user (or name any user when none
     /// is claimed).
     public var requiresIdent: Bool
+    /// The verified user must be in one of these groups (the directory, asked by the
+    /// engine through the lookup given with the request, like identd).
+    public var groups: Set<String>? = nil
     /// `via URL, …` (allow rules): the parents to connect through, tried in order; nil:
     /// connect directly.
     public var route: [SOCKSURL]?
@@ -214,7 +217,7 @@ public struct Rule: Hashable, Sendable {
         return nil
     }
 
-    private static func list<S: Sequence<String>>(_ values: S) -> String {
+    static func list<S: Sequence<String>>(_ values: S) -> String {
         values.sorted().joined(separator: ", ")
     }
 }

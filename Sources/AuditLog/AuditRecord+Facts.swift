@@ -41,6 +41,14 @@ extension AuditRecord {
             ident.opsys = answer.opsys
             record.ident = ident
         }
+        if let consulted = decision.groupsConsulted {
+            record.groupsUser = consulted.user
+            switch consulted.answer {
+            case .member(let groups): record.groups = groups.sorted()
+            case .noSuchUser: record.groupsNote = "no such user"
+            case .unavailable(let why): record.groupsNote = "unavailable: " + why
+            }
+        }
         record.ruleLine = decision.rule?.line
         record.ruleLabel = decision.rule?.label
         record.route = decision.route?.map(\.description)
@@ -76,6 +84,16 @@ extension AuditRecord {
         facts.balancer = balancer.flatMap(IPEndpoint.init)
         facts.passwordSource = passwordSource.flatMap(RequestFacts.PasswordSource.init(rawValue:))
         return facts
+    }
+}
+
+extension AuditRecord {
+    /// The directory's answer a decision recorded, for `audit replay`; nil if none was asked.
+    public var groupAnswer: GroupAnswer? {
+        guard groupsUser != nil else { return nil }
+        if let groups { return .member(of: Set(groups)) }
+        if groupsNote == "no such user" { return .noSuchUser }
+        return .unavailable(groupsNote.map { String($0.dropFirst("unavailable: ".count)) } ?? "not recorded")
     }
 }
 

@@ -82,6 +82,12 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var httpMethod: String?
     /// For `auth` password: `file` or `pam`, what checked it.
     public var passwordSource: String?
+    /// A `group` condition's lookup: whose groups were asked (`groupsUser`), the groups
+    /// the directory named, or why there were none (`groupsNote`: "no such user",
+    /// "unavailable: …").
+    public var groupsUser: String?
+    public var groups: [String]?
+    public var groupsNote: String?
     public var httpTarget: String?
     public var ident: IdentRecord?
     public var ruleLine: Int?

@@ -41,6 +41,8 @@ public final class GatewayMetrics: Sendable {
     private let decisionDuration: DurationHistogram
     private let identLookups: [String: Counter]
     private let identDuration: DurationHistogram
+    private let directoryLookups: [DirectoryLookupOutcome: Counter]
+    private let directoryDuration: DurationHistogram
     private let connectDuration: DurationHistogram
     private let connectFailures: [String: Counter]
     /// TCP relays (CONNECT, BIND) and UDP payloads, each way.
@@ -105,6 +107,14 @@ public final class GatewayMetrics: Sendable {
             uniqueKeysWithValues: Self.identOutcomes.map { ($0, registry.makeCounter(descriptor: identLookup, labels: [("outcome", $0)])) })
         identDuration = registry.makeDurationHistogram(
             descriptor: name("ident_lookup_duration", "seconds", "How long RFC 1413 lookups took, whatever their outcome."),
+            buckets: Self.networkBuckets)
+        let directory = name("directory_lookups", "total", "Group lookups for `group` rules, by outcome (cache hits included).")
+        directoryLookups = Dictionary(
+            uniqueKeysWithValues: DirectoryLookupOutcome.allCases.map {
+                ($0, registry.makeCounter(descriptor: directory, labels: [("outcome", $0.rawValue)]))
+            })
+        directoryDuration = registry.makeDurationHistogram(
+            descriptor: name("directory_lookup_duration", "seconds", "How long group lookups (NSS) took, cache misses only."),
             buckets: Self.networkBuckets)
         connectDuration = registry.makeDurationHistogram(
             descriptor: name("connect_duration", "seconds", "Successful outbound connects (to the destination or through the parents)."),
@@ -216,6 +226,11 @@ public final class GatewayMetrics: Sendable {
     func identLookup(_ outcome: String, after duration: Duration) {
         identDuration.record(duration)
         identLookups[outcome]?.increment()
+    }
+
+    func directoryLookup(_ outcome: DirectoryLookupOutcome, after duration: Duration? = nil) {
+        if let duration { directoryDuration.record(duration) }
+        directoryLookups[outcome]?.increment()
     }
 
     func connected(after duration: Duration) {

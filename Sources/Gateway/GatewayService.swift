@@ -22,6 +22,8 @@ public final class GatewayService: Sendable {
         public var policyFile: String
         /// `identgate --version`, for the gateway-start record.
         public var version: String
+        /// How long a directory's answer about a user's groups is kept (`--directory-cache`).
+        public var directoryCacheTTL: TimeAmount = .minutes(5)
 
         public init(configuration: GatewayConfiguration, eventLoops: Int, identPort: Int = 113, policyFile: String, version: String) {
             self.configuration = configuration
@@ -47,6 +49,9 @@ public final class GatewayService: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let threadPool: NIOThreadPool
     private let policyStore: PolicyStore
+    /// NSS lookups get threads of their own: a directory that hangs must not hold up
+    /// password checks or name lookups.
+    private let directoryPool: NIOThreadPool
     private let audit: AuditWriter?
     private let metrics: GatewayMetrics?
     private let logger: Logger
@@ -65,7 +70,12 @@ public final class GatewayService: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
         self.group = group
         let identClient = IdentClient(group: group, port: settings.identPort, logger: logger, metrics: metrics)
-        self.policyStore = PolicyStore(engine, sha256: policySHA256, identLookup: identClient.lookup)
+        let directoryPool = NIOThreadPool(numberOfThreads: 4)
+        directoryPool.start()
+        self.directoryPool = directoryPool
+        let directory = DirectoryGroups(threadPool: directoryPool, ttl: settings.directoryCacheTTL, metrics: metrics)
+        self.policyStore = PolicyStore(
+            engine, sha256: policySHA256, identLookup: identClient.lookup, groupLookup: directory.lookup)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         self.threadPool = threadPool
@@ -102,6 +112,8 @@ public final class GatewayService: Sendable {
             _ = try? await stopServing(grace: .zero)
             try? await group.shutdownGracefully()
             try? await threadPool.shutdownGracefully()
+            // Not awaited: a lookup stuck in NSS must not hold up the exit.
+            directoryPool.shutdownGracefully { _ in }
             throw error
         }
         for (line, parent) in policyStore.engine.policy.routesToItself(listening: bound) {
@@ -155,6 +167,7 @@ public final class GatewayService: Sendable {
         audit?.record(.gatewayStop(reason: reason))
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
+        directoryPool.shutdownGracefully { _ in }
         return inTime
     }
 

@@ -9,12 +9,14 @@ import NIOConcurrencyHelpers
 public final class PolicyStore: PolicyDecider {
     private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?, generation: UInt64)>
     private let identLookup: IdentLookup?
+    private let groupLookup: GroupLookup?
     private let limiter: SessionLimiter
 
     /// `sha256`: of the policy's text, recorded with every decision.
-    public init(_ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil) {
+    public init(_ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil, groupLookup: GroupLookup? = nil) {
         current = NIOLockedValueBox((engine, sha256, 0))
         self.identLookup = identLookup
+        self.groupLookup = groupLookup
         limiter = SessionLimiter(limits: engine.policy.limits)
     }
 
@@ -46,7 +48,7 @@ public final class PolicyStore: PolicyDecider {
 
     public func decide(_ facts: RequestFacts) async -> Decision {
         let (engine, sha256, _) = current.withLockedValue { $0 }
-        var decision = await engine.decide(facts, identLookup: identLookup)
+        var decision = await engine.decide(facts, identLookup: identLookup, groupLookup: groupLookup)
         decision.policySHA256 = sha256
         return decision
     }

@@ -44,9 +44,12 @@ struct AuditReplay: ParsableCommand {
             if record.limitLine != nil, record.ruleLine == nil { return true }
             let recordedVerdict = record.limitLine != nil ? Decision.Verdict.allow.rawValue : record.verdict
             let recorded = record.ident?.identOutcome
+            // Groups as the directory answered then (a rule the old policy never asked
+            // about groups: the user is in none).
+            let groups = record.groupAnswer ?? .member(of: [])
             let decision =
                 try engine.decideImmediately(facts)
-                ?? Self.decideWaiting(engine, facts) { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) }
+                ?? Self.decideWaiting(engine, facts, groups: groups) { _, _ in IdentAnswer(recorded ?? .failure(.unavailable)) }
             replayed += 1
             let newReply = Int(decision.replyCode(for: facts.version))
             guard decision.verdict.rawValue != recordedVerdict || (record.limitLine == nil && newReply != record.reply) else {
@@ -66,11 +69,11 @@ struct AuditReplay: ParsableCommand {
     }
 
     /// A decision that needs identd goes through the async path; its answer is canned.
-    private static func decideWaiting(_ engine: PolicyEngine, _ facts: RequestFacts, ident: @escaping IdentLookup) throws
-        -> Decision
-    {
+    private static func decideWaiting(
+        _ engine: PolicyEngine, _ facts: RequestFacts, groups: GroupAnswer, ident: @escaping IdentLookup
+    ) throws -> Decision {
         let result = DecisionBox()
-        try waitFor { result.decision = await engine.decide(facts, identLookup: ident) }
+        try waitFor { result.decision = await engine.decide(facts, identLookup: ident, groupLookup: { _ in groups }) }
         return result.decision ?? Decision.timedOut
     }
 }

@@ -77,8 +77,12 @@ struct AuditShow: ParsableCommand {
                     "\(record.destination ?? "?"):\(record.destinationPort ?? 0)" + (record.resolved.map { " (\($0))" } ?? "")
                 let rule = record.decidedBy
                 let moved = bytes.map { "\($0.up)/\($0.down)" } ?? "-"
-                // An HTTP request's method and target close the line.
-                let request = record.httpMethod.map { "  " + DisplayText.escaped([$0, record.httpTarget].compactMap { $0 }.joined(separator: " ")) }
+                // An HTTP request's method and target, and the groups that decided, close the line.
+                var request = record.httpMethod.map { "  " + DisplayText.escaped([$0, record.httpTarget].compactMap { $0 }.joined(separator: " ")) }
+                if let user = record.groupsUser {
+                    let groups = record.groups.map { $0.isEmpty ? "no group" : $0.joined(separator: ",") } ?? record.groupsNote ?? "?"
+                    request = (request ?? "") + "  " + DisplayText.escaped("groups of \(user): \(groups)")
+                }
                 print(
                     Self.row([
                         String(record.time.prefix(23)), record.claimedUser ?? "-", ident, record.client ?? "?", destination,

@@ -129,7 +129,7 @@ public struct Explain: AsyncParsableCommand {
     @Option(help: "connect, bind or udp.")
     var command: String = "connect"
 
-    @Option(help: "socks4, socks4a or socks5.")
+    @Option(help: "socks4, socks4a, socks5 or http.")
     var version: String = "socks5"
 
     @Option(help: "The claimed user (SOCKS4 USERID or SOCKS5 username).")
@@ -145,6 +145,15 @@ public struct Explain: AsyncParsableCommand {
         help: ArgumentHelp(
             "How the ident lookup fails: \(IdentFailure.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "kind"))
     var identError: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The verified user's groups, as the directory would answer (comma-separated). Default: none.",
+            valueName: "list"))
+    var groups: String?
+
+    @Flag(help: "The directory does not answer: allow rules with 'group' do not match, deny rules with 'group' do.")
+    var groupsUnavailable = false
 
     @Option(help: ArgumentHelp("For a host name: the address it resolves to.", valueName: "ip"))
     var resolved: String?
@@ -172,7 +181,7 @@ public struct Explain: AsyncParsableCommand {
             throw ValidationError("--command: use connect, bind or udp")
         }
         guard let version = RequestFacts.Version(rawValue: version) else {
-            throw ValidationError("--version: use socks4, socks4a or socks5")
+            throw ValidationError("--version: use socks4, socks4a, socks5 or http")
         }
         guard let auth = RequestFacts.AuthMethod(rawValue: auth) else { throw ValidationError("--auth: use none or password") }
         let resolvedAddress = try resolved.map { text in
@@ -202,8 +211,14 @@ public struct Explain: AsyncParsableCommand {
             listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: destination, destinationPort: port, resolvedAddress: resolvedAddress, claimedUser: user,
             authMethod: auth, time: time)
+        if groups != nil, groupsUnavailable { throw ValidationError("give --groups or --groups-unavailable, not both") }
+        let groupAnswer: GroupAnswer =
+            groupsUnavailable
+            ? .unavailable("posed by --groups-unavailable")
+            : .member(of: Set((groups ?? "").split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }))
         let engine = PolicyEngine(policy: policy)
-        let explained = await engine.explain(facts, identLookup: { _, _ in IdentAnswer(identOutcome) })
+        let explained = await engine.explain(
+            facts, identLookup: { _, _ in IdentAnswer(identOutcome) }, groupLookup: { _ in groupAnswer })
         let decision = engine.applyingLimits(to: explained, facts, open: open, recent: recent)
         print(DisplayText.escaped(Explanation.describe(facts)))
         if !policy.limits.isEmpty {
@@ -247,6 +262,15 @@ enum Explanation {
                 "\(indent)  \(place.padding(9)) \(step.verdict.rawValue.padding(5)) \(mark.padding(8)) \(step.reason)\(label)")
         }
         if let ident = decision.ident { lines.append("\(indent)ident: \(ident)") }
+        if let consulted = decision.groupsConsulted {
+            let answer: String =
+                switch consulted.answer {
+                case .member(let groups): groups.isEmpty ? "in no group" : "in " + groups.sorted().joined(separator: ", ")
+                case .noSuchUser: "no such user"
+                case .unavailable(let why): "unavailable (\(why))"
+                }
+            lines.append("\(indent)groups of \(consulted.user): \(answer)")
+        }
         // A reason may quote an identd's user-id or a claimed user: escaped, line by line.
         lines = lines.map(DisplayText.escaped)
         func named(_ rule: RuleReference) -> String { "line \(rule.line ?? 0)" + (rule.label.map { " \"\($0)\"" } ?? "") }

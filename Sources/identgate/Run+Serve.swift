@@ -49,10 +49,12 @@ extension Run {
                 testsPassed: report.passed))
 
         let signals = Signals()
+        var settings = GatewayService.Settings(
+            configuration: configuration, eventLoops: eventLoops, identPort: identPort,
+            policyFile: policy ?? DefaultPolicy.fileName, version: Identgate.configuration.version)
+        settings.directoryCacheTTL = directoryCache.amount
         let service = GatewayService(
-            settings: .init(
-                configuration: configuration, eventLoops: eventLoops, identPort: identPort,
-                policyFile: policy ?? DefaultPolicy.fileName, version: Identgate.configuration.version),
+            settings: settings,
             engine: engine, policySHA256: policySHA256, credentials: credentials, gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor,
             audit: audit,
             metrics: metrics, logger: logger)

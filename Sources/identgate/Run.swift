@@ -91,6 +91,12 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "How long the directory's answer about a user's groups is kept (for 'group' rules), negative answers too.",
+            valueName: "duration"))
+    var directoryCache: DurationArgument = "5m"
+
+    @Option(
+        help: ArgumentHelp(
             "SOCKS5 methods to offer, preferred first: none, password, gssapi. Default: gssapi with --gssapi-keytab, "
                 + "then password with --password-file, else none.",
             valueName: "list"))

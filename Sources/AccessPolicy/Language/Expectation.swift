@@ -21,6 +21,9 @@ public struct Expectation: Sendable {
     public var load: (open: Int, recent: Int) = (0, 0)
     /// `via URL`: the request is allowed and goes through this parent first.
     public var via: SOCKSURL?
+    /// What the directory answers for the verified user (`groups …`, `groups-unavailable`);
+    /// nil: a member of no group.
+    public var groups: GroupAnswer?
     public var file: String
     public var line: Int
     public var lineText: String
@@ -36,6 +39,12 @@ public struct Expectation: Sendable {
     public var identLookup: IdentLookup {
         let answer = ident ?? .failure(.unreachable)
         return { _, _ in IdentAnswer(answer) }
+    }
+
+    /// A directory that answers as this expectation says.
+    public var groupLookup: GroupLookup {
+        let answer = groups ?? .member(of: [])
+        return { _ in answer }
     }
 
     public func isMet(by decision: Decision) -> Bool {
@@ -74,11 +83,11 @@ public struct ExpectationReport: Sendable {
             let facts = expectation.facts(in: policy)
             let (open, recent) = expectation.load
             let decision = engine.applyingLimits(
-                to: await engine.decide(facts, identLookup: expectation.identLookup), facts, open: open, recent: recent)
+                to: await engine.decide(facts, identLookup: expectation.identLookup, groupLookup: expectation.groupLookup), facts, open: open, recent: recent)
             if expectation.isMet(by: decision) {
                 passed += 1
             } else {
-                let explained = await engine.explain(facts, identLookup: expectation.identLookup)
+                let explained = await engine.explain(facts, identLookup: expectation.identLookup, groupLookup: expectation.groupLookup)
                 failures.append(
                     Failure(
                         expectation: expectation,

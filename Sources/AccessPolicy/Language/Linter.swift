@@ -154,6 +154,10 @@ struct Linter {
         if rule.users != nil, rule.versions == [.socks5], rule.authMethods == [.none] {
             return ("user", "a SOCKS5 request without a password claims no user")
         }
+        if rule.groups != nil, rule.authMethods == [.none], !rule.requiresIdent {
+            return ("group", "no verified user reaches it: a name that is only claimed has no groups; "
+                + "require 'ident', or 'auth password' or 'auth gssapi'")
+        }
         if rule.requiresIdent {
             let clients = rule.sources ?? IPNetwork.everything
             let asked = clients.contains { client in
@@ -168,7 +172,7 @@ struct Linter {
 
     private func isOpenProxy(_ rule: Rule) -> Bool {
         let anySource = rule.sources.map { $0.contains { $0.prefixLength == 0 } } ?? true
-        return anySource && rule.destinations == nil && rule.users == nil && !rule.requiresIdent
+        return anySource && rule.destinations == nil && rule.users == nil && !rule.requiresIdent && rule.groups == nil
             && rule.authMethods.map { !$0.contains(.none) } != true
     }
 
@@ -194,8 +198,10 @@ private struct Shape: Hashable {
     var destinationSuffixes: [String]
     var users: [String]?
     var times: [ClosedRange<Int>]?
+    var hasGroups: Bool
 
     init(_ rule: Rule) {
+        hasGroups = rule.groups != nil
         commands = rule.commands.bitMask()
         versions = rule.versions.bitMask()
         authMethods = rule.authMethods.bitMask()
@@ -221,8 +227,10 @@ private struct Shape: Hashable {
 
     /// Every request `later` matches, `self` matches too. Conservative: false when unsure.
     func covers(_ later: Shape) -> Bool {
-        guard later.commands & ~commands == 0, later.versions & ~versions == 0, later.authMethods & ~authMethods == 0,
-            !requiresIdent || later.requiresIdent,
+        // A rule with `group` may not match (another group, the directory down for an
+        // allow rule): it never hides a later one.
+        guard !hasGroups, later.commands & ~commands == 0, later.versions & ~versions == 0,
+            later.authMethods & ~authMethods == 0, !requiresIdent || later.requiresIdent,
             Self.inside(later.sources, sources), Self.inside(later.ports, ports)
         else { return false }
         if let users {

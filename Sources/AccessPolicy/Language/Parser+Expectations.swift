@@ -15,9 +15,10 @@ extension Parser {
                 column: cursor.tokens[1].column,
                 message: "92 and 93 are SOCKS4 replies; the request needs version socks4 or socks4a")
         }
-        expectations.append(
-            Expectation(
-                result: result, facts: request.facts, ident: request.ident, load: request.load, via: request.via, file: file,
-                line: lineNumber, lineText: lineText))
+        var expectation = Expectation(
+            result: result, facts: request.facts, ident: request.ident, load: request.load, via: request.via, file: file,
+            line: lineNumber, lineText: lineText)
+        expectation.groups = request.groups
+        expectations.append(expectation)
     }
 }

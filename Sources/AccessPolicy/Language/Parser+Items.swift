@@ -63,13 +63,23 @@ extension Parser {
     }
 
     mutating func userItem(_ cursor: inout Cursor) throws(ParseError) -> [String] {
+        try nameItem(&cursor, "a user name or @set", from: .users)
+    }
+
+    mutating func groupItem(_ cursor: inout Cursor) throws(ParseError) -> [String] {
+        try nameItem(&cursor, "a group name or @set", from: .groups)
+    }
+
+    /// A name (`"quoted"` if it holds spaces), or the names of a `@set` of `kind`.
+    private mutating func nameItem(_ cursor: inout Cursor, _ what: String, from kind: SetKind) throws(ParseError) -> [String] {
         if case .string(let name)? = cursor.peek?.kind {
             _ = cursor.next()
             return [name]
         }
-        let (text, column) = try cursor.word("a user name or @set")
-        if text.hasPrefix("@") { return try reference(text, column: column, kinds: [.users]).users }
-        return [text]
+        let (text, column) = try cursor.word(what)
+        guard text.hasPrefix("@") else { return [text] }
+        let set = try reference(text, column: column, kinds: [kind])
+        return kind == .groups ? set.groups : set.users
     }
 
     func keyword<Value>(_ cursor: inout Cursor, _ what: String, _ values: [String: Value]) throws(ParseError) -> Value {

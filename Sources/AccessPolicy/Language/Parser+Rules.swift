@@ -67,6 +67,10 @@ extension Parser {
                 var users: Set<String> = []
                 repeat { users.formUnion(try userItem(&cursor)) } while cursor.skipComma()
                 rule.users = users
+            case "group":
+                var groups: Set<String> = []
+                repeat { groups.formUnion(try groupItem(&cursor)) } while cursor.skipComma()
+                rule.groups = groups
             case "ident":
                 rule.requiresIdent = true
             case "version":

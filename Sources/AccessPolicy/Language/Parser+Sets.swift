@@ -35,6 +35,8 @@ extension Parser {
                 set.ports += ports
             case .users:
                 set.users += try userItem(&cursor)
+            case .groups:
+                set.groups += try groupItem(&cursor)
             }
         } while cursor.skipComma()
         set.broken = false

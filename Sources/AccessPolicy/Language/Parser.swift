@@ -6,7 +6,7 @@ import ProxyURL
 // in Cursor.swift, `expect`'s request in RequestParser.swift.
 
 enum SetKind: String {
-    case net, ports, users, hosts
+    case net, ports, users, hosts, groups
 }
 
 struct NamedSet {
@@ -21,6 +21,7 @@ struct NamedSet {
     var networks: [IPNetwork] = []
     var ports: [ClosedRange<UInt16>] = []
     var users: [String] = []
+    var groups: [String] = []
     var destinations: [DestinationPattern] = []
 }
 
@@ -46,7 +47,7 @@ struct Parser {
         self.file = file
     }
 
-    static let ruleKeywords = ["from", "to", "port", "user", "ident", "version", "auth", "time", "via", "label"]
+    static let ruleKeywords = ["from", "to", "port", "user", "group", "ident", "version", "auth", "time", "via", "label"]
 
     mutating func parse(_ text: String, expectationsOnly: Bool = false) {
         for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -71,7 +72,7 @@ struct Parser {
                 _ = cursor.next()
                 switch keyword {
                 case "allow", "deny": try parseRule(keyword == "allow" ? .allow : .deny, &cursor)
-                case "net", "ports", "users", "hosts": try parseSet(SetKind(rawValue: keyword) ?? .net, &cursor)
+                case "net", "ports", "users", "hosts", "groups": try parseSet(SetKind(rawValue: keyword) ?? .net, &cursor)
                 case "ident": try parseIdentScope(&cursor)
                 case "timezone": try parseTimeZone(&cursor, column: first.column)
                 case "expect": try parseExpectation(&cursor)
@@ -81,7 +82,7 @@ struct Parser {
                     throw ParseError(
                         column: first.column,
                         message:
-                            "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, hosts), "
+                            "unknown keyword '\(keyword)'; a line is a rule (allow, deny), a set (net, ports, users, groups, hosts), "
                             + "limit, gssapi, ident, timezone or expect")
                 }
                 if let extra = cursor.peek {

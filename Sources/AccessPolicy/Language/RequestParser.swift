@@ -3,10 +3,10 @@ import ProxyURL
 
 /// The request part of `expect` lines, shared in spirit with `identgate explain`:
 /// `[command] from IP[:PORT] to HOST:PORT [user U] [ident U | ident-error KIND]
-/// [version V] [auth A] [at TIME] [resolved IP]`.
+/// [groups G[, G…] | groups-unavailable] [version V] [auth A] [at TIME] [resolved IP]`.
 enum RequestParser {
     static func parse(_ cursor: inout Cursor, defaultVersion: RequestFacts.Version) throws(ParseError) -> (
-        facts: RequestFacts, ident: IdentOutcome?, load: (open: Int, recent: Int), via: SOCKSURL?
+        facts: RequestFacts, ident: IdentOutcome?, load: (open: Int, recent: Int), via: SOCKSURL?, groups: GroupAnswer?
     ) {
         var command = RequestFacts.Command.connect
         if let word = cursor.peek?.word, let named = ["connect": RequestFacts.Command.connect, "bind": .bind, "udp": .udp][word] {
@@ -23,10 +23,18 @@ enum RequestParser {
         var resolved: IPAddress?
         var load = (open: 0, recent: 0)
         var via: SOCKSURL?
+        var groups: GroupAnswer?
         while !cursor.atEnd {
             let (word, column) = try cursor.word(
-                "a request part (from, to, user, ident, ident-error, version, auth, at, resolved, open, recent, via)")
+                "a request part (from, to, user, ident, ident-error, groups, groups-unavailable, version, auth, at, resolved, open, recent, via)")
             switch word {
+            case "groups":
+                // The directory's answer for the verified user: these groups.
+                var names: Set<String> = []
+                repeat { names.insert(try cursor.word("a group name").text) } while cursor.skipComma()
+                groups = .member(of: names)
+            case "groups-unavailable":
+                groups = .unavailable("posed by the test")
             case "via":
                 let (text, column) = try cursor.word("the parent's SOCKS URL the request goes through")
                 do {
@@ -120,6 +128,6 @@ enum RequestParser {
             listener: IPEndpoint(address: client.address.isIPv6 ? .v6(.loopback) : .v4(.loopback), port: 1080),
             destination: target, destinationPort: port, resolvedAddress: resolved, claimedUser: user, authMethod: auth, time: time
         )
-        return (facts, ident, load, via)
+        return (facts, ident, load, via, groups)
     }
 }
