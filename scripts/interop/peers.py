@@ -183,6 +183,10 @@ class HTTPServer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        # socketserver accepts after select() says a connection waits; one that is reset
+        # meanwhile leaves a blocking accept() waiting for ever, and shutdown() with it
+        # (seen once: test_metrics hung). Non-blocking, that accept fails and is retried.
+        self.server.socket.setblocking(False)
         self.server.received = []
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
