@@ -32,6 +32,8 @@ struct GroupCheck {
     private var answers: [String: GroupAnswer] = [:]
     private(set) var consulted: GroupsConsulted?
 
+    static let noVerifiedUser = "no verified user: a name that is only claimed has no groups"
+
     init(policy: Policy, lookup: GroupLookup?) {
         self.policy = policy
         self.lookup = lookup
@@ -44,9 +46,8 @@ struct GroupCheck {
         // Only a verified identity has groups: a password's or GSS-API's user (a local
         // realm's principal by its short name), or a user identd confirmed on this rule.
         // A name that is only claimed could be anyone's.
-        let verified = facts.authMethod != .none ? policy.localName(facts) : identUser
-        guard let user = verified else {
-            return (false, "no verified user: a name that is only claimed has no groups")
+        guard let user = Self.verifiedUser(facts, policy: policy, identUser: identUser) else {
+            return (false, Self.noVerifiedUser)
         }
         let answer: GroupAnswer
         if let known = answers[user] {
@@ -56,6 +57,17 @@ struct GroupCheck {
             answers[user] = answer
         }
         consulted = GroupsConsulted(user: user, answer: answer)
+        return Self.evaluate(rule, groups: groups, user: user, answer: answer)
+    }
+
+    /// The verified user a `group` condition asks about: a password's or GSS-API's (a
+    /// local realm's principal by its short name), or the one identd confirmed.
+    static func verifiedUser(_ facts: RequestFacts, policy: Policy, identUser: String?) -> String? {
+        facts.authMethod != .none ? policy.localName(facts) : identUser
+    }
+
+    /// Whether `groups` holds for `user` given the directory's answer, with the words.
+    static func evaluate(_ rule: Rule, groups: Set<String>, user: String, answer: GroupAnswer) -> (holds: Bool, reason: String?) {
         let wanted = Rule.list(groups)
         switch answer {
         case .member(let of) where !of.isDisjoint(with: groups):

@@ -100,18 +100,44 @@ public struct PolicyEngine: PolicyDecider {
         await decide(facts, identLookup: nil)
     }
 
-    /// `decide` up to the first candidate rule that needs ident; nil from there on.
+    /// As a `PolicyDecider` on its own, the engine has no directory cache.
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
+        decideImmediately(facts, cachedGroups: nil)
+    }
+
+    /// `decide` without suspending: nil once a candidate rule needs identd, or groups the
+    /// directory's cache does not hold (`cachedGroups`: its answer for a user, if fresh).
+    public func decideImmediately(_ facts: RequestFacts, cachedGroups: ((String) -> GroupAnswer?)?) -> Decision? {
         var candidates = matcher.candidates(for: facts)
-        guard let index = candidates.next() else {
-            return Decision(.deny(.notAllowed), rule: nil, trace: [])
+        var trace: [Decision.TraceStep] = []
+        var consulted: GroupsConsulted?
+        while let index = candidates.next() {
+            let rule = policy.rules[index]
+            if rule.requiresIdent { return nil }
+            var reason = "all conditions hold"
+            if let groups = rule.groups {
+                guard let user = GroupCheck.verifiedUser(facts, policy: policy, identUser: nil) else {
+                    trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: GroupCheck.noVerifiedUser))
+                    continue
+                }
+                guard let answer = cachedGroups?(user) else { return nil }
+                consulted = GroupsConsulted(user: user, answer: answer)
+                let group = GroupCheck.evaluate(rule, groups: groups, user: user, answer: answer)
+                guard group.holds else {
+                    trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: false, reason: group.reason ?? ""))
+                    continue
+                }
+                if let note = group.reason { reason += " (\(note))" }
+            }
+            trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: reason))
+            var decision = Decision(
+                rule.verdict == .allow ? .allow(route: rule.route) : .deny(.notAllowed), rule: rule.reference, trace: trace)
+            decision.ruleNamesDestination = rule.namesDestination(of: facts)
+            decision.groupsConsulted = consulted
+            return decision
         }
-        let rule = policy.rules[index]
-        if rule.requiresIdent || rule.groups != nil { return nil }
-        let step = Decision.TraceStep(rule: rule.reference, verdict: rule.verdict, matched: true, reason: "all conditions hold")
-        var decision = Decision(
-            rule.verdict == .allow ? .allow(route: rule.route) : .deny(.notAllowed), rule: rule.reference, trace: [step])
-        decision.ruleNamesDestination = rule.namesDestination(of: facts)
+        var decision = Decision(.deny(.notAllowed), rule: nil, trace: trace)
+        decision.groupsConsulted = consulted
         return decision
     }
 

@@ -43,6 +43,17 @@ public final class DirectoryGroups: Sendable {
         { [self] user in await self.groups(of: user) }
     }
 
+    /// The cached answer for `user`, if still fresh: lets a decision be made on the event
+    /// loop, without a task, when the directory was asked lately.
+    public var cached: @Sendable (String) -> GroupAnswer? {
+        { [self] user in
+            let now = NIODeadline.now()
+            let answer = state.withLockedValue { state in state.cache[user].flatMap { $0.expires > now ? $0.answer : nil } }
+            if answer != nil { metrics?.directoryLookup(.cacheHit) }
+            return answer
+        }
+    }
+
     public func groups(of user: String) async -> GroupAnswer {
         let now = NIODeadline.now()
         let task: Task<GroupAnswer, Never> = state.withLockedValue { state in

@@ -75,7 +75,8 @@ public final class GatewayService: Sendable {
         self.directoryPool = directoryPool
         let directory = DirectoryGroups(threadPool: directoryPool, ttl: settings.directoryCacheTTL, metrics: metrics)
         self.policyStore = PolicyStore(
-            engine, sha256: policySHA256, identLookup: identClient.lookup, groupLookup: directory.lookup)
+            engine, sha256: policySHA256, identLookup: identClient.lookup, groupLookup: directory.lookup,
+            cachedGroups: directory.cached)
         let threadPool = NIOThreadPool(numberOfThreads: 8)
         threadPool.start()
         self.threadPool = threadPool

@@ -10,13 +10,19 @@ public final class PolicyStore: PolicyDecider {
     private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?, generation: UInt64)>
     private let identLookup: IdentLookup?
     private let groupLookup: GroupLookup?
+    /// The directory's fresh cached answers, for deciding on the event loop.
+    private let cachedGroups: (@Sendable (String) -> GroupAnswer?)?
     private let limiter: SessionLimiter
 
     /// `sha256`: of the policy's text, recorded with every decision.
-    public init(_ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil, groupLookup: GroupLookup? = nil) {
+    public init(
+        _ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil, groupLookup: GroupLookup? = nil,
+        cachedGroups: (@Sendable (String) -> GroupAnswer?)? = nil
+    ) {
         current = NIOLockedValueBox((engine, sha256, 0))
         self.identLookup = identLookup
         self.groupLookup = groupLookup
+        self.cachedGroups = cachedGroups
         limiter = SessionLimiter(limits: engine.policy.limits)
     }
 
@@ -55,7 +61,7 @@ public final class PolicyStore: PolicyDecider {
 
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
         let (engine, sha256, _) = current.withLockedValue { $0 }
-        var decision = engine.decideImmediately(facts)
+        var decision = engine.decideImmediately(facts, cachedGroups: cachedGroups)
         decision?.policySHA256 = sha256
         return decision
     }

@@ -91,9 +91,21 @@ import Testing
         #expect(directory.questions == ["alice"])
     }
 
-    @Test func theImmediatePathLeavesGroupRulesToTheLookup() {
-        let engine = PolicyEngine(policy: policy("allow group ops\n"))
-        #expect(engine.decideImmediately(facts(user: "alice", auth: .password)) == nil)
+    @Test func theImmediatePathDecidesWithCachedGroupsOnly() {
+        let engine = PolicyEngine(policy: policy("allow group ops label \"ops\"\nallow to 192.0.2.9 label \"open host\"\n"))
+        let alice = facts(user: "alice", auth: .password)
+        #expect(engine.decideImmediately(alice) == nil, "no cache: the lookup decides")
+        #expect(engine.decideImmediately(alice, cachedGroups: { _ in nil }) == nil, "not cached")
+        let cached = engine.decideImmediately(alice, cachedGroups: { _ in .member(of: ["ops"]) })
+        #expect(cached?.verdict == .allow && cached?.rule?.label == "ops")
+        #expect(cached?.groupsConsulted == GroupsConsulted(user: "alice", answer: .member(of: ["ops"])))
+        // A claimed name: the group rule is passed over without asking, the next one decides.
+        let claimed = engine.decideImmediately(facts(.socks4, to: "192.0.2.9:80", user: "alice"), cachedGroups: { _ in nil })
+        #expect(claimed?.rule?.label == "open host")
+        #expect(claimed?.trace.first?.reason.contains("no verified user") == true)
+        // Not cached, not a member, unavailable: the same answers as the lookup's path.
+        let down = engine.decideImmediately(alice, cachedGroups: { _ in .unavailable("nslcd down") })
+        #expect(down?.verdict == .deny)
     }
 
     @Test func setsListsAndTheirErrors() {
