@@ -49,6 +49,14 @@ struct GroupCheck {
         guard let user = Self.verifiedUser(facts, policy: policy, identUser: identUser) else {
             return (false, Self.noVerifiedUser)
         }
+        let answer = await consult(user)
+        return Self.evaluate(rule, groups: groups, user: user, answer: answer)
+    }
+
+    /// The directory's answer about `user`, asked at most once per decision; it is what
+    /// the decision records (a rule's `group`, or a `limit … group` line, asked).
+    @discardableResult
+    mutating func consult(_ user: String) async -> GroupAnswer {
         let answer: GroupAnswer
         if let known = answers[user] {
             answer = known
@@ -57,7 +65,7 @@ struct GroupCheck {
             answers[user] = answer
         }
         consulted = GroupsConsulted(user: user, answer: answer)
-        return Self.evaluate(rule, groups: groups, user: user, answer: answer)
+        return answer
     }
 
     /// The verified user a `group` condition asks about: a password's or GSS-API's (a

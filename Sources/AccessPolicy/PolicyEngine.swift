@@ -66,6 +66,11 @@ public struct Policy: Sendable {
         }
     }
 
+    /// Some `limit` line filters by `group`.
+    public var limitsNeedGroups: Bool {
+        limits.contains { $0.conditions.groups != nil }
+    }
+
     /// The first scope whose networks hold the client.
     public func identScope(for client: IPAddress) -> IdentScope? {
         identScopes.first { $0.networks.contains { $0.contains(client) } }
@@ -133,6 +138,13 @@ public struct PolicyEngine: PolicyDecider {
             var decision = Decision(
                 rule.verdict == .allow ? .allow(route: rule.route) : .deny(.notAllowed), rule: rule.reference, trace: trace)
             decision.ruleNamesDestination = rule.namesDestination(of: facts)
+            if rule.verdict == .allow, consulted == nil, policy.limitsNeedGroups,
+                let user = GroupCheck.verifiedUser(facts, policy: policy, identUser: nil)
+            {
+                // A `limit … group` line needs them: from the cache, or the lookup decides.
+                guard let answer = cachedGroups?(user) else { return nil }
+                consulted = GroupsConsulted(user: user, answer: answer)
+            }
             decision.groupsConsulted = consulted
             return decision
         }
@@ -166,8 +178,15 @@ public struct PolicyEngine: PolicyDecider {
         var ident = IdentCheck(policy: policy, lookup: identLookup)
         var groups = GroupCheck(policy: policy, lookup: groupLookup)
         var trace: [Decision.TraceStep] = []
-        func decided(_ decision: Decision) -> Decision {
+        func decided(_ decision: Decision) async -> Decision {
             var decision = decision
+            // A `limit … group` line counts by the verified user's groups: asked for an
+            // allowed request even when no rule needed them.
+            if decision.verdict == .allow, groups.consulted == nil, policy.limitsNeedGroups,
+                let user = GroupCheck.verifiedUser(facts, policy: policy, identUser: ident.confirmedUser)
+            {
+                await groups.consult(user)
+            }
             decision.groupsConsulted = groups.consulted
             return decision
         }
@@ -189,9 +208,9 @@ public struct PolicyEngine: PolicyDecider {
             trace.append(.init(rule: rule.reference, verdict: rule.verdict, matched: true, reason: reason))
             var decision = ident.decision(rule: rule, trace: trace)
             decision.ruleNamesDestination = rule.namesDestination(of: facts)
-            return decided(decision)
+            return await decided(decision)
         }
-        return decided(ident.decision(rule: nil, trace: trace))
+        return await decided(ident.decision(rule: nil, trace: trace))
     }
 }
 

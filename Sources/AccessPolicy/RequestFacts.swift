@@ -75,6 +75,9 @@ public struct RequestFacts: Hashable, Sendable {
     /// The client's identd named the claimed user (set from the decision, `attributed(by:)`,
     /// before limits count the request).
     public var identConfirmed = false
+    /// The directory's answer about the verified user's groups, if the decision asked
+    /// (set by `attributed(by:)`, for `limit` lines with `group`).
+    public var verifiedGroups: GroupAnswer?
 
     public init(
         version: Version, command: Command, client: IPEndpoint, listener: IPEndpoint,
@@ -105,9 +108,11 @@ public struct RequestFacts: Hashable, Sendable {
     /// These facts with what `decision` learned about the user: whether identd confirmed
     /// the claimed name.
     public func attributed(by decision: Decision) -> RequestFacts {
-        guard let claimedUser, case .userID(let named) = decision.ident, named == claimedUser else { return self }
+        let confirmed: Bool = if let claimedUser, case .userID(let named) = decision.ident { named == claimedUser } else { false }
+        guard confirmed || decision.groupsConsulted != nil else { return self }
         var facts = self
-        facts.identConfirmed = true
+        facts.identConfirmed = confirmed
+        facts.verifiedGroups = decision.groupsConsulted?.answer
         return facts
     }
 

@@ -47,7 +47,7 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
 
     /// The counter this request counts against, or nil if the limit does not count it.
     public func subject(of facts: RequestFacts) -> LimitSubject? {
-        guard conditions.conditionsHold(facts, utcOffsetSeconds: 0) else { return nil }
+        guard conditions.conditionsHold(facts, utcOffsetSeconds: 0), groupsMismatch(facts) == nil else { return nil }
         switch scope {
         case .client: return .client(facts.client.address.unmapped)
         case .user:
@@ -59,9 +59,21 @@ public struct SessionLimit: Hashable, Sendable, CustomStringConvertible {
 
     /// Why the limit does not count this request, for `explain`; nil if it does.
     public func whyNotCounted(_ facts: RequestFacts) -> String? {
-        if let mismatch = conditions.firstMismatch(facts, utcOffsetSeconds: 0) { return mismatch }
+        if let mismatch = conditions.firstMismatch(facts, utcOffsetSeconds: 0) ?? groupsMismatch(facts) { return mismatch }
         if scope == .user, facts.claimedUser == nil { return "no user was claimed" }
         return nil
+    }
+
+    /// Why a `group` filter does not count the request; nil if it does. The groups are the
+    /// directory's answer the decision consulted (`verifiedGroups`). A directory that did
+    /// not answer counts the request: an unknown never widens access.
+    func groupsMismatch(_ facts: RequestFacts) -> String? {
+        guard let groups = conditions.groups else { return nil }
+        switch facts.verifiedGroups {
+        case .unavailable?: return nil
+        case .member(let of)?: return of.isDisjoint(with: groups) ? "the user is in no group of \(Rule.list(groups))" : nil
+        case .noSuchUser?, nil: return "no verified user's groups"
+        }
     }
 
     /// `64 open sessions per client`, `20 new sessions a second per user`.

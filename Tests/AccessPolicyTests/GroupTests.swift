@@ -131,4 +131,26 @@ import Testing
         #expect(report.passed == 5)
         #expect(report.failures.isEmpty)
     }
+
+    /// `limit … group` counts by the verified user's groups, asked even when no rule
+    /// needed them; a directory that does not answer counts the request.
+    @Test func limitsCountByGroup() async {
+        let compiled = policy(
+            """
+            allow from 10.0.0.0/8
+            limit sessions 1 per user group contractors label "one each for contractors"
+            expect allow from 10.1.2.3 to 192.0.2.1:80 user alice auth password groups staff open 1
+            expect limit from 10.1.2.3 to 192.0.2.1:80 user carl auth password groups contractors open 1
+            expect limit from 10.1.2.3 to 192.0.2.1:80 user carl auth password groups-unavailable open 1
+            expect allow from 10.1.2.3 to 192.0.2.1:80 user carl auth password groups contractors open 0
+            expect allow from 10.1.2.3 to 192.0.2.1:80 user carl version socks4 groups contractors open 1
+
+            """)
+        let report = await ExpectationReport.run(compiled)
+        #expect(report.passed == 5, "\(report.failures.map(\.expectation.lineText))")
+        let engine = PolicyEngine(policy: compiled)
+        let carl = facts(user: "carl", auth: .password)
+        #expect(engine.decideImmediately(carl, cachedGroups: { _ in nil }) == nil, "the limit needs the groups: the lookup")
+        #expect(engine.decideImmediately(carl, cachedGroups: { _ in .member(of: ["contractors"]) })?.groupsConsulted != nil)
+    }
 }

@@ -143,7 +143,7 @@ extension Parser {
         }
     }
 
-    static let limitKeywords = ["from", "user", "version", "auth", "label"]
+    static let limitKeywords = ["from", "user", "group", "version", "auth", "label"]
 
     /// `limit [COMMANDS] sessions N|rate N/s|rate N/m per client|per user|total
     /// [from …] [user …] [version …] [auth …] [label "…"]`
