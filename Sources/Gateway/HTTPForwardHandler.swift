@@ -42,6 +42,8 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var closeAfterExchange = false
     /// What the client sent after the current request could not be read: 400 after it.
     private var unreadableAfterExchange = false
+    /// Why the connection ended, when the gateway ended it (the end record's words).
+    private var departure: String?
     /// The connection to the last destination, kept for the client's next request there
     /// (direct connections only; closed with the client's).
     var keptUpstream: (any Channel)?
@@ -129,7 +131,12 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch event {
         case is ChannelShouldQuiesceEvent:
             // Shutting down: between requests close now; else after this response.
+            departure = ClientDeparture.gatewayStopped
             if case .idle = state { context.close(promise: nil) } else { closeAfterExchange = true }
+        case is IdleStateHandler.IdleStateEvent:
+            // --idle-timeout, as for a relay: nothing moved on the client's connection.
+            departure = "idle timeout: no bytes either way for the --idle-timeout"
+            context.close(promise: nil)
         case ChannelEvent.inputClosed:
             if case .forwarding(let exchange) = state, exchange.requestDone {
                 closeAfterExchange = true
@@ -161,6 +168,10 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
             target = try ProxyRequestTarget.parse(method: head.method.rawValue, target: head.uri)
         } catch {
             return answer(error.status, exchange: nil, context: context)
+        }
+        // Each request's head has the first one's bounds (llhttp bounds its size).
+        guard head.headers.count <= HTTPFrontHandler.maximumHeaderCount else {
+            return answer(.headersTooLarge, exchange: nil, context: context)
         }
         let fields = head.headers.map { (name: $0.name, value: $0.value) }
         guard case .forward(let host, let port, let originForm) = target, head.method != .CONNECT,
@@ -341,7 +352,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // decision allowed it).
                 connector.cancel()
             }
-            end(exchange, reason: exchange.responseStatus == nil ? ClientDeparture.closed : "client closed the connection")
+            end(
+                exchange,
+                reason: departure ?? (exchange.responseStatus == nil ? ClientDeparture.closed : "client closed the connection"))
         case .idle, .closed:
             state = .closed
         }

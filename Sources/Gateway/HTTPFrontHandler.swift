@@ -185,6 +185,10 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             try context.pipeline.syncOperations.addHandler(HTTPResponseEncoder(configuration: encoding), position: .before(self))
             try context.pipeline.syncOperations.addHandler(forwarder, position: .after(self))
+            // --idle-timeout bounds a forwarding connection as it bounds a relay.
+            if let idleTimeout = gateway.configuration.idleTimeout {
+                try context.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout), position: .first)
+            }
         } catch {
             return context.close(promise: nil)
         }

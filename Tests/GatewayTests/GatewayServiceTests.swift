@@ -10,9 +10,14 @@ import Testing
 /// `identgate run`'s wiring, started as the command starts it: SOCKS and metrics served,
 /// a policy swapped while serving, and the lifecycle on record.
 @Suite struct GatewayServiceTests {
-    @Test func servesReloadsAndRecordsItsLifecycle() async throws {
+    static func temporaryDirectory() throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("service-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    @Test func servesReloadsAndRecordsItsLifecycle() async throws {
+        let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let auditPath = directory.appendingPathComponent("audit.jsonl").path
         let audit = try AuditWriter(path: auditPath)
@@ -86,8 +91,7 @@ import Testing
     /// Shutdown while a BIND waits for its peer: the session's end is on record, and says
     /// the gateway stopped (not that the client closed).
     @Test func aSessionStoppedBeforeItsReplySaysSo() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("service-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let auditPath = directory.appendingPathComponent("audit.jsonl").path
         let audit = try AuditWriter(path: auditPath)

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 
 import jsonschema
@@ -292,6 +293,28 @@ class HTTPProxyTests(unittest.TestCase):
             self.assertEqual(len(server.server.received), 1, "only the declared five bytes were a request")
             self.assertEqual(metric(metrics_port, 'identgate_sessions_started_total{command="connect",version="http"}'), 1)
             self.assertEqual(metric(metrics_port, 'identgate_sessions_started_total{command="connect",version="socks5"}'), 0)
+
+    def test_idle_timeout_and_later_heads_are_bounded(self):
+        """--idle-timeout ends a forwarding connection whose destination says nothing, with
+        its end on record; a later request's head has the first one's bounds (431)."""
+        with TCPServer(lambda server, connection: time.sleep(8)) as silent, HTTPServer() as server, \
+                Gateway("--idle-timeout", "1s") as gateway:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                started = time.monotonic()
+                client.sendall(f"GET http://127.0.0.1:{silent.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                self.assertEqual(client.recv(100), b"", "closed by the idle timeout")
+                self.assertLess(time.monotonic() - started, 5)
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                get = f"GET http://127.0.0.1:{server.port}/ HTTP/1.1\r\nHost: x\r\n"
+                client.sendall((get + "\r\n" + get + "X-A: b\r\n" * 101 + "\r\n").encode())
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:100])
+                self.assertIn(b"HTTP/1.1 431 ", answer)
+            gateway.stop()
+            ends = [r for r in gateway.audit_records() if r.get("event") == "session-end"]
+            self.assertTrue(any("idle timeout" in e.get("reason", "") for e in ends), ends)
 
     def test_forwarding_denied_is_403(self):
         with HTTPServer() as server, self.https() as secure, TCPServer(echo) as raw, \
