@@ -30,6 +30,8 @@
 //        a `loadgen reply` server), close. Stops after COUNT connections or
 //        SECONDS, whichever comes first. Prints: connections, seconds, conns/s, p50 and
 //        p99 latency in microseconds, failures.
+//        socks5 with LOADGEN_USER and LOADGEN_PASSWORD set: RFC 1929 username/password
+//        (method 0x02) before the request, as `curl socks5h://user:pass@` does.
 //
 // Every loop is bounded in count and time; every socket is non-blocking under epoll.
 
@@ -124,7 +126,7 @@ static int head_end(int *matched, const unsigned char *bytes, int count) {
     }
     return -1;
 }
-enum phase { CONNECTING, GREETING, NEGOTIATING, EXCHANGING, CLOSING };
+enum phase { CONNECTING, GREETING, AUTHENTICATING, NEGOTIATING, EXCHANGING, CLOSING };
 
 struct conn {
     int fd;
@@ -168,6 +170,22 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                                   dest_port, host, dest_port);
     }
     int target = mode == DIRECT ? dest_port : proxy_port;
+    // RFC 1929: the greeting offers 0x02 alone, then version 1, the name and the password.
+    const char *user = getenv("LOADGEN_USER"), *password = getenv("LOADGEN_PASSWORD");
+    int authenticate = mode == SOCKS5 && user && password;
+    unsigned char greeting[3] = {5, 1, authenticate ? 2 : 0};
+    unsigned char credentials[513];
+    int credentials_length = 0;
+    if (authenticate) {
+        size_t u = strlen(user), p = strlen(password);
+        if (u < 1 || u > 255 || p < 1 || p > 255) { fprintf(stderr, "LOADGEN_USER and LOADGEN_PASSWORD: 1 to 255 bytes\n"); return 2; }
+        credentials[0] = 1;
+        credentials[1] = (unsigned char)u;
+        memcpy(credentials + 2, user, u);
+        credentials[2 + u] = (unsigned char)p;
+        memcpy(credentials + 3 + u, password, p);
+        credentials_length = (int)(3 + u + p);
+    }
     double begin = now(), deadline = begin + seconds;
 
     void open_one(int slot) {
@@ -213,7 +231,6 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
                     c->phase = EXCHANGING;
                     if (write(c->fd, payload, 64) != 64) { close_one(slot, 0); continue; }
                 } else if (mode == SOCKS5) {
-                    static const unsigned char greeting[] = {5, 1, 0};
                     c->phase = GREETING;
                     if (write(c->fd, greeting, 3) != 3) { close_one(slot, 0); continue; }
                 } else {
@@ -227,7 +244,15 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
             if (r == 0 && c->phase == CLOSING) { close_one(slot, 1); continue; }
             if (r <= 0) { close_one(slot, 0); continue; }
             c->have += r;
-            if (c->phase == GREETING && c->have >= 2) {
+            if (c->phase == GREETING && c->have >= 2 && authenticate) {
+                c->have -= 2;
+                c->phase = AUTHENTICATING;
+                if (write(c->fd, credentials, credentials_length) != credentials_length) { close_one(slot, 0); continue; }
+                continue;
+            }
+            if ((c->phase == GREETING || c->phase == AUTHENTICATING) && c->have >= 2) {
+                // (RFC 1929's answer: version 1, status 0 for success.)
+                if (c->phase == AUTHENTICATING && buffer[r - c->have + 1] != 0) { close_one(slot, 0); continue; }
                 c->have -= 2;
                 c->phase = NEGOTIATING;
                 if (write(c->fd, request, request_length) != request_length) { close_one(slot, 0); continue; }

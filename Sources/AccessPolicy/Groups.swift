@@ -76,12 +76,11 @@ struct GroupCheck {
 
     /// Whether `groups` holds for `user` given the directory's answer, with the words.
     static func evaluate(_ rule: Rule, groups: Set<String>, user: String, answer: GroupAnswer) -> (holds: Bool, reason: String?) {
-        let wanted = Rule.list(groups)
         switch answer {
         case .member(let of) where !of.isDisjoint(with: groups):
             return (true, nil)
         case .member(let of):
-            return (false, "user \(user) is in no group of \(wanted) (in \(of.isEmpty ? "none" : Rule.list(of)))")
+            return (false, "user \(user) is in no group of \(Rule.list(groups)) (in \(of.isEmpty ? "none" : Rule.list(of)))")
         case .noSuchUser:
             return (false, "the directory has no user \(user)")
         case .unavailable(let why) where rule.verdict == .deny:

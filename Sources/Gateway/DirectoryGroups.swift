@@ -23,17 +23,20 @@ public final class DirectoryGroups: Sendable {
 
     private let threadPool: NIOThreadPool
     private let ttl: TimeAmount
+    /// How long an "unavailable" answer is kept, at most.
+    private let unavailableLifetime: TimeAmount
     private let state = NIOLockedValueBox(State())
     private let metrics: GatewayMetrics?
     /// The NSS call; tests give their own.
     private let resolve: @Sendable (String) -> GroupAnswer
 
     public init(
-        threadPool: NIOThreadPool, ttl: TimeAmount, metrics: GatewayMetrics? = nil,
+        threadPool: NIOThreadPool, ttl: TimeAmount, unavailableLifetime: TimeAmount = .seconds(5), metrics: GatewayMetrics? = nil,
         resolve: @escaping @Sendable (String) -> GroupAnswer = DirectoryGroups.nss
     ) {
         self.threadPool = threadPool
         self.ttl = ttl
+        self.unavailableLifetime = unavailableLifetime
         self.metrics = metrics
         self.resolve = resolve
     }
@@ -78,9 +81,14 @@ public final class DirectoryGroups: Sendable {
             answer = .unavailable("the lookup did not run: \(error)")
         }
         metrics?.directoryLookup(DirectoryLookupOutcome(answer), after: .now - started)
+        // "The directory did not answer" is kept briefly: long enough that a down directory
+        // is not asked again for every request, short enough that its users are back soon
+        // after it is.
+        var lifetime = ttl
+        if case .unavailable = answer { lifetime = min(ttl, unavailableLifetime) }
         state.withLockedValue { state in
             state.inFlight[user] = nil
-            state.cache.set((answer, .now() + ttl), for: user)
+            state.cache.set((answer, .now() + lifetime), for: user)
         }
         return answer
     }
@@ -92,7 +100,11 @@ public final class DirectoryGroups: Sendable {
         var buffer = [CChar](repeating: 0, count: 16 * 1024)
         let status = getpwnam_r(user, &entry, &buffer, buffer.count, &found)
         // glibc: 0 and no entry for "no such user"; an error number when NSS failed.
-        guard status == 0 else { return .unavailable("getpwnam_r: \(String(cString: strerror(status)))") }
+        // (The error number is the NSS module's: nslcd down reads "No such file or
+        // directory", which would mislead an operator without the words around it.)
+        guard status == 0 else {
+            return .unavailable("the directory did not answer (getpwnam_r: \(String(cString: strerror(status))))")
+        }
         guard found != nil else { return .noSuchUser }
         var count: Int32 = 64
         var ids = [gid_t](repeating: 0, count: Int(count))
@@ -108,6 +120,11 @@ public final class DirectoryGroups: Sendable {
             guard status == 0 else { return .unavailable("getgrgid_r(\(id)): \(String(cString: strerror(status)))") }
             if named != nil, let name = group.gr_name { names.insert(String(cString: name)) }
         }
+        // getgrouplist skips a source that failed (nslcd down mid-lookup) without saying
+        // so: the user is asked for again, and a directory gone meanwhile is unavailable,
+        // not "in fewer groups" (which would let a deny rule with `group` miss).
+        let again = getpwnam_r(user, &entry, &buffer, buffer.count, &found)
+        guard again == 0, found != nil else { return .unavailable("getpwnam_r after getgrouplist: the directory stopped answering") }
         return .member(of: names)
     }
 }

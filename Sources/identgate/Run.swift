@@ -91,7 +91,10 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "How long the directory's answer about a user's groups is kept (for 'group' rules), negative answers too.",
+            "How long the directory's answer about a user's groups is kept (for 'group' rules), \"no such user\" too; "
+                + "\"the directory did not answer\" is kept 5 seconds at most. Groups come from NSS (files, sssd, nslcd).",
+            discussion: "A directory that does not answer fails closed: an allow rule with 'group' does not match, "
+                + "a deny rule with 'group' does.",
             valueName: "duration"))
     var directoryCache: DurationArgument = "5m"
 
