@@ -17,8 +17,9 @@ import PackageDescription
 //                   wire <-> policy vocabulary (SOCKS requests and ident replies as facts)
 //   AuditLog        audit records, the hash chain, reading log files (plain and gzip)
 //   PolicyFiles     a policy file and its tests from disk, with the SHA-256 of what was compiled
+//   PolicyDiff      pure: which requests two policies decide differently, over the whole request space
 //   CommandSupport  what every command shares: running async work to its end, a failed start
-//   OfflineCommands check, test, explain, audit: files and the pure core, no SwiftNIO I/O
+//   OfflineCommands check, test, explain, diff, audit: files and the pure core, no SwiftNIO I/O
 //   Gateway         SwiftNIO handlers, relay, resolver, ident client, audit writer (all the I/O)
 //   identgate       the command line: run (Gateway) and the offline commands
 // The commit `identgate --version` names: IDENTGATE_COMMIT if set (scripts/package sets
@@ -73,6 +74,7 @@ let package = Package(
             ]
         ),
         .target(name: "PolicyFiles", dependencies: ["AccessPolicy", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "PolicyDiff", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
         .target(
             name: "CommandSupport", dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -104,8 +106,8 @@ let package = Package(
         .target(
             name: "OfflineCommands",
             dependencies: [
-                "AccessPolicy", "AuditLog", "PolicyFiles", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText", "HTTPProxyWire",
-                "CommandSupport",
+                "AccessPolicy", "AuditLog", "PolicyFiles", "PolicyDiff", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText",
+                "HTTPProxyWire", "CommandSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -159,6 +161,7 @@ let package = Package(
         .testTarget(name: "IdentProtocolTests", dependencies: ["IdentProtocol"]),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(name: "PolicyFilesTests", dependencies: ["PolicyFiles", "AuditLog", "AccessPolicy"]),
+        .testTarget(name: "PolicyDiffTests", dependencies: ["PolicyDiff", "AccessPolicy", "NetAddress"]),
         .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress", "PosixEndpoint"]),
         .testTarget(
             name: "GatewayTests",

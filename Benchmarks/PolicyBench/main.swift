@@ -1,10 +1,12 @@
 import AccessPolicy
+import Glibc
 import NetAddress
 
 // Decisions per second of the compiled policy engine, on one core, for generated
 // policies of realistic shape. Prints one TSV row per size:
 //   rules  decisions_per_second  ns_per_decision  allowed_share
 // Usage: policy-bench [SECONDS_PER_SIZE] [SIZES…]
+//        policy-bench emit RULES    prints the generated policy of that size
 
 /// A small deterministic generator, so that every run measures the same policies.
 struct SplitMix: RandomNumberGenerator {
@@ -66,6 +68,12 @@ func requests(count: Int, rules: Int, using generator: inout SplitMix) -> [Reque
 }
 
 let arguments = CommandLine.arguments.dropFirst()
+// `policy-bench emit RULES`: the generated policy's text, for scripts/bench's diff row.
+if arguments.first == "emit", let size = arguments.dropFirst().first.flatMap(Int.init) {
+    var generator = SplitMix(seed: 42)
+    print(policyText(rules: size, using: &generator))
+    exit(0)
+}
 let seconds = arguments.first.flatMap(Double.init) ?? 2
 let sizes = arguments.dropFirst().compactMap(Int.init)
 print("rules\tdecisions_per_second\tns_per_decision\tallowed_share\tcompile_ms")

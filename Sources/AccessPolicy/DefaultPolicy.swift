@@ -15,10 +15,10 @@ allow from @loopback label "loopback clients"
 
 # Limits, so that one client cannot take every descriptor: a session holds two (three or
 # four for BIND and UDP), and the gateway's limit is the process's (ulimit -n).
-limit sessions 4096 per client   label "one client's share"
+limit sessions 4096 per client    label "one client's share"
 limit udp sessions 256 per client label "UDP associations per client"
-limit rate 2000/s per client     label "new sessions per client"
-limit sessions 8192 total        label "the gateway's capacity"
+limit rate 2000/s per client      label "new sessions per client"
+limit sessions 8192 total         label "the gateway's capacity"
 
 # The tests of this policy (`identgate test policies/default.policy`).
 expect allow from 127.0.0.1 to example.com:443

@@ -71,6 +71,10 @@ class Gateway:
         self.audit_log = os.path.join(self.audit_folder, "audit.jsonl")
         if "--audit-log" not in args:
             args = (*args, "--audit-log", self.audit_log)
+        # A test that ends with a client still connected need not wait the default 10 s
+        # for its relay; tests of the grace itself say theirs.
+        if "--shutdown-grace" not in args:
+            args = (*args, "--shutdown-grace", "2s")
         def limit_descriptors():
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))

@@ -1,7 +1,9 @@
 """The policy in the running gateway: --policy, refusal to start on a bad policy, and
 SIGHUP reload both ways (a good policy swapped in, a bad one kept out), with curl."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -103,6 +105,63 @@ class PolicyReloadTest(unittest.TestCase):
                                      capture_output=True, timeout=30)
             self.assertEqual(explain.returncode, 0, explain.stderr)
             self.assertIn(b"decided by", explain.stdout)
+            layout = subprocess.run([BINARY, "fmt", "--check", path], capture_output=True, timeout=30)
+            self.assertEqual(layout.returncode, 0, f"{name} is laid out as `identgate fmt` writes it:\n{layout.stdout.decode()}")
+
+    def test_diff_finds_a_change_that_explain_reproduces_and_is_a_ci_gate(self):
+        """`identgate diff` on the shipped corporate policy and a one-line change of it:
+        exit 1, the region in words, and `explain` commands that decide its example
+        differently on the two sides; the file against itself exits 0; errors exit 2."""
+        folder = tempfile.mkdtemp(prefix="identgate-diff-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "policies", "corporate-egress.policy")
+        with open(old) as source:
+            lines = source.read().split("\n")
+        first = next(i for i, line in enumerate(lines) if line.startswith(("allow", "deny")))
+        lines.insert(first, 'deny port 5432 label "no databases"')
+        new = os.path.join(folder, "changed.policy")
+        with open(new, "w") as out:
+            out.write("\n".join(lines))
+        same = subprocess.run([BINARY, "diff", old, old], capture_output=True, text=True, timeout=60)
+        self.assertEqual((same.returncode, same.stdout.startswith("no request is decided differently")), (0, True), same.stdout)
+        changed = subprocess.run([BINARY, "diff", old, new], capture_output=True, text=True, timeout=60)
+        self.assertEqual(changed.returncode, 1, changed.stdout + changed.stderr)
+        self.assertRegex(changed.stdout, r':5432 .*: allow .*\(line \d+ "admins, verified by identd"\) → deny \(line \d+ "no databases"\)')
+        commands = [line.strip().split() for line in changed.stdout.splitlines() if line.strip().startswith("identgate explain")]
+        self.assertGreaterEqual(len(commands), 2)
+        verdicts = []
+        for command in commands[:2]:
+            explained = subprocess.run([BINARY, *command[1:]], capture_output=True, text=True, timeout=30)
+            self.assertEqual(explained.returncode, 0, explained.stderr)
+            verdicts.append(explained.stdout.strip().splitlines()[-1])
+        self.assertNotEqual(verdicts[0], verdicts[1], "the example is decided differently on the two sides")
+        as_json = subprocess.run([BINARY, "diff", "--json", old, new], capture_output=True, text=True, timeout=60)
+        report = json.loads(as_json.stdout)
+        self.assertEqual((as_json.returncode, report["equivalent"]), (1, False))
+        self.assertEqual(report["differences"][0]["new"]["rule"]["label"], "no databases")
+        broken = os.path.join(folder, "broken.policy")
+        with open(broken, "w") as out:
+            out.write("allow from 10.0.0.0/33\n")
+        error = subprocess.run([BINARY, "diff", old, broken], capture_output=True, text=True, timeout=60)
+        self.assertEqual(error.returncode, 2, error.stdout)
+        self.assertIn("broken.policy:1:", error.stdout)
+
+    def test_fmt_check_and_write(self):
+        folder = tempfile.mkdtemp(prefix="identgate-fmt-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "messy.policy")
+        with open(path, "w") as out:
+            out.write('allow   from 10.0.0.0/8 label "lab"  # ok\n\n\n\ndeny to 192.0.2.1\nexpect deny from 10.1.1.1 to 192.0.2.1:80\n')
+        check = subprocess.run([BINARY, "fmt", "--check", path], capture_output=True, text=True, timeout=30)
+        self.assertEqual(check.returncode, 1)
+        self.assertIn("-allow   from 10.0.0.0/8", check.stdout)
+        self.assertIn("+allow from 10.0.0.0/8 label \"lab\"  # ok", check.stdout)
+        write = subprocess.run([BINARY, "fmt", "--write", path], capture_output=True, text=True, timeout=30)
+        self.assertEqual(write.returncode, 0, write.stdout)
+        with open(path) as formatted:
+            self.assertEqual(formatted.read(), 'allow from 10.0.0.0/8 label "lab"  # ok\n\ndeny  to 192.0.2.1\n'
+                                               'expect deny  from 10.1.1.1 to 192.0.2.1:80\n')
+        self.assertEqual(subprocess.run([BINARY, "fmt", "--check", path], capture_output=True, timeout=30).returncode, 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+/// A set of integers as sorted, disjoint, non-adjacent closed ranges: one dimension of
+/// a region of the request space (client addresses, ports, minutes of the week, or the
+/// small numbered values of a finite dimension such as the command).
+struct IntervalSet: Hashable, Sendable {
+    private(set) var ranges: [ClosedRange<UInt128>]
+
+    static let empty = IntervalSet(ranges: [])
+
+    init(_ range: ClosedRange<UInt128>) {
+        ranges = [range]
+    }
+
+    /// The union of `ranges`, in any order, overlapping or not.
+    init(union ranges: some Sequence<ClosedRange<UInt128>>) {
+        var merged: [ClosedRange<UInt128>] = []
+        for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = merged.last, last.upperBound == .max || range.lowerBound <= last.upperBound + 1 {
+                merged[merged.count - 1] = last.lowerBound...max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        self.ranges = merged
+    }
+
+    /// The values, for a finite dimension's numbered values.
+    init(values: some Sequence<Int>) {
+        self.init(union: values.map { UInt128($0)...UInt128($0) })
+    }
+
+    private init(ranges: [ClosedRange<UInt128>]) {
+        self.ranges = ranges
+    }
+
+    var isEmpty: Bool { ranges.isEmpty }
+    var first: UInt128? { ranges.first?.lowerBound }
+
+    /// True when the set holds exactly one value.
+    var isSingle: Bool { ranges.count == 1 && ranges[0].lowerBound == ranges[0].upperBound }
+
+    /// How many values, up to `limit` (an address range's count does not fit anything).
+    func count(upTo limit: Int) -> Int {
+        var total = 0
+        for range in ranges {
+            let size = range.upperBound - range.lowerBound
+            if size >= UInt128(limit) { return limit }
+            total += Int(size) + 1
+            if total >= limit { return limit }
+        }
+        return total
+    }
+
+    /// The values of a small set (a finite dimension's), in order.
+    var values: [Int] {
+        ranges.flatMap { Int($0.lowerBound)...Int($0.upperBound) }
+    }
+
+    func contains(_ value: UInt128) -> Bool {
+        ranges.contains { $0.contains(value) }
+    }
+
+    func intersection(_ other: IntervalSet) -> IntervalSet {
+        var result: [ClosedRange<UInt128>] = []
+        var i = 0
+        var j = 0
+        while i < ranges.count, j < other.ranges.count {
+            let a = ranges[i]
+            let b = other.ranges[j]
+            let low = max(a.lowerBound, b.lowerBound)
+            let high = min(a.upperBound, b.upperBound)
+            if low <= high { result.append(low...high) }
+            if a.upperBound < b.upperBound { i += 1 } else { j += 1 }
+        }
+        return IntervalSet(ranges: result)
+    }
+
+    func subtracting(_ other: IntervalSet) -> IntervalSet {
+        var result: [ClosedRange<UInt128>] = []
+        var j = 0
+        for range in ranges {
+            var low = range.lowerBound
+            var done = false
+            while j < other.ranges.count, other.ranges[j].upperBound < low { j += 1 }
+            var k = j
+            while k < other.ranges.count, other.ranges[k].lowerBound <= range.upperBound {
+                let cut = other.ranges[k]
+                if cut.lowerBound > low { result.append(low...(cut.lowerBound - 1)) }
+                if cut.upperBound >= range.upperBound {
+                    done = true
+                    break
+                }
+                low = cut.upperBound + 1
+                k += 1
+            }
+            if !done { result.append(low...range.upperBound) }
+        }
+        return IntervalSet(ranges: result)
+    }
+
+    func union(_ other: IntervalSet) -> IntervalSet {
+        IntervalSet(union: ranges + other.ranges)
+    }
+
+    func isSubset(of other: IntervalSet) -> Bool {
+        subtracting(other).isEmpty
+    }
+
+    func isDisjoint(with other: IntervalSet) -> Bool {
+        intersection(other).isEmpty
+    }
+}
