@@ -101,11 +101,57 @@ struct IntervalSet: Hashable, Sendable {
         IntervalSet(union: ranges + other.ranges)
     }
 
+    /// Without building a set, and by binary search in the larger one: the comparisons
+    /// run for every rule on every region, and a region's set may hold hundreds of ranges
+    /// (every team's network but one).
+    @inline(__always)
     func isSubset(of other: IntervalSet) -> Bool {
-        subtracting(other).isEmpty
+        var j = 0
+        for range in ranges {
+            // Ranges are not adjacent, so one of the other's ranges must hold it whole.
+            j = other.firstEnding(atOrAfter: range.lowerBound, from: j)
+            guard j < other.ranges.count, other.ranges[j].lowerBound <= range.lowerBound,
+                other.ranges[j].upperBound >= range.upperBound
+            else { return false }
+        }
+        return true
     }
 
+    @inline(__always)
     func isDisjoint(with other: IntervalSet) -> Bool {
-        intersection(other).isEmpty
+        ranges.withUnsafeBufferPointer { mine in
+            other.ranges.withUnsafeBufferPointer { theirs in
+                mine.count <= theirs.count ? Self.disjoint(mine, theirs) : Self.disjoint(theirs, mine)
+            }
+        }
+    }
+
+    /// Each of the few ranges looked up in the many by binary search.
+    @inline(__always)
+    private static func disjoint(_ few: UnsafeBufferPointer<ClosedRange<UInt128>>, _ many: UnsafeBufferPointer<ClosedRange<UInt128>>) -> Bool {
+        var start = 0
+        for range in few {
+            var low = start
+            var high = many.count
+            while low < high {
+                let middle = (low + high) / 2
+                if many[middle].upperBound < range.lowerBound { low = middle + 1 } else { high = middle }
+            }
+            if low < many.count, many[low].lowerBound <= range.upperBound { return false }
+            start = low
+        }
+        return true
+    }
+
+    /// The first range that ends at or after `value` (`ranges.count` if none does).
+    @inline(__always)
+    private func firstEnding(atOrAfter value: UInt128, from start: Int) -> Int {
+        var low = start
+        var high = ranges.count
+        while low < high {
+            let middle = (low + high) / 2
+            if ranges[middle].upperBound < value { low = middle + 1 } else { high = middle }
+        }
+        return low
     }
 }

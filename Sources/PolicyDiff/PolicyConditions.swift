@@ -6,7 +6,7 @@ import NetAddress
 /// it. Conditions follow the engine's order (a rule's own conditions first, then ident,
 /// then groups), so that a region where the engine asked identd or the directory is never
 /// mixed with one where it did not.
-struct PolicyConditions: Sendable {
+final class PolicyConditions: Sendable {
     let policy: Policy
     let engine: PolicyEngine
     let rules: [Condition]
@@ -14,17 +14,129 @@ struct PolicyConditions: Sendable {
     /// or the directory; nil where it asks neither. A rule that asked and then did not
     /// hold still leaves its mark on the decision (the refusal, the groups consulted).
     let asking: [Condition?]
+    /// Per rule: its plain conditions (one dimension's values each), checked before the
+    /// whole condition: most rules are ruled out by one of them, without walking the tree.
+    let prefilters: [[(dimension: Int, set: IntervalSet)]]
+    /// Allow rules by their clients: source ranges sorted by their start, each with the
+    /// highest end so far; and the allow rules with no `from`. Finds the few allow rules a
+    /// region with a narrow client set could meet, among thousands.
+    private let allowSources: [(low: UInt128, high: UInt128, rule: Int)]
+    private let allowHighestEnd: [UInt128]
+    private let allowAnywhere: [Int]
     /// Per limit: holds once the region is settled for it (counted everywhere or nowhere,
     /// and, where the count depends on the user or the groups, by one user and answer).
     let limits: [Condition]
 
+    let space: RequestSpace
+
     init(_ policy: Policy, space: RequestSpace) {
         self.policy = policy
+        self.space = space
         self.engine = PolicyEngine(policy: policy)
         let build = Builder(policy: policy, space: space)
         rules = policy.rules.map(build.rule)
         asking = policy.rules.map { $0.requiresIdent || $0.groups != nil ? build.own($0) : nil }
+        var sources: [(low: UInt128, high: UInt128, rule: Int)] = []
+        var anywhere: [Int] = []
+        for (index, rule) in policy.rules.enumerated() where rule.verdict == .allow {
+            guard let networks = rule.sources else {
+                anywhere.append(index)
+                continue
+            }
+            sources += IntervalSet(networks: networks).ranges.map { ($0.lowerBound, $0.upperBound, index) }
+        }
+        sources.sort { $0.low < $1.low }
+        allowSources = sources
+        var highest: UInt128 = 0
+        allowHighestEnd = sources.map { entry in
+            highest = max(highest, entry.high)
+            return highest
+        }
+        allowAnywhere = anywhere
+        prefilters = policy.rules.map { rule in
+            guard case .all(let parts) = build.own(rule) else { return [] }
+            var filters: [(dimension: Int, set: IntervalSet)] = parts.compactMap { part in
+                if case .within(let dimension, let set) = part { (dimension.rawValue, set) } else { nil }
+            }
+            // Destinations only by name, or only by network: the region must meet those.
+            let patterns = rule.destinations ?? []
+            let networks = patterns.compactMap { pattern -> IPNetwork? in if case .network(let network) = pattern { network } else { nil } }
+            if !patterns.isEmpty, networks.isEmpty {
+                filters.append((Dimension.destinationKind.rawValue, IntervalSet(values: [1])))
+                filters.append((Dimension.destinationName.rawValue, IntervalSet(values: patterns.flatMap(space.nameClasses))))
+            } else if !patterns.isEmpty, networks.count == patterns.count {
+                filters.append((Dimension.destinationAddress.rawValue, IntervalSet(networks: networks)))
+            }
+            return filters
+        }
         limits = policy.limits.map(build.limit)
+    }
+
+    /// The allow rules from `start` on whose clients meet the region's, in order; nil when
+    /// the region's clients are too many ranges to look up (then every rule is a candidate).
+    func allowCandidates(in region: Region, from start: Int) -> [Int]? {
+        let clients = region[.client].ranges
+        guard clients.count <= 8 else { return nil }
+        var found = Set(allowAnywhere.filter { $0 >= start })
+        for range in clients {
+            // The last source starting at or before the range's end, then back while some
+            // source before could still reach the range's start.
+            var low = 0
+            var high = allowSources.count
+            while low < high {
+                let middle = (low + high) / 2
+                if allowSources[middle].low <= range.upperBound { low = middle + 1 } else { high = middle }
+            }
+            var index = low - 1
+            while index >= 0, allowHighestEnd[index] >= range.lowerBound {
+                let source = allowSources[index]
+                if source.high >= range.lowerBound, source.rule >= start { found.insert(source.rule) }
+                index -= 1
+            }
+        }
+        return found.sorted()
+    }
+
+    /// The boxes of the request space where the rule's own conditions can hold (one per
+    /// destination pattern: a network's literal addresses and names resolved into it are
+    /// two). A superset is fine; a box too few is not.
+    func reach(of rule: Rule) -> [Region] {
+        let build = Builder(policy: policy, space: space)
+        var box = space.everything
+        if case .all(let parts) = build.own(rule) {
+            for part in parts {
+                if case .within(let dimension, let set) = part { box[dimension] = box[dimension].intersection(set) }
+            }
+        }
+        guard let patterns = rule.destinations else { return [box] }
+        var boxes: [Region] = []
+        for pattern in patterns {
+            var named = box
+            named[.destinationKind] = IntervalSet(values: [1])
+            switch pattern {
+            case .network(let network):
+                var literal = box
+                literal[.destinationKind] = IntervalSet(values: [0])
+                literal[.destinationAddress] = IntervalSet(networks: [network])
+                named[.resolved] = IntervalSet(values: [1])
+                named[.destinationAddress] = IntervalSet(networks: [network])
+                boxes += [literal, named]
+            case .hostName, .domainSuffix:
+                named[.destinationName] = IntervalSet(values: space.nameClasses(matching: pattern))
+                boxes.append(named)
+            }
+        }
+        return boxes
+    }
+
+    /// True when a plain condition of the rule holds nowhere in the region.
+    func ruledOut(_ index: Int, in region: Region) -> Bool {
+        region.sets.withUnsafeBufferPointer { sets in
+            prefilters[index].withUnsafeBufferPointer { filters in
+                for filter in filters where sets[filter.dimension].isDisjoint(with: filter.set) { return true }
+                return false
+            }
+        }
     }
 
     private struct Builder {

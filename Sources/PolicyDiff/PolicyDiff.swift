@@ -70,18 +70,36 @@ public struct PolicyDiff: Sendable {
         var found: [Found] = []
         var settled = 0
         // Depth first, with a stack of its own: a policy of thousands of rules splits deep.
-        var pending: [Work] = [Work(region: space.everything, old: 0, new: 0, asked: false)]
+        let seeds = Self.seeds(suffixes, space: space, conditions: sides)
+        var pending: [Work] = seeds.map { Work(region: $0, old: 0, new: 0, asked: false, oldAllow: 0, newAllow: 0) }
         while let work = pending.popLast() {
             // The same rules from here on decide alike, unless a rule passed over already
             // asked identd or the directory (its refusal or groups count, not its verdict).
             if !work.asked, suffixes.same(from: work.old, work.new) { continue }
             let (oldSettlement, newSettlement) = (Self.settle(sides.0, work.region, from: work.old), Self.settle(sides.1, work.region, from: work.new))
+            // Denied alike: one side denies the whole region by a rule, and the other has
+            // nothing left that could allow any of it. No need to split it further.
+            // (The search for an allow rule resumes where the region's parent found one:
+            // what holds nowhere in a region holds nowhere in its parts.)
+            var hints = (old: max(work.oldAllow, oldSettlement.rule), new: max(work.newAllow, newSettlement.rule))
+            if !work.asked, !oldSettlement.asked, !newSettlement.asked {
+                if Self.denies(sides.0, oldSettlement) {
+                    hints.new = Self.firstAllowing(sides.1, work.region, from: hints.new)
+                    if hints.new == sides.1.rules.count { continue }
+                }
+                if Self.denies(sides.1, newSettlement) {
+                    hints.old = Self.firstAllowing(sides.0, work.region, from: hints.old)
+                    if hints.old == sides.0.rules.count { continue }
+                }
+            }
             // Rules before where each side stopped hold nowhere in the region: its parts start there.
             if let (dimension, part) = oldSettlement.split ?? newSettlement.split {
                 let halves = work.region.split(dimension, by: part)
                 let asked = work.asked || oldSettlement.asked || newSettlement.asked
-                pending.append(Work(region: halves.outside, old: oldSettlement.rule, new: newSettlement.rule, asked: asked))
-                pending.append(Work(region: halves.inside, old: oldSettlement.rule, new: newSettlement.rule, asked: asked))
+                pending.append(
+                    Work(region: halves.outside, old: oldSettlement.rule, new: newSettlement.rule, asked: asked, oldAllow: hints.old, newAllow: hints.new))
+                pending.append(
+                    Work(region: halves.inside, old: oldSettlement.rule, new: newSettlement.rule, asked: asked, oldAllow: hints.old, newAllow: hints.new))
             } else {
                 let region = work.region
                 settled += 1
@@ -115,12 +133,65 @@ public struct PolicyDiff: Sendable {
         var old: Int
         var new: Int
         var asked: Bool
+        /// No allow rule before these can hold anywhere in the region, nor leave a refusal.
+        var oldAllow: Int
+        var newAllow: Int
+    }
+
+    /// Where a difference can be. With the same settings, the rules the policies share at
+    /// their start decide alike, and so do those they share at their end for a request
+    /// that reaches them alike: only a request that meets a changed rule's own conditions
+    /// (it holds there, or asked identd or the directory there) can be decided differently.
+    /// So the comparison explores the changed rules' reach (made disjoint), not the whole
+    /// space: a one-line change in a policy of thousands of rules costs that line's reach.
+    private static func seeds(_ same: SameRules, space: RequestSpace, conditions: (PolicyConditions, PolicyConditions)) -> [Region] {
+        guard same.sameSettings else { return [space.everything] }
+        let (old, new) = (same.oldRules, same.newRules)
+        var prefix = 0
+        while prefix < min(old.count, new.count), old[prefix] == new[prefix] { prefix += 1 }
+        var suffix = 0
+        while suffix < min(old.count, new.count) - prefix, old[old.count - 1 - suffix] == new[new.count - 1 - suffix] { suffix += 1 }
+        let changed = old[prefix..<(old.count - suffix)] + new[prefix..<(new.count - suffix)]
+        var seeds: [Region] = []
+        for rule in changed {
+            for reach in conditions.0.reach(of: rule) {
+                // Made disjoint from the seeds before it: no request is compared twice.
+                var pieces = [reach]
+                for seed in seeds { pieces = pieces.flatMap { $0.subtracting(seed) } }
+                seeds += pieces
+            }
+        }
+        return seeds
+    }
+
+    /// The side denies every request of the region by one rule (or the final deny).
+    private static func denies(_ side: PolicyConditions, _ settlement: Settlement) -> Bool {
+        settlement.split == nil && (settlement.rule == side.rules.count || side.policy.rules[settlement.rule].verdict == .deny)
+    }
+
+    /// The first allow rule from `start` on that could allow a request of the region, or
+    /// leave an ident refusal on one (`rules.count`: none; the side denies all of it).
+    private static func firstAllowing(_ side: PolicyConditions, _ region: Region, from start: Int) -> Int {
+        guard start < side.rules.count else { return start }
+        let candidates = side.allowCandidates(in: region, from: start) ?? Array(start..<side.rules.count)
+        for index in candidates where side.policy.rules[index].verdict == .allow {
+            if side.ruledOut(index, in: region) { continue }
+            if case .nowhere = side.rules[index].truth(in: region) {} else { return index }
+            if let own = side.asking[index] {
+                if case .nowhere = own.truth(in: region) {} else { return index }
+            }
+        }
+        return side.rules.count
     }
 
     private static func settle(_ side: PolicyConditions, _ region: Region, from start: Int) -> Settlement {
         var settlement = Settlement(rule: start)
         while settlement.rule < side.rules.count {
             let index = settlement.rule
+            if side.ruledOut(index, in: region) {
+                settlement.rule += 1
+                continue
+            }
             switch side.rules[index].truth(in: region) {
             case .nowhere:
                 if let own = side.asking[index], case .everywhere = own.truth(in: region) { settlement.asked = true }
@@ -193,9 +264,9 @@ public struct PolicyDiff: Sendable {
 private final class SameRules {
     private let old: [Int]
     private let new: [Int]
-    private let sameSettings: Bool
-    private let oldRules: [Rule]
-    private let newRules: [Rule]
+    let sameSettings: Bool
+    let oldRules: [Rule]
+    let newRules: [Rule]
     /// Pairs of positions already compared rule by rule.
     private var compared: [Pair: Bool] = [:]
 

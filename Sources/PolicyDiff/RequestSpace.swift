@@ -182,6 +182,23 @@ struct Region: Hashable, Sendable {
         set { sets[dimension.rawValue] = newValue }
     }
 
+    /// The region without `other`'s requests, as disjoint boxes.
+    func subtracting(_ other: Region) -> [Region] {
+        var pieces: [Region] = []
+        var rest = self
+        for index in sets.indices {
+            let outside = rest.sets[index].subtracting(other.sets[index])
+            if !outside.isEmpty {
+                var piece = rest
+                piece.sets[index] = outside
+                pieces.append(piece)
+            }
+            rest.sets[index] = rest.sets[index].intersection(other.sets[index])
+            if rest.sets[index].isEmpty { return pieces }
+        }
+        return pieces  // `rest` lies inside `other`
+    }
+
     /// The two parts of the region inside and outside `part` on `dimension`.
     func split(_ dimension: Dimension, by part: IntervalSet) -> (inside: Region, outside: Region) {
         var inside = self

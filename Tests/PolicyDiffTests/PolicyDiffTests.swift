@@ -77,3 +77,25 @@ func compiled(_ text: String, sourceLocation: SourceLocation = #_sourceLocation)
         #expect(diff.differences.first?.new.rule?.label == "lab")
     }
 }
+
+@Suite struct RegionTests {
+    @Test func subtractingLeavesDisjointBoxesThatCoverTheRest() {
+        let space = RequestSpace([compiled("allow port 80")])
+        var box = space.everything
+        box[.port] = IntervalSet(0...100)
+        var other = space.everything
+        other[.port] = IntervalSet(50...200)
+        other[.command] = IntervalSet(values: [0])
+        let pieces = box.subtracting(other)
+        for port: UInt128 in [10, 60, 150] {
+            for command in 0..<3 {
+                var point = space.everything.sets.map { $0.first ?? 0 }
+                point[Dimension.port.rawValue] = port
+                point[Dimension.command.rawValue] = UInt128(command)
+                let inBox = box.contains(point)
+                let inOther = other.contains(point)
+                #expect(pieces.filter { $0.contains(point) }.count == (inBox && !inOther ? 1 : 0), "port \(port) command \(command)")
+            }
+        }
+    }
+}
