@@ -18,6 +18,7 @@ import PackageDescription
 //   AuditLog        audit records, the hash chain, reading log files (plain and gzip)
 //   PolicyFiles     a policy file and its tests from disk, with the SHA-256 of what was compiled
 //   PolicyDiff      pure: which requests two policies decide differently, over the whole request space
+//   DanteImport     pure: a Dante sockd.conf as a policy and a run command line, with warnings
 //   CommandSupport  what every command shares: running async work to its end, a failed start
 //   OfflineCommands check, test, explain, diff, audit: files and the pure core, no SwiftNIO I/O
 //   Gateway         SwiftNIO handlers, relay, resolver, ident client, audit writer (all the I/O)
@@ -75,6 +76,7 @@ let package = Package(
         ),
         .target(name: "PolicyFiles", dependencies: ["AccessPolicy", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "PolicyDiff", dependencies: ["AccessPolicy", "NetAddress", "ProxyURL"]),
+        .target(name: "DanteImport", dependencies: ["NetAddress", "PolicyDiff"]),
         .target(
             name: "CommandSupport", dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -106,7 +108,7 @@ let package = Package(
         .target(
             name: "OfflineCommands",
             dependencies: [
-                "AccessPolicy", "AuditLog", "PolicyFiles", "PolicyDiff", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText",
+                "AccessPolicy", "AuditLog", "PolicyFiles", "PolicyDiff", "DanteImport", "SOCKSSession", "SOCKSWire", "NetAddress", "PrintableText",
                 "HTTPProxyWire", "CommandSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -162,6 +164,7 @@ let package = Package(
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog"]),
         .testTarget(name: "PolicyFilesTests", dependencies: ["PolicyFiles", "AuditLog", "AccessPolicy"]),
         .testTarget(name: "PolicyDiffTests", dependencies: ["PolicyDiff", "AccessPolicy", "NetAddress"]),
+        .testTarget(name: "DanteImportTests", dependencies: ["DanteImport", "AccessPolicy"]),
         .testTarget(name: "PrivilegesTests", dependencies: ["Privileges", "NetAddress", "PosixEndpoint"]),
         .testTarget(
             name: "GatewayTests",

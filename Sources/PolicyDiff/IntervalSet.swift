@@ -1,17 +1,17 @@
 /// A set of integers as sorted, disjoint, non-adjacent closed ranges: one dimension of
 /// a region of the request space (client addresses, ports, minutes of the week, or the
 /// small numbered values of a finite dimension such as the command).
-struct IntervalSet: Hashable, Sendable {
-    private(set) var ranges: [ClosedRange<UInt128>]
+public struct IntervalSet: Hashable, Sendable {
+    public private(set) var ranges: [ClosedRange<UInt128>]
 
-    static let empty = IntervalSet(ranges: [])
+    public static let empty = IntervalSet(ranges: [])
 
-    init(_ range: ClosedRange<UInt128>) {
+    public init(_ range: ClosedRange<UInt128>) {
         ranges = [range]
     }
 
     /// The union of `ranges`, in any order, overlapping or not.
-    init(union ranges: some Sequence<ClosedRange<UInt128>>) {
+    public init(union ranges: some Sequence<ClosedRange<UInt128>>) {
         var merged: [ClosedRange<UInt128>] = []
         for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if let last = merged.last, last.upperBound == .max || range.lowerBound <= last.upperBound + 1 {
@@ -32,7 +32,7 @@ struct IntervalSet: Hashable, Sendable {
         self.ranges = ranges
     }
 
-    var isEmpty: Bool { ranges.isEmpty }
+    public var isEmpty: Bool { ranges.isEmpty }
     var first: UInt128? { ranges.first?.lowerBound }
 
     /// True when the set holds exactly one value.
@@ -59,7 +59,7 @@ struct IntervalSet: Hashable, Sendable {
         ranges.contains { $0.contains(value) }
     }
 
-    func intersection(_ other: IntervalSet) -> IntervalSet {
+    public func intersection(_ other: IntervalSet) -> IntervalSet {
         var result: [ClosedRange<UInt128>] = []
         var i = 0
         var j = 0
@@ -74,7 +74,7 @@ struct IntervalSet: Hashable, Sendable {
         return IntervalSet(ranges: result)
     }
 
-    func subtracting(_ other: IntervalSet) -> IntervalSet {
+    public func subtracting(_ other: IntervalSet) -> IntervalSet {
         var result: [ClosedRange<UInt128>] = []
         var j = 0
         for range in ranges {
@@ -97,7 +97,7 @@ struct IntervalSet: Hashable, Sendable {
         return IntervalSet(ranges: result)
     }
 
-    func union(_ other: IntervalSet) -> IntervalSet {
+    public func union(_ other: IntervalSet) -> IntervalSet {
         IntervalSet(union: ranges + other.ranges)
     }
 

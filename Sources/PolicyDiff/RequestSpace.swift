@@ -213,9 +213,15 @@ struct Region: Hashable, Sendable {
 let mappedIPv4 = IntervalSet((UInt128(0xFFFF) << 32)...(UInt128(0xFFFF) << 32 | 0xFFFF_FFFF))
 
 extension IntervalSet {
+    /// Every address of both families.
+    public static let allAddresses = IntervalSet(0...UInt128.max)
+
+    /// The addresses as the fewest CIDR blocks, IPv4 ones as IPv4.
+    public var cidrs: [String] { RegionText.cidrs(self) }
+
     /// The addresses of these networks. An IPv6 network never matches an IPv4-mapped
     /// address (the engine compares those as IPv4), so its part of that block is left out.
-    init(networks: [IPNetwork]) {
+    public init(networks: [IPNetwork]) {
         let ranges = networks.map { network -> IntervalSet in
             let range = IntervalSet(network.mappedRange)
             return network.address.isIPv6 ? range.subtracting(mappedIPv4) : range

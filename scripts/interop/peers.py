@@ -383,3 +383,10 @@ class FakeIdentd:
         self.running = False
         self.thread.join()
         self.listener.close()
+
+
+def dante_settings(port):
+    """A Dante server's settings for a test: on 127.0.0.1:PORT, no authentication, logging
+    nowhere, as root dropping to nobody. Rules follow."""
+    return (f"logoutput: /dev/null\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nclientmethod: none\n"
+            "socksmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n")

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from peers import BINARY, FakeIdentd, Gateway, TCPServer, echo, free_port, wait_for_port
+from peers import BINARY, dante_settings, echo, FakeIdentd, free_port, Gateway, TCPServer, wait_for_port
 from test_bind_udp import UDPEcho
 
 
@@ -180,16 +180,9 @@ class ProbeOtherServersTest(unittest.TestCase):
         port = free_port()
         config = os.path.join(self.folder.name, "danted.conf")
         with open(config, "w") as out:
-            out.write(f"""logoutput: /dev/null
-internal: 127.0.0.1 port = {port}
-external: 127.0.0.1
-clientmethod: none
-socksmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
-socks block {{ from: 127.0.0.0/8 to: 127.0.0.1/32 port = 9 }}
-socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
+            out.write(dante_settings(port) + """client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
+socks block { from: 127.0.0.0/8 to: 127.0.0.1/32 port = 9 }
+socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
 """)
         self.start(["danted", "-f", config, "-p", os.path.join(self.folder.name, "pid")], port)
         for scheme in ("socks5", "socks4"):

@@ -127,7 +127,7 @@ class ManualTest(unittest.TestCase):
             with open(os.path.join(folder, "man1", "identgate.1")) as page:
                 text = page.read()
             self.assertIn(".Dt IDENTGATE 1", text)
-            for command in ("run", "check", "explain", "diff", "fmt", "audit", "probe", "passwd"):
+            for command in ("run", "check", "explain", "diff", "fmt", "import", "audit", "probe", "passwd"):
                 self.assertIn(command, text)
             if shutil.which("man"):
                 rendered = subprocess.run(["man", "-l", os.path.join(folder, "man1", "identgate.1")],

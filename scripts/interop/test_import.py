@@ -1,0 +1,173 @@
+"""`identgate import dante` with Dante as the oracle: a real danted runs each configuration
+and identgate runs the policy imported from it, side by side, and the same requests (SOCKS4
+and SOCKS5, allowed and refused clients, destinations and ports) must meet the same verdict
+from both, for every rule the import did not warn about. Debian's example configurations
+must import without an error.
+
+Run by scripts/test as root; IDENTGATE_BIN names the binary under test."""
+
+import glob
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import unittest
+
+from peers import BINARY, Gateway, TCPServer, dante_settings, echo, free_port, wait_for_port
+
+# Each configuration: its text, with {port} for Dante's, {dest} for a listening destination's.
+CONFIGS = {
+    "office": """
+client pass {{ from: 127.0.0.0/8 to: 0/0 }}
+client block {{ from: 0/0 to: 0/0 }}
+socks block {{ from: 0/0 to: 127.0.0.3/32 }}
+socks block {{ from: 0/0 to: 0/0 port = 22 }}
+socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 port 1024 - 65535 command: connect }}
+socks pass {{ from: 127.0.0.0/8 to: 0/0 port = http command: connect }}
+""",
+    "one-client": """
+client pass {{ from: 127.0.0.1/32 to: 0/0 }}
+socks pass {{ from: 0/0 to: 127.0.0.2/32 port = {dest} }}
+socks block {{ from: 0/0 to: 127.0.0.0/8 port gt 2000 }}
+socks pass {{ from: 0/0 to: 127.0.0.0/8 port lt 2000 }}
+""",
+    "ports": """
+client pass {{ from: 0/0 to: 0/0 }}
+socks block {{ from: 127.0.0.4/32 to: 0/0 }}
+socks pass {{ from: 0/0 to: 127.0.0.1/32 port = {dest} protocol: tcp }}
+socks pass {{ from: 0/0 to: 0/0 port ne 443 command: connect }}
+""",
+}
+
+
+
+def socks5(port, source, host, dest_port):
+    """The reply code, or 'reset' when the server closes without one."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as client:
+            client.sendall(b"\x05\x01\x00")
+            if client.recv(2) != b"\x05\x00":
+                return "refused method"
+            client.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack(">H", dest_port))
+            reply = client.recv(10)
+            return reply[1] if len(reply) > 1 else "reset"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+
+
+def socks4(port, source, host, dest_port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as client:
+            client.sendall(b"\x04\x01" + struct.pack(">H", dest_port) + socket.inet_aton(host) + b"u\x00")
+            reply = client.recv(8)
+            return reply[1] if len(reply) > 1 else "reset"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+
+
+def verdict(reply, listening):
+    """allowed or refused: a refusal is 0x02, a reset (Dante's client block), or 91 where
+    the destination listens (for SOCKS4 91 also means the connect failed)."""
+    if reply in (0x00, 90):
+        return "allowed"
+    if reply in (0x02, "reset", "refused method") or (reply == 91 and listening):
+        return "refused"
+    return "allowed"  # 0x05, 0x04, 91 to a closed port: allowed, then the connect failed
+
+
+@unittest.skipUnless(shutil.which("danted") and os.geteuid() == 0, "needs dante-server and root")
+class ImportDanteTest(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="identgate-import-")
+        os.chmod(self.folder, 0o755)
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.server = TCPServer(echo)
+        self.addCleanup(self.server.__exit__, None, None, None)
+
+    def dante(self, text):
+        port = free_port()
+        config = os.path.join(self.folder, f"danted-{port}.conf")
+        with open(config, "w") as out:
+            out.write(dante_settings(port) + text)
+        process = subprocess.Popen(["danted", "-f", config, "-p", os.path.join(self.folder, f"{port}.pid")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (process.terminate(), process.wait(timeout=10)))
+        wait_for_port("127.0.0.1", port)
+        return port, config
+
+    def imported(self, config):
+        result = subprocess.run([BINARY, "import", "dante", config], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        policy = os.path.join(self.folder, os.path.basename(config) + ".policy")
+        with open(policy, "w") as out:
+            out.write(result.stdout)
+        check = subprocess.run([BINARY, "check", policy], capture_output=True, text=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stdout + result.stdout)
+        return policy, result.stderr
+
+    def test_the_same_verdicts_as_dante(self):
+        dest = self.server.port
+        requests = [(source, host, port) for source in ("127.0.0.1", "127.0.0.2", "127.0.0.4")
+                    for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+                    for port in (dest, 22, 80, 443, 1500, 3000)]
+        compared = 0
+        seen = set()
+        for name, template in CONFIGS.items():
+            with self.subTest(config=name):
+                port, config = self.dante(template.format(dest=dest, port=0))
+                policy, warnings = self.imported(config)
+                with open(policy) as text:
+                    policy_text = text.read()
+                warned = {int(line) for line in re.findall(r":(\d+): warning:", warnings)}
+                with Gateway("--policy", policy) as gateway:
+                    for source, host, dest_port in requests:
+                        listening = dest_port == dest and host == "127.0.0.1"
+                        for client in (socks5, socks4):
+                            if client is socks4 and not listening:
+                                continue  # Dante's 91 would not tell a refusal from a failed connect
+                            theirs = verdict(client(port, source, host, dest_port), listening)
+                            ours = verdict(client(gateway.port, source, host, dest_port), listening)
+                            decided = [r for r in gateway.audit_records() if r.get("event") == "decision"]
+                            line = decided[-1].get("ruleLabel", "") if decided else ""
+                            rule_line = int(line.rsplit(":", 1)[1]) if re.search(r":\d+$", line) else None
+                            if rule_line in warned:
+                                continue
+                            compared += 1
+                            seen.add(theirs)
+                            self.assertEqual(ours, theirs, f"{name}: {client.__name__} from {source} to {host}:{dest_port}"
+                                                           f" (identgate by {line or 'no rule'})\n{policy_text}")
+        self.assertGreater(compared, 150)
+        self.assertEqual(seen, {"allowed", "refused"}, "both verdicts were put to the test")
+
+    def test_debian_example_configurations_import(self):
+        examples = sorted(glob.glob("/usr/share/doc/dante-server/examples/*.conf"))
+        self.assertGreaterEqual(len(examples), 2)
+        for example in examples:
+            with self.subTest(example=os.path.basename(example)):
+                policy, _ = self.imported(example)
+                with open(policy) as text:
+                    self.assertIn("# Imported from", text.read())
+
+    def test_warnings_name_the_line_and_bad_syntax_is_an_error(self):
+        config = os.path.join(self.folder, "odd.conf")
+        with open(config, "w") as out:
+            out.write("internal: eth0 port = 1080\nsocks pass {\n  from: 0/0 to: 0/0\n  bandwidth: 10000\n}\n"
+                      "route { from: 10.0.0.0/8 to: 0/0 via: 192.0.2.1 port = 1080 }\n")
+        result = subprocess.run([BINARY, "import", "dante", config], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("odd.conf:1: warning: internal: eth0", result.stderr)
+        self.assertIn("odd.conf:2: warning: bandwidth: not translated", result.stderr)
+        self.assertIn("odd.conf:6: warning: route for some clients", result.stderr)
+        self.assertIn("# warning (line 2): bandwidth", result.stdout)
+        with open(config, "w") as out:
+            out.write("socks pass {\n  from: 0/0\n")
+        broken = subprocess.run([BINARY, "import", "dante", config], capture_output=True, text=True, timeout=30)
+        self.assertEqual(broken.returncode, 2)
+        self.assertIn("odd.conf:1: error: the block is never closed", broken.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
