@@ -44,13 +44,18 @@ socks pass {{ from: 0/0 to: 0/0 port ne 443 command: connect }}
 
 
 
-def socks5(port, source, host, dest_port):
-    """The reply code, or 'reset' when the server closes without one."""
+def socks5(port, source, host, dest_port, user=None, password=None):
+    """The reply code, or 'reset' when the server closes without one; with a user, RFC
+    1929 first ('refused password' when the server says no)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as client:
-            client.sendall(b"\x05\x01\x00")
-            if client.recv(2) != b"\x05\x00":
+            client.sendall(b"\x05\x01\x02" if user else b"\x05\x01\x00")
+            if client.recv(2) != (b"\x05\x02" if user else b"\x05\x00"):
                 return "refused method"
+            if user:
+                client.sendall(bytes([1, len(user)]) + user.encode() + bytes([len(password)]) + password.encode())
+                if client.recv(2) != b"\x01\x00":
+                    return "refused password"
             client.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack(">H", dest_port))
             reply = client.recv(10)
             return reply[1] if len(reply) > 1 else "reset"
@@ -73,7 +78,7 @@ def verdict(reply, listening):
     the destination listens (for SOCKS4 91 also means the connect failed)."""
     if reply in (0x00, 90):
         return "allowed"
-    if reply in (0x02, "reset", "refused method") or (reply == 91 and listening):
+    if reply in (0x02, "reset", "refused method", "refused password") or (reply == 91 and listening):
         return "refused"
     return "allowed"  # 0x05, 0x04, 91 to a closed port: allowed, then the connect failed
 
@@ -142,14 +147,72 @@ class ImportDanteTest(unittest.TestCase):
         self.assertGreater(compared, 150)
         self.assertEqual(seen, {"allowed", "refused"}, "both verdicts were put to the test")
 
-    def test_debian_example_configurations_import(self):
+    def test_debian_example_configurations_import_and_decide_as_dante(self):
+        """Debian's examples, with this test's server settings in place of theirs (they
+        name interfaces and users of their own): imported, checked, and run beside Dante."""
         examples = sorted(glob.glob("/usr/share/doc/dante-server/examples/*.conf"))
         self.assertGreaterEqual(len(examples), 2)
+        settings = re.compile(r"^\s*(logoutput|internal|external|user\.\w+|socksmethod|clientmethod|errorlog|debug|timeout\.\w+):")
         for example in examples:
             with self.subTest(example=os.path.basename(example)):
                 policy, _ = self.imported(example)
                 with open(policy) as text:
                     self.assertIn("# Imported from", text.read())
+                with open(example) as source:
+                    rules = "".join(line for line in source if not settings.match(line))
+                port, config = self.dante(rules)
+                policy, _ = self.imported(config)
+                with Gateway("--policy", policy) as gateway:
+                    for host in ("127.0.0.1", "127.0.0.2"):
+                        theirs = verdict(socks5(port, "127.0.0.1", host, self.server.port), True)
+                        ours = verdict(socks5(gateway.port, "127.0.0.1", host, self.server.port), True)
+                        self.assertEqual(ours, theirs, f"to {host}")
+
+    @unittest.skipUnless(shutil.which("unshare"), "needs unshare (a mount namespace for Dante's /etc/shadow)")
+    def test_passwords_and_users_as_dante(self):
+        """`socksmethod: username` and `user:`: Dante checks the system's passwords, here a
+        shadow file of the test's bind-mounted in Dante's mount namespace; identgate gets the
+        same passwords in --password-file."""
+        passwords = {"alice": "alice-dante-pw", "bob": "bob-dante-pw"}
+        hashes = {user: subprocess.run([BINARY, "passwd", user], input=(pw + "\n").encode(), capture_output=True,
+                                       check=True).stdout.decode().strip() for user, pw in passwords.items()}
+        shadow = os.path.join(self.folder, "shadow")
+        passwd = os.path.join(self.folder, "passwd")
+        with open("/etc/passwd") as real, open(passwd, "w") as out:
+            out.writelines(line for line in real if line.split(":")[0] not in passwords)
+            for uid, user in enumerate(passwords, start=4301):
+                out.write(f"{user}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n")
+        with open(shadow, "w") as out:
+            for line in hashes.values():
+                out.write(line + ":19000:0:99999:7:::\n")
+        os.chmod(shadow, 0o600)
+        file = os.path.join(self.folder, "identgate-passwords")
+        with open(file, "w") as out:
+            out.write("\n".join(hashes.values()) + "\n")
+        dest = self.server.port
+        rules = (f"client pass {{ from: 0/0 to: 0/0 }}\nsocks pass {{\n from: 0/0 to: 127.0.0.1/32 port = {dest}\n user: alice\n}}\n"
+                 "socks pass {\n from: 0/0 to: 127.0.0.2/32\n socksmethod: none\n}\n")
+        port = free_port()
+        config = os.path.join(self.folder, "users.conf")
+        with open(config, "w") as out:
+            out.write(dante_settings(port).replace("socksmethod: none", "socksmethod: username none") + rules)
+        prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                  f"mount --bind {passwd} /etc/passwd && mount --bind {shadow} /etc/shadow && exec \"$@\"", "sh"]
+        dante = subprocess.Popen([*prefix, "danted", "-f", config, "-p", os.path.join(self.folder, "users.pid")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (dante.terminate(), dante.wait(timeout=10)))
+        wait_for_port("127.0.0.1", port)
+        policy, _ = self.imported(config)
+        cases = [("alice", passwords["alice"], "127.0.0.1"), ("alice", "wrong", "127.0.0.1"), ("bob", passwords["bob"], "127.0.0.1"),
+                 (None, None, "127.0.0.1"), (None, None, "127.0.0.2"), ("bob", passwords["bob"], "127.0.0.2")]
+        with Gateway("--policy", policy, "--methods", "password,none", "--password-file", file) as gateway:
+            seen = set()
+            for user, password, host in cases:
+                theirs = verdict(socks5(port, "127.0.0.1", host, dest, user, password), host == "127.0.0.1")
+                ours = verdict(socks5(gateway.port, "127.0.0.1", host, dest, user, password), host == "127.0.0.1")
+                seen.add(theirs)
+                self.assertEqual(ours, theirs, f"{user or 'no user'} to {host}")
+            self.assertEqual(seen, {"allowed", "refused"})
 
     def test_warnings_name_the_line_and_bad_syntax_is_an_error(self):
         config = os.path.join(self.folder, "odd.conf")
