@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import unittest
 
-from peers import BINARY, Gateway, TCPServer, dante_settings, echo, free_port, wait_for_port
+from peers import BINARY, Gateway, HTTPServer, TCPServer, dante_settings, echo, free_port, wait_for_port
 
 # Each configuration: its text, with {port} for Dante's, {dest} for a listening destination's.
 CONFIGS = {
@@ -213,6 +213,70 @@ class ImportDanteTest(unittest.TestCase):
                 seen.add(theirs)
                 self.assertEqual(ours, theirs, f"{user or 'no user'} to {host}")
             self.assertEqual(seen, {"allowed", "refused"})
+
+    @unittest.skipUnless(shutil.which("oidentd") and subprocess.run(["id", "alice"], capture_output=True).returncode == 0,
+                         "needs oidentd and the local user alice (scripts/test makes her)")
+    def test_rfc931_as_dante(self):
+        """`socksmethod: rfc931`: curl run as the local user alice over SOCKS5 (no USERID, so
+        the import's warning about SOCKS4 does not apply), with oidentd answering and without."""
+        http = HTTPServer()
+        self.addCleanup(http.__exit__, None, None, None)
+        rules = ("client pass { from: 0/0 to: 0/0 }\nsocks pass {\n from: 0/0 to: 127.0.0.1/32\n socksmethod: rfc931\n}\n")
+        port = free_port()
+        config = os.path.join(self.folder, "rfc931.conf")
+        with open(config, "w") as out:
+            out.write(dante_settings(port).replace("socksmethod: none", "socksmethod: rfc931 none") + rules)
+        dante = subprocess.Popen(["danted", "-f", config, "-p", os.path.join(self.folder, "rfc931.pid")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (dante.terminate(), dante.wait(timeout=10)))
+        wait_for_port("127.0.0.1", port)
+        policy, warnings = self.imported(config)
+        self.assertIn("rfc931", warnings)
+
+        def curl(proxy_port):
+            return subprocess.run(["runuser", "-u", "alice", "--", "curl", "-sS", "--max-time", "20", "--socks5",
+                                   f"127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http.port}/"], capture_output=True,
+                                  timeout=40).returncode
+
+        identd = subprocess.Popen(["oidentd", "-i", "-S", "-q", "-a", "127.0.0.1", "-p", "113", "-l", "2000", "-t", "10"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: identd.poll() is None and (identd.terminate(), identd.wait(10)))
+        wait_for_port("127.0.0.1", 113)
+        with Gateway("--policy", policy) as gateway:
+            answered = (curl(port), curl(gateway.port))
+            self.assertEqual(answered, (0, 0), "identd names alice, a local user: both pass")
+            identd.terminate()
+            identd.wait(10)
+            silent = (curl(port), curl(gateway.port))
+            self.assertEqual(silent, (97, 97), "no identd: both refuse")
+
+    @unittest.skipUnless(shutil.which("microsocks"), "needs microsocks (the parent)")
+    def test_a_route_through_a_parent_as_dante(self):
+        """`route { from: 0/0 to: 0/0 via: … }` as `via` on every allow rule: through a
+        microsocks parent both get there, and with the parent gone neither does."""
+        http = HTTPServer()
+        self.addCleanup(http.__exit__, None, None, None)
+        parent_port = free_port()
+        parent = subprocess.Popen(["microsocks", "-i", "127.0.0.1", "-p", str(parent_port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: parent.poll() is None and (parent.terminate(), parent.wait(10)))
+        wait_for_port("127.0.0.1", parent_port)
+        port, config = self.dante("client pass { from: 0/0 to: 0/0 }\nsocks pass { from: 0/0 to: 0/0 }\n"
+                                  f"route {{ from: 0/0 to: 0/0 via: 127.0.0.1 port = {parent_port} proxyprotocol: socks_v5 }}\n")
+        policy, _ = self.imported(config)
+        with open(policy) as text:
+            self.assertIn(f"via socks5://127.0.0.1:{parent_port}", text.read())
+
+        def curl(proxy_port):
+            return subprocess.run(["curl", "-sS", "--max-time", "20", "--socks5", f"127.0.0.1:{proxy_port}",
+                                   f"http://127.0.0.1:{http.port}/"], capture_output=True, timeout=40).returncode
+
+        with Gateway("--policy", policy) as gateway:
+            self.assertEqual((curl(port), curl(gateway.port)), (0, 0), "through the parent")
+            parent.terminate()
+            parent.wait(10)
+            dante_rc, identgate_rc = curl(port), curl(gateway.port)
+            self.assertTrue(dante_rc != 0 and identgate_rc != 0, f"the parent gone: {dante_rc}, {identgate_rc}")
 
     def test_warnings_name_the_line_and_bad_syntax_is_an_error(self):
         config = os.path.join(self.folder, "odd.conf")
