@@ -12,6 +12,12 @@ public struct ListeningSocket: Sendable {
     public var descriptor: Int32
     public var endpoint: IPEndpoint
 
+    /// A socket already listening (one the service manager passed).
+    public init(descriptor: Int32, endpoint: IPEndpoint) {
+        self.descriptor = descriptor
+        self.endpoint = endpoint
+    }
+
     /// Up to `count` sockets on one address with SO_REUSEPORT, one per event loop: the
     /// kernel spreads new connections over them, and each loop accepts its own, so no
     /// connection is handed from one thread to another (docs/architecture.md). Port 0

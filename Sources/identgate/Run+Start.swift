@@ -96,16 +96,7 @@ extension Run {
         // Connected while still root: systemd's socket need not admit the dropped user.
         let notifier = ServiceNotifier()
         let identity = try privilegeTarget()
-        let sockets: [[ListeningSocket]]
-        let metricsSocket: ListeningSocket?
-        do {
-            sockets = try configuration.listen.map {
-                try ListeningSocket.open($0, count: eventLoops)
-            }
-            metricsSocket = try metricsListen.map { try ListeningSocket.open($0.endpoint, backlog: 64) }
-        } catch {
-            throw FailedStart(message: "\(error)")
-        }
+        let (sockets, metricsSocket) = try openSockets(&configuration, eventLoops: eventLoops, logger: logger)
         // The audit log is opened while still privileged, like the sockets, by its absolute
         // path, so that messages name it fully and SIGUSR1 reopens the same file.
         let auditPath = Self.absolute(auditLog)
@@ -164,6 +155,53 @@ extension Run {
         }
         guard got == 0 else { return "unknown" }
         return String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    /// The listening sockets, made while root: the service manager's (socket activation)
+    /// or bound here, one per event loop and address; and the metrics endpoint's.
+    func openSockets(
+        _ configuration: inout GatewayConfiguration, eventLoops: Int, logger: Logger
+    ) throws -> (gateway: [[ListeningSocket]], metrics: ListeningSocket?) {
+        var sockets: [[ListeningSocket]]
+        var metricsSocket: ListeningSocket?
+        do {
+            if let activated = try ActivatedSockets.fromEnvironment() {
+                // The service manager's sockets are the listeners (docs/operations.md,
+                // "Socket activation"): one per address, accepted on one event loop each.
+                let gateway = activated.sockets.filter { $0.name != "metrics" }
+                guard !gateway.isEmpty else { throw FailedStart(message: "socket activation passed no SOCKS socket, only 'metrics'") }
+                // One service unit serves with or without its .socket unit: --listen may
+                // stay, as long as it names the sockets passed.
+                let passed = Set(gateway.map { "\($0.endpoint)" })
+                let named = Set(listen.map { "\($0.endpoint)" })
+                guard listen.isEmpty || named == passed else {
+                    throw FailedStart(
+                        message: "--listen \(named.sorted().joined(separator: ", ")) is not what socket activation passed "
+                            + "(\(passed.sorted().joined(separator: ", "))): make ListenStream= and --listen the same, or drop --listen")
+                }
+                configuration.listen = gateway.map(\.endpoint)
+                sockets = gateway.map { [ListeningSocket(descriptor: $0.descriptor, endpoint: $0.endpoint)] }
+                if let metrics = activated.sockets.first(where: { $0.name == "metrics" }) {
+                    guard metricsListen == nil else {
+                        throw FailedStart(message: "--metrics-listen with an activated 'metrics' socket: give one or the other")
+                    }
+                    metricsSocket = ListeningSocket(descriptor: metrics.descriptor, endpoint: metrics.endpoint)
+                } else {
+                    metricsSocket = try metricsListen.map { try ListeningSocket.open($0.endpoint, backlog: 64) }
+                }
+                logger.info("socket activation: \(activated.sockets.map { "\($0.name)=\($0.endpoint)" }.joined(separator: " "))")
+            } else {
+                sockets = try configuration.listen.map {
+                    try ListeningSocket.open($0, count: eventLoops)
+                }
+                metricsSocket = try metricsListen.map { try ListeningSocket.open($0.endpoint, backlog: 64) }
+            }
+        } catch let failure as FailedStart {
+            throw failure
+        } catch {
+            throw FailedStart(message: "\(error)")
+        }
+        return (sockets, metricsSocket)
     }
 
     /// `path` from the working directory; `-` (standard output) and `off` as they are.

@@ -92,8 +92,8 @@ directory {self.path('data')}
 gid nslcd
 uri ldap://127.0.0.1:{self.port}/
 base {BASE}
-bind_timelimit 2
-timelimit 2
+bind_timelimit 1
+timelimit 1
 reconnect_sleeptime 1
 reconnect_retrytime 1
 nss_initgroups_ignoreusers ALLLOCAL

@@ -13,7 +13,7 @@ import unittest
 DEB = os.environ.get("IDENTGATE_DEB")
 FILES = [
     "/usr/bin/identgate", "/usr/share/man/man1/identgate.1.gz", "/etc/identgate/default.policy",
-    "/etc/logrotate.d/identgate", "/lib/systemd/system/identgate.service",
+    "/etc/logrotate.d/identgate", "/lib/systemd/system/identgate.service", "/lib/systemd/system/identgate.socket",
     "/usr/share/bash-completion/completions/identgate", "/usr/share/zsh/vendor-completions/_identgate",
     "/usr/share/fish/vendor_completions.d/identgate.fish", "/usr/share/doc/identgate/copyright",
 ]

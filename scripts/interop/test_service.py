@@ -83,14 +83,17 @@ class ServiceManagerTest(unittest.TestCase):
             self.assertLessEqual(len(beats), 8, self.notify.messages)
 
     @unittest.skipUnless(shutil.which("systemd-analyze"), "needs systemd-analyze")
-    def test_the_unit_file_verifies(self):
+    def test_the_unit_files_verify(self):
+        """The service and its socket unit, together (the socket names the service)."""
         with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(ROOT, "contrib", "identgate.service")) as unit:
-                text = unit.read().replace("/usr/local/bin/identgate", os.path.abspath(BINARY))
-            path = os.path.join(folder, "identgate.service")
-            with open(path, "w") as out:
-                out.write(text)
-            result = subprocess.run(["systemd-analyze", "verify", "--man=no", path], capture_output=True, text=True,
+            paths = []
+            for name in ("identgate.service", "identgate.socket"):
+                with open(os.path.join(ROOT, "contrib", name)) as unit:
+                    text = unit.read().replace("/usr/local/bin/identgate", os.path.abspath(BINARY))
+                paths.append(os.path.join(folder, name))
+                with open(paths[-1], "w") as out:
+                    out.write(text)
+            result = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths], capture_output=True, text=True,
                                     timeout=60, cwd=folder)
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertEqual(result.stderr.strip(), "", "no complaint about the unit")
