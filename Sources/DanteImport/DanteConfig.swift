@@ -24,10 +24,6 @@ public struct DanteConfig: Sendable {
         public func values(_ key: String) -> [String]? {
             settings.last { $0.key == key }?.values
         }
-
-        public func setting(_ key: String) -> Setting? {
-            settings.last { $0.key == key }
-        }
     }
 
     public struct SyntaxError: Error, CustomStringConvertible {

@@ -42,7 +42,7 @@ struct Example: Sendable {
         guard let client = Self.address(in: region[.client], preferring: Self.clients),
             let address = Self.address(in: destinations, preferring: Self.destinations),
             let port = [443, 80, 22].first(where: { region[.port].contains(UInt128($0)) }).map(UInt128.init)
-                ?? Self.pick(region[.port], avoidingZero: true)
+                ?? Self.pick(region[.port])
         else { return nil }
         let destination: RequestFacts.Destination
         var resolved: IPAddress?
@@ -104,13 +104,15 @@ struct Example: Sendable {
     /// first address when it can help it (10.0.0.1 reads better than 10.0.0.0).
     private static func address(in set: IntervalSet, preferring blocks: [IntervalSet]) -> IPAddress? {
         let inside = blocks.lazy.map { set.intersection($0) }.first { !$0.isEmpty } ?? set
-        guard let value = pick(inside, avoidingZero: true) else { return nil }
+        guard let value = pick(inside) else { return nil }
         if mappedIPv4.contains(value) { return .v4(IPv4Address(UInt32(truncatingIfNeeded: value))) }
         return .v6(IPv6Address(high: UInt64(truncatingIfNeeded: value >> 64), low: UInt64(truncatingIfNeeded: value)))
     }
 
-    private static func pick(_ set: IntervalSet, avoidingZero: Bool) -> UInt128? {
+    /// The set's first value, or the one after it when the first range has more: port 1,
+    /// not 0; 10.0.0.1, not the network's own address.
+    private static func pick(_ set: IntervalSet) -> UInt128? {
         guard let range = set.ranges.first else { return nil }
-        return avoidingZero && range.upperBound > range.lowerBound ? range.lowerBound + 1 : range.lowerBound
+        return range.upperBound > range.lowerBound ? range.lowerBound + 1 : range.lowerBound
     }
 }

@@ -68,6 +68,16 @@ func compiled(_ text: String, sourceLocation: SourceLocation = #_sourceLocation)
         #expect(lines.contains { $0.contains("admins") }, "\(lines)")
     }
 
+    @Test func settingsTheRulesDoNotShowAreReported() async throws {
+        let diff = try await PolicyDiff(
+            old: compiled("ident from 10.0.0.0/8 timeout 5s\nallow from 10.0.0.0/8"),
+            new: compiled("ident from 10.0.0.0/8 timeout 2s\ngssapi require integrity\nallow from 10.0.0.0/8"))
+        #expect(diff.differences.isEmpty, "no request's verdict changes")
+        #expect(diff.settingChanges.count == 2, "\(diff.settingChanges)")
+        #expect(diff.settingChanges.contains { $0.hasPrefix("gssapi require: none → integrity") })
+        #expect(diff.settingChanges.contains { $0.contains("5.0s") && $0.contains("2.0s") })
+    }
+
     @Test func aReorderedDenyIsFound() async throws {
         let diff = try await PolicyDiff(
             old: compiled("deny port 22 label \"no ssh\"\nallow from 10.20.0.0/16 label \"lab\""),

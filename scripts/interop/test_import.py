@@ -289,6 +289,14 @@ class ImportDanteTest(unittest.TestCase):
         self.assertIn("odd.conf:2: warning: bandwidth: not translated", result.stderr)
         self.assertIn("odd.conf:6: warning: route for some clients", result.stderr)
         self.assertIn("# warning (line 2): bandwidth", result.stdout)
+        # --output: the policy in the file, the run line to start it on standard output.
+        written = os.path.join(self.folder, "odd.policy")
+        saved = subprocess.run([BINARY, "import", "dante", config, "--output", written], capture_output=True, text=True,
+                               timeout=30)
+        self.assertEqual(saved.returncode, 0, saved.stderr)
+        self.assertTrue(saved.stdout.startswith(f"identgate run --policy {written} --listen 0.0.0.0:1080"), saved.stdout)
+        with open(written) as text:
+            self.assertEqual(text.read(), result.stdout)
         with open(config, "w") as out:
             out.write("socks pass {\n  from: 0/0\n")
         broken = subprocess.run([BINARY, "import", "dante", config], capture_output=True, text=True, timeout=30)
