@@ -103,6 +103,19 @@ extension AuditFiles {
         return groups
     }
 
+    /// The files of one chain split into the shared files (in the order given) and the
+    /// files of processes that drained after a takeover (each starts with `chain-branch`
+    /// and branches from a takeover record in the shared files).
+    public func splitBranches() throws -> (shared: [String], branches: [String]) {
+        var shared: [String] = []
+        var branches: [String] = []
+        for path in paths {
+            let first = try LineReader(paths: [path]).next().flatMap { ChainFields($0.line) }
+            if first?.event == .chainBranch { branches.append(path) } else { shared.append(path) }
+        }
+        return (shared, branches)
+    }
+
     /// Like `forEachLine`, for the logs of several instances: each instance's files in
     /// the order given, the instances merged by record time (a k-way merge, one line per
     /// instance in memory). One instance: exactly `forEachLine`.

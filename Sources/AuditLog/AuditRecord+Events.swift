@@ -89,6 +89,31 @@ extension AuditRecord {
         return record
     }
 
+    /// The last record a process writes to the shared file when a successor takes its
+    /// listeners over: both go on from it, the successor in this file, this process in
+    /// `drainFile` (which starts with `chainBranch`).
+    public static func takeover(successor: String, drainFile: String) -> AuditRecord {
+        var record = AuditRecord(event: .takeover)
+        record.reason = "taken over by \(successor); the sessions still running here are recorded in \(drainFile)"
+        return record
+    }
+
+    /// A request for the listeners that was refused: who asked (pid, uid), and why not.
+    public static func takeoverRefused(peer: String, reason: String) -> AuditRecord {
+        var record = AuditRecord(event: .takeoverRefused)
+        record.reason = "takeover asked by \(peer) refused: \(reason)"
+        return record
+    }
+
+    /// The first record of a draining process's file: its chain goes on from the
+    /// `takeover` record in `previousFile`.
+    public static func chainBranch(previousFile: String, time: String? = nil) -> AuditRecord {
+        var record = AuditRecord(event: .chainBranch)
+        record.previousFile = previousFile
+        if let time { record.time = time }
+        return record
+    }
+
     /// Written first once the log can be written again: when the gap began, and that
     /// requests were refused meanwhile.
     public static func auditGap(reason: String, time: String) -> AuditRecord {

@@ -15,6 +15,14 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public enum Event: String, Codable, Sendable, CaseIterable {
         case chainStart = "chain-start"
         case chainContinue = "chain-continue"
+        /// The first record of a draining process's own file: the chain goes on from the
+        /// `takeover` record its `prev` names, beside the successor's (docs/audit-log.md).
+        case chainBranch = "chain-branch"
+        /// A successor took the listeners over; this process's later records (its
+        /// draining sessions) are in the file `reason` names.
+        case takeover
+        /// Someone asked for the listeners who may not have them (`reason` says who).
+        case takeoverRefused = "takeover-refused"
         case gatewayStart = "gateway-start"
         case gatewayStop = "gateway-stop"
         case privileges

@@ -8,14 +8,30 @@ public struct ChainVerifier: Sendable {
     public struct Broken: Error, Sendable, CustomStringConvertible {
         public var location: String
         public var description: String
+
+        public init(location: String, description: String) {
+            self.location = location
+            self.description = description
+        }
     }
 
     public private(set) var records = 0
     public private(set) var lastHash: String?
     private var lastSequence: UInt64?
     private var previousLocation = ""
+    /// The `takeover` records seen (a seamless upgrade): their hash, sequence and place.
+    /// A draining process's file branches from one of them.
+    public private(set) var takeovers: [String: (sequence: UInt64, location: String)] = [:]
 
     public init() {}
+
+    /// For a draining process's file (its first record is `chain-branch`): the chain goes
+    /// on from the takeover record `hash` at `location`, as the successor's does.
+    public init(branchingFrom hash: String, sequence: UInt64, location: String) {
+        lastHash = hash
+        lastSequence = sequence
+        previousLocation = location
+    }
 
     /// `location`: `FILE:LINE`, for the message. Reads only the chain's fields (a full
     /// JSON decode would cost ten times as much); the hash covers the rest.
@@ -43,7 +59,9 @@ public struct ChainVerifier: Sendable {
         }
         // A first record that continues a chain (a rotated file read alone) is taken as
         // given: its predecessor is in the previous file.
-        lastHash = AuditChain.hash(line)
+        let hash = AuditChain.hash(line)
+        if record.event == .takeover { takeovers[hash] = (record.seq, location) }
+        lastHash = hash
         lastSequence = record.seq
         previousLocation = location
         records += 1

@@ -20,7 +20,7 @@ import NIOCore
 /// and new ones are refused (their decisions are taken out of the queue: those
 /// requests never happen), everything else stays queued until writes succeed again.
 public final class AuditWriter: Sendable {
-    private struct Entry {
+    struct Entry {
         var item: Item
         var written: EventLoopPromise<Void>?
 
@@ -39,7 +39,7 @@ public final class AuditWriter: Sendable {
         public var description: String
     }
 
-    private struct State {
+    struct State {
         var queue: [Entry] = []
         /// Taken from the queue by the writer and not yet written: they still count
         /// against the capacity, and go back to the front of the queue if writing fails.
@@ -56,6 +56,16 @@ public final class AuditWriter: Sendable {
         var encoder: AuditBatchEncoder
         var descriptor: Int32
         var lastSync = ContinuousClock.now
+        /// A successor's takeover: its chain waits for the predecessor's last hash
+        /// (`continueChain`), and nothing is written until it comes.
+        var chainPending = false
+        /// Asked by `handOver`: the writer thread ends this file with a takeover record.
+        var handover: Handover?
+        /// After a handover: the draining process's own file (SIGUSR1 reopens it, not `path`).
+        var drainPath: String?
+        /// After a takeover: the first record if the predecessor's chain cannot be
+        /// continued (`startOwnChain`), as the file looked at the start.
+        var ownStart: AuditRecord?
     }
 
     /// With `always`, an allowed request's relay waits until its decision record is
@@ -75,16 +85,20 @@ public final class AuditWriter: Sendable {
     public let failClosed: Bool
     /// Requests are refused (fail-closed) or records still taken (fail-open) beyond this.
     public let capacity: Int
-    private let state: NIOLockedValueBox<State>
-    private let wakeUp = ConditionLock(value: 0)
+    let state: NIOLockedValueBox<State>
+    let wakeUp = ConditionLock(value: 0)
     private let finished = ConditionLock(value: 0)
 
     /// Opens (or creates) the file and continues its chain, or starts one. Call while
     /// still privileged; `start()` later, after the privilege drop, starts the thread.
     /// `instance`: the gateway's name in a fleet, written into every record.
+    ///
+    /// `afterTakeover`: this process takes over from a running one, which still writes
+    /// `path`: the file is opened, but the chain waits for `continueChain` (or
+    /// `startOwnChain`), and nothing is written before.
     public init(
         path: String, sync: SyncPolicy = .batch, failClosed: Bool = true, capacity: Int = 65536, instance: String? = nil,
-        signingKey: AuditSigningKey? = nil
+        signingKey: AuditSigningKey? = nil, afterTakeover: Bool = false
     ) throws {
         self.instance = instance
         self.signingKey = signingKey
@@ -95,7 +109,15 @@ public final class AuditWriter: Sendable {
         let (descriptor, chain, continuing) = try Self.open(path)
         state = NIOLockedValueBox(
             State(encoder: AuditBatchEncoder(chain: chain, instance: instance, signingKey: signingKey), descriptor: descriptor))
-        enqueue(continuing ? .chainContinue(previousFile: path) : .chainStart(seed: chain.lastHash))
+        let start: AuditRecord = continuing ? .chainContinue(previousFile: path) : .chainStart(seed: chain.lastHash)
+        if afterTakeover {
+            state.withLockedValue { state in
+                state.chainPending = true
+                state.ownStart = start
+            }
+        } else {
+            enqueue(start)
+        }
     }
 
     /// stdout for `-`; else the file, appended to. An existing log's last line gives the
@@ -187,7 +209,7 @@ public final class AuditWriter: Sendable {
             written: written)
     }
 
-    private func enqueue(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {
+    func enqueue(_ record: AuditRecord, written: EventLoopPromise<Void>? = nil) {
         var record = record
         if record.time.isEmpty { record.time = AuditChain.timestamp() }
         enqueue(item: .record(record), written: written)
@@ -235,11 +257,25 @@ public final class AuditWriter: Sendable {
                 defer { state.reopenRequested = false }
                 return state.reopenRequested
             }
+            // A successor's chain waits for the predecessor's end of the file.
+            if state.withLockedValue({ $0.chainPending && !$0.stopping }) { continue }
+            if let handover = state.withLockedValue({ $0.handover }) {
+                endFileForSuccessor(handover)
+                continue
+            }
             // Reopen first, so the marker it queues is part of the batch taken next; with a
             // signing key, the old file first gets a checkpoint over all it holds.
             if reopening {
                 if checkpointDue(stopping: true) { write([], closingCheckpoint: true) }
                 reopenFile()
+            }
+            // Stopping before the predecessor said where its chain ends: this process never
+            // served, and its records cannot be written without forking the chain.
+            if state.withLockedValue({ $0.chainPending }) {
+                discardPendingChain()
+                finished.lock()
+                finished.unlock(withValue: 1)
+                return
             }
             // The batch is moved out of the queue, not copied: records are large.
             let (batch, stopping) = state.withLockedValue { state in
@@ -264,14 +300,14 @@ public final class AuditWriter: Sendable {
 
     /// True when records are written that no checkpoint covers, and the interval since
     /// the first of them has passed (or the writer is stopping).
-    private func checkpointDue(stopping: Bool) -> Bool {
+    func checkpointDue(stopping: Bool) -> Bool {
         state.withLockedValue { $0.encoder.checkpointDue(closing: stopping, now: .now) }
     }
 
     /// Encodes and writes the batch (taken from the queue); if it cannot be written, it
     /// goes back to the front of the queue. With a signing key, checkpoints go in after
     /// every `AuditCheckpoint.every` records, and at the end when one is due.
-    private func write(_ batch: [Entry], closingCheckpoint: Bool = false) {
+    func write(_ batch: [Entry], closingCheckpoint: Bool = false) {
         var encoder = state.withLockedValue { $0.encoder }
         let bytes = encoder.encode(batch.map(\.item.record), closing: closingCheckpoint)
         let descriptor = state.withLockedValue { $0.descriptor }
@@ -311,7 +347,7 @@ public final class AuditWriter: Sendable {
         }
     }
 
-    private func fail(_ reason: String, batch: [Entry] = []) {
+    func fail(_ reason: String, batch: [Entry] = []) {
         let first = state.withLockedValue { state in
             defer {
                 state.healthy = false
@@ -347,31 +383,7 @@ public final class AuditWriter: Sendable {
         }
     }
 
-    private func syncIfDue(force: Bool) {
-        let (descriptor, due) = state.withLockedValue { state in
-            (state.descriptor, force || (sync == .batch && ContinuousClock.now - state.lastSync >= .seconds(1)))
-        }
-        guard due, sync != .none || force else { return }
-        fsync(descriptor)
-        state.withLockedValue { $0.lastSync = ContinuousClock.now }
-    }
 
-    private func reopenFile() {
-        guard path != "-" else { return }
-        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
-        guard descriptor >= 0 else {
-            fail("cannot reopen the audit log \(path): \(String(cString: strerror(errno)))")
-            return
-        }
-        let old = state.withLockedValue { state in
-            defer { state.descriptor = descriptor }
-            return state.descriptor
-        }
-        fsync(old)
-        close(old)
-        let marker = AuditRecord.chainContinue(previousFile: path + " (before reopen)", time: AuditChain.timestamp())
-        state.withLockedValue { $0.queue.insert(Entry(record: marker, written: nil), at: 0) }
-    }
 }
 
 func writeToStandardError(_ text: String) {

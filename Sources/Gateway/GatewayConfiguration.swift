@@ -28,6 +28,10 @@ public struct GatewayConfiguration: Sendable {
     public var idleTimeout: TimeAmount? = .hours(1)
     /// BIND: how long to wait for the inbound connection after the first reply.
     public var bindTimeout: TimeAmount = .minutes(2)
+    /// The first session number. 1 on a fresh start; after a takeover, past every number
+    /// the predecessor can still give out (`SessionNumbers.afterTakeover`), so that
+    /// session numbers stay unique across the switch.
+    public var firstSessionID: UInt64 = 1
     public var limits = SOCKSLimits()
     /// The SOCKS5 methods offered, most preferred first. Empty: "none", or "password"
     /// when a password file is given (a password file then means a password is needed;
@@ -106,9 +110,13 @@ final class GatewayContext: Sendable {
     let metrics: GatewayMetrics?
     /// Log lines a peer can repeat at will, logged once per episode.
     let repeated: RepeatedEvents
-    /// Numbers the sessions from 1, whether or not there is an audit log (the log and the
-    /// debug log both name sessions by it).
-    private let sessionCounter = Atomic<UInt64>(1)
+    /// Numbers the sessions from `firstSessionID`, whether or not there is an audit log
+    /// (the log and the debug log both name sessions by it).
+    private let sessionCounter: Synchronization.Atomic<UInt64>
+    /// Set when a successor has taken the listeners over: the quiesce event then means
+    /// "no new connections here", not "stop": connections still negotiating go on to
+    /// their sessions, which run until they end (or the drain time-out).
+    let draining = Synchronization.Atomic<Bool>(false)
 
     /// How much a relayed socket reads at once: starts small (an idle connection holds
     /// little) and grows with the traffic, up to 256 KiB rather than NIO's 64 KiB, so a
@@ -125,6 +133,7 @@ final class GatewayContext: Sendable {
     ) {
         self.httpGSSAcceptor = httpGSSAcceptor
         self.metrics = metrics
+        self.sessionCounter = Synchronization.Atomic(configuration.firstSessionID)
         self.repeated = RepeatedEvents(logger: logger, metrics: metrics)
         self.gssAcceptor = gssAcceptor
         self.configuration = configuration
@@ -147,6 +156,12 @@ extension GatewayContext {
     func nextSessionID() -> UInt64 {
         sessionCounter.wrappingAdd(1, ordering: .relaxed).oldValue
     }
+
+    /// The number the next session would get (for a successor: `SessionNumbers`).
+    var upcomingSessionID: UInt64 { sessionCounter.load(ordering: .relaxed) }
+
+    /// True once the listeners are handed to a successor (`GatewayServer.drain`).
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
 }
 
 struct AcceptFailureCount {

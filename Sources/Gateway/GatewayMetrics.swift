@@ -35,7 +35,7 @@ public final class GatewayMetrics: Sendable {
     }
 
     private let sessionsStarted: [SessionKind: Counter]
-    private let sessionsOpen: [SessionKind: Gauge]
+    private let sessionsOpen: [SessionKind: OpenSessions]
     private let decisions = NIOLockedValueBox<[DecisionKey: Counter]>([:])
     private let limitRefusals = NIOLockedValueBox<[RuleReference: Counter]>([:])
     private let decisionDuration: DurationHistogram
@@ -62,6 +62,12 @@ public final class GatewayMetrics: Sendable {
     /// Totals already added to the counters that `refresh` brings up to date.
     private let refreshed = NIOLockedValueBox((acceptsFailed: 0, auditWriteFailures: 0))
     private let ready = NIOLockedValueBox(false)
+    /// Sessions open here, all kinds (a draining process reports it to its successor).
+    let openSessionCount: NIOLockedValueBox<Int>
+    /// After a takeover, in the process that drains: why `/healthz` says "draining".
+    let drainingNote = NIOLockedValueBox<String?>(nil)
+    /// Sessions still running in the processes this one took over, as last reported.
+    let drainingSessions: Gauge
 
     private static let fastBuckets: [Duration] = [
         .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
@@ -87,14 +93,17 @@ public final class GatewayMetrics: Sendable {
             labels: [("version", version), ("commit", commit)]
         ).set(to: 1)
         var started: [SessionKind: Counter] = [:]
-        var open: [SessionKind: Gauge] = [:]
+        var open: [SessionKind: OpenSessions] = [:]
+        let openSessionCount = NIOLockedValueBox(0)
+        self.openSessionCount = openSessionCount
         let sessionsStarted = name("sessions_started", "total", "Requests handed to a session (after negotiation), by command and client protocol.")
         let sessionsOpen = name("sessions_open", "", "Sessions whose client is still connected, by command and client protocol.")
         for command in RequestFacts.Command.allCases {
             for version in RequestFacts.Version.allCases where version != .http || command == .connect {
                 let labels = [("command", command.rawValue), ("version", version.rawValue)]
                 started[SessionKind(command: command, version: version)] = registry.makeCounter(descriptor: sessionsStarted, labels: labels)
-                open[SessionKind(command: command, version: version)] = registry.makeGauge(descriptor: sessionsOpen, labels: labels)
+                open[SessionKind(command: command, version: version)] = OpenSessions(
+                    gauge: registry.makeGauge(descriptor: sessionsOpen, labels: labels), total: openSessionCount)
             }
         }
         self.sessionsStarted = started
@@ -141,6 +150,10 @@ public final class GatewayMetrics: Sendable {
             descriptor: name("audit_write_failures", "total", "Times writing the audit log failed (each starts a gap record)."))
         auditFailClosed = registry.makeGauge(
             descriptor: name("audit_fail_closed", "", "1 while new requests are refused because the audit log cannot keep up or be written."))
+        drainingSessions = registry.makeGauge(
+            descriptor: name(
+                "draining_sessions", "",
+                "Sessions still running in the older processes this one took the listeners from (seamless upgrade), as they report them; in a draining process, its own."))
         let reloads = name("policy_reloads", "total", "SIGHUP policy reloads, by result (applied, rejected).")
         policyReloads = [
             true: registry.makeCounter(descriptor: reloads, labels: [("result", "applied")]),
@@ -171,8 +184,9 @@ public final class GatewayMetrics: Sendable {
         let kind = SessionKind(command: command, version: version)
         sessionsStarted[kind]?.increment()
         guard let open = sessionsOpen[kind] else { return }
-        open.increment()
-        closed.whenComplete { _ in open.decrement() }
+        open.opened()
+        // One reference captured: the closure needs no context of its own.
+        closed.whenComplete { _ in open.closed() }
     }
 
     func repeatedEvent(_ event: RepeatedEvent) { repeatedEvents[event]?.increment() }
@@ -263,6 +277,20 @@ public final class GatewayMetrics: Sendable {
 
     var isReady: Bool { ready.withLockedValue { $0 } }
 
+    /// Sessions open here right now.
+    public var openSessions: Int { openSessionCount.withLockedValue { $0 } }
+
+    /// In the process a successor took over: `/healthz` answers 503 with `note`, and the
+    /// draining gauge counts this process's own sessions.
+    public func markDraining(_ note: String) {
+        drainingNote.withLockedValue { $0 = note }
+    }
+
+    /// Sessions the processes this one took over still run (their last reports, summed).
+    public func setDrainingSessions(_ count: Int) {
+        drainingSessions.set(to: Double(count))
+    }
+
     /// Brings the counts read at scrape time up to date.
     func refresh(bindListeners: Int, acceptFailures: Int, audit: AuditWriter.Health?) {
         bindListenersOpen.set(to: Double(bindListeners))
@@ -274,6 +302,28 @@ public final class GatewayMetrics: Sendable {
         }
         if newAccepts > 0 { acceptsFailed.increment(by: Int64(newAccepts)) }
         if newAuditFailures > 0 { auditWriteFailures.increment(by: Int64(newAuditFailures)) }
+    }
+}
+
+/// One kind's open-sessions gauge, and the count of all kinds (which a draining process
+/// reports to its successor).
+final class OpenSessions: Sendable {
+    let gauge: Gauge
+    let total: NIOLockedValueBox<Int>
+
+    init(gauge: Gauge, total: NIOLockedValueBox<Int>) {
+        self.gauge = gauge
+        self.total = total
+    }
+
+    func opened() {
+        gauge.increment()
+        total.withLockedValue { $0 += 1 }
+    }
+
+    func closed() {
+        gauge.decrement()
+        total.withLockedValue { $0 -= 1 }
     }
 }
 

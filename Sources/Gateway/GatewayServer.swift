@@ -18,6 +18,10 @@ public final class GatewayServer: Sendable {
     private let group: any EventLoopGroup
     private let resolverPool: NIOThreadPool
     private let listeners: NIOLockedValueBox<[(channel: any Channel, quiescing: ServerQuiescingHelper)]> = .init([])
+    /// Ends the grace period of a shutdown under way (`endGracePeriod`).
+    private let graceEnd = NIOLockedValueBox<(@Sendable (Bool) -> Void)?>(nil)
+    /// Once accepting has stopped: each listener's "all its connections have closed".
+    private let quiesced = NIOLockedValueBox<[EventLoopFuture<Void>]>([])
 
     public init(
         configuration: GatewayConfiguration,
@@ -79,7 +83,11 @@ public final class GatewayServer: Sendable {
     /// `adopting`: sockets already bound and listening (made while root, before the
     /// privilege drop), for each `listen` address in the same order, one per event loop
     /// (`ListeningSocket.open(_:count:)`); nil: bind here.
-    public func start(adopting descriptors: [[Int32]]? = nil) async throws -> [IPEndpoint] {
+    ///
+    /// `accepting` false: the listeners are set up but accept nothing until
+    /// `startAccepting` (a successor's, while the process it takes over still accepts
+    /// on the same sockets: the kernel queues the connections meanwhile).
+    public func start(adopting descriptors: [[Int32]]? = nil, accepting: Bool = true) async throws -> [IPEndpoint] {
         let loops = Array(group.makeIterator())
         var bound: [IPEndpoint] = []
         do {
@@ -92,7 +100,8 @@ public final class GatewayServer: Sendable {
                     let channel: any Channel
                     do {
                         channel = try await bind(
-                            target, on: loop, reusePort: sockets.count > 1, adopting: descriptor, quiescing: quiescing)
+                            target, on: loop, reusePort: sockets.count > 1, adopting: descriptor, quiescing: quiescing,
+                            accepting: accepting)
                     } catch  where number > 0 && descriptor == nil {
                         // The first socket is bound; the others are only an optimization.
                         break
@@ -113,11 +122,12 @@ public final class GatewayServer: Sendable {
 
     private func bind(
         _ endpoint: IPEndpoint, on loop: any EventLoop, reusePort: Bool, adopting descriptor: Int32?,
-        quiescing: ServerQuiescingHelper
+        quiescing: ServerQuiescingHelper, accepting: Bool
     ) async throws -> any Channel {
         let gateway = context
         do {
             let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
+                .serverChannelOption(.autoRead, value: accepting)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_REUSEPORT), value: reusePort ? 1 : 0)
@@ -155,10 +165,36 @@ public final class GatewayServer: Sendable {
         }
     }
 
-    /// Stops accepting, closes connections still negotiating, and waits for running
-    /// relays to end, at most `grace`. Returns true if every session ended in time.
-    @discardableResult
-    public func shutdown(grace: TimeAmount) async throws -> Bool {
+    /// The session number the next request would get: a successor numbers its own past it.
+    public var upcomingSessionID: UInt64 { context.upcomingSessionID }
+
+    /// After a successor took the listeners over: stops accepting here, and waits for
+    /// every connection accepted here to end, at most `timeout` (`endGracePeriod` ends the
+    /// wait sooner). Unlike `shutdown`, connections still negotiating are served to their
+    /// ends. Returns true if every session ended in time.
+    public func drain(timeout: TimeAmount) async throws -> Bool {
+        await stopAccepting(draining: true)
+        return try await shutdown(grace: timeout)
+    }
+
+    /// Ends the wait of a `shutdown` or `drain` under way now, as if its time were up.
+    public func endGracePeriod() {
+        graceEnd.withLockedValue { $0 }?(false)
+    }
+
+    /// Listeners set up with `accepting: false` start accepting.
+    public func startAccepting() async {
+        let channels = listeners.withLockedValue { $0.map(\.channel) }
+        for channel in channels {
+            try? await channel.setOption(.autoRead, value: true).get()
+        }
+    }
+
+    /// Stops accepting (the listening channels are closed when this returns) and tells
+    /// every connection: `shutdown` or `drain` then waits for them. `draining`: after a
+    /// takeover, connections still negotiating go on (`GatewayContext.draining`).
+    public func stopAccepting(draining: Bool = false) async {
+        if draining { context.draining.store(true, ordering: .relaxed) }
         let listeners = self.listeners.withLockedValue { listeners in
             defer { listeners = [] }
             return listeners
@@ -169,6 +205,19 @@ public final class GatewayServer: Sendable {
             listener.quiescing.initiateShutdown(promise: promise)
             return promise.futureResult
         }
+        quiesced.withLockedValue { $0 += allClosed }
+        for listener in listeners {
+            try? await listener.channel.closeFuture.get()
+        }
+    }
+
+    /// Stops accepting, closes connections still negotiating, and waits for running
+    /// relays to end, at most `grace`. Returns true if every session ended in time.
+    @discardableResult
+    public func shutdown(grace: TimeAmount) async throws -> Bool {
+        await stopAccepting()
+        let allClosed = quiesced.withLockedValue { $0 }
+        let eventLoop = group.next()
         let finished = eventLoop.makePromise(of: Bool.self)
         let completed = NIOLockedValueBox(false)
         let complete: @Sendable (Bool) -> Void = { inTime in
@@ -179,9 +228,11 @@ public final class GatewayServer: Sendable {
                 finished.succeed(inTime)
             }
         }
+        graceEnd.withLockedValue { $0 = complete }
         eventLoop.scheduleTask(in: grace) { complete(false) }
         EventLoopFuture.andAllComplete(allClosed, on: eventLoop).whenComplete { _ in complete(true) }
         let inTime = try await finished.futureResult.get()
+        graceEnd.withLockedValue { $0 = nil }
         // Not awaited: a lookup stuck in getaddrinfo must not hold up the exit.
         resolverPool.shutdownGracefully { _ in }
         return inTime

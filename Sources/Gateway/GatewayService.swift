@@ -98,12 +98,17 @@ public final class GatewayService: Sendable {
     /// socket per event loop), serves metrics on `metricsListener` if there is an
     /// endpoint, records the start and reports ready. If anything cannot be started, everything is stopped (threads too: do not call
     /// `stop` then) and the error thrown.
-    public func start(adopting descriptors: [[Int32]]? = nil, metricsListener: MetricsListener? = nil) async throws -> Listening {
+    ///
+    /// `accepting` false (a successor's): the SOCKS listeners are set up but accept nothing,
+    /// and the metrics endpoint is not started, until `startAccepting`.
+    public func start(
+        adopting descriptors: [[Int32]]? = nil, metricsListener: MetricsListener? = nil, accepting: Bool = true
+    ) async throws -> Listening {
         let bound: [IPEndpoint]
         var metricsServed: IPEndpoint?
         do {
-            bound = try await gateway.start(adopting: descriptors)
-            if let metricsEndpoint, let metricsListener {
+            bound = try await gateway.start(adopting: descriptors, accepting: accepting)
+            if accepting, let metricsEndpoint, let metricsListener {
                 let served = try await metricsEndpoint.start(
                     metricsListener.endpoint, adopting: metricsListener.descriptor, group: group)
                 logger.info("metrics served", metadata: ["listen": "\(served)", "paths": "/metrics /healthz"])
@@ -158,13 +163,36 @@ public final class GatewayService: Sendable {
     /// The engine deciding now.
     public var engine: PolicyEngine { policyStore.engine }
 
+    /// The session number the next request would get: a successor numbers its own past it.
+    public var upcomingSessionID: UInt64 { gateway.upcomingSessionID }
+
+    /// After `start(accepting: false)`: accept on the SOCKS listeners, and serve metrics.
+    public func startAccepting(metricsListener: MetricsListener?) async throws {
+        await gateway.startAccepting()
+        if let metricsEndpoint, let metricsListener {
+            let served = try await metricsEndpoint.start(metricsListener.endpoint, adopting: metricsListener.descriptor, group: group)
+            logger.info("metrics served", metadata: ["listen": "\(served)", "paths": "/metrics /healthz"])
+        }
+    }
+
+    /// A successor accepts on the listeners now: this process stops accepting (SOCKS and
+    /// metrics; closed when this returns), and every connection accepted here goes on.
+    public func stopAccepting() async {
+        await metricsEndpoint?.stop()
+        await gateway.stopAccepting(draining: true)
+    }
+
     /// Stops accepting (SOCKS and metrics), lets running sessions finish for at most
     /// `grace`, records the stop with `reason`, and stops the threads. Returns true if
     /// every session ended within the grace period.
+    ///
+    /// `draining`: a successor took the listeners over (docs/operations.md, "Seamless
+    /// upgrade"): every connection accepted here is served to its end, sessions still
+    /// negotiating too, for at most `grace` (the drain time-out).
     @discardableResult
-    public func stop(grace: TimeAmount, reason: String) async throws -> Bool {
-        let inTime = try await stopServing(grace: grace)
-        if !inTime { logger.notice("grace period over; closing the sessions still running") }
+    public func stop(grace: TimeAmount, reason: String, draining: Bool = false) async throws -> Bool {
+        let inTime = try await stopServing(grace: grace, draining: draining)
+        if !inTime { logger.notice("\(draining ? "drain time-out" : "grace period") over; closing the sessions still running") }
         audit?.record(.gatewayStop(reason: reason))
         try await group.shutdownGracefully()
         try await threadPool.shutdownGracefully()
@@ -172,8 +200,13 @@ public final class GatewayService: Sendable {
         return inTime
     }
 
-    private func stopServing(grace: TimeAmount) async throws -> Bool {
+    /// Ends a `stop`'s wait for running sessions now (SIGTERM while draining, say).
+    public func endGracePeriod() {
+        gateway.endGracePeriod()
+    }
+
+    private func stopServing(grace: TimeAmount, draining: Bool = false) async throws -> Bool {
         await metricsEndpoint?.stop()
-        return try await gateway.shutdown(grace: grace)
+        return try await draining ? gateway.drain(timeout: grace) : gateway.shutdown(grace: grace)
     }
 }

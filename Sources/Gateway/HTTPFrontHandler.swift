@@ -106,7 +106,9 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch event {
         case is ChannelShouldQuiesceEvent, ChannelEvent.inputClosed:
             // Shutting down, or the client stopped sending before its request was whole.
+            // Draining after a takeover, a request on its way is still answered here.
             if case .handedOver = state { return context.fireUserInboundEventTriggered(event) }
+            if event is ChannelShouldQuiesceEvent, gateway.isDraining { return }
             context.close(promise: nil)
         default:
             context.fireUserInboundEventTriggered(event)

@@ -87,6 +87,10 @@ public final class MetricsEndpoint: Sendable {
     /// `/healthz`: the status and a line saying why.
     func health() -> (HTTPResponseStatus, String) {
         guard metrics.isReady else { return (.serviceUnavailable, "starting\n") }
+        if let note = metrics.drainingNote.withLockedValue({ $0 }) {
+            metrics.setDrainingSessions(metrics.openSessions)
+            return (.serviceUnavailable, "draining: \(note); \(metrics.openSessions) sessions still open\n")
+        }
         if let audit = gateway.auditHealth, audit.refusingRequests {
             return (.serviceUnavailable, "refusing requests: the audit log \(audit.failure.map { "cannot be written (\($0))" } ?? "is too far behind")\n")
         }

@@ -100,7 +100,9 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             proxied = event
         case is ChannelShouldQuiesceEvent:
             // Shutting down: a connection still negotiating has no session to finish.
-            context.close(promise: nil)
+            // Handed over to a successor: this connection was accepted here, so it is
+            // served here, to its end.
+            if !gateway.isDraining { context.close(promise: nil) }
         case ChannelEvent.inputClosed:
             // The request is not complete by now, so it never will be; unless a password
             // check is running, after which the bytes already here are read.

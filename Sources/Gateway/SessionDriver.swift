@@ -65,7 +65,9 @@ class SessionDriver<Machine: ClientSession>: ChannelDuplexHandler, RemovableChan
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is ChannelShouldQuiesceEvent:
-            // Shutdown: a session not yet relaying ends now, and says why.
+            // Shutdown: a session not yet relaying ends now, and says why. Draining after
+            // a takeover: it goes on.
+            guard !setup.gateway.isDraining else { return }
             departure = ClientDeparture.gatewayStopped
             context.close(promise: nil)
         case ChannelEvent.inputClosed:

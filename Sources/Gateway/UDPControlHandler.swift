@@ -69,7 +69,9 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case ChannelEvent.inputClosed, is ChannelShouldQuiesceEvent:
-            // The control connection closed: the association ends with it.
+            // The control connection closed, or the gateway stops: the association ends
+            // with it. Draining after a takeover, it lives as long as its control connection.
+            if event is ChannelShouldQuiesceEvent, setup.gateway.isDraining { return }
             context.close(promise: nil)
         default:
             context.fireUserInboundEventTriggered(event)

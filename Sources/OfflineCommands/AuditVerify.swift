@@ -51,11 +51,20 @@ struct AuditVerify: ParsableCommand {
             let name = groups.count > 1 ? "instance \(DisplayText.escaped(group.instance.isEmpty ? "(unnamed)" : group.instance)): " : ""
             var verifier = ChainVerifier()
             var checkpoints = key.map(CheckpointVerifier.init)
+            var branchRecords = 0
             do {
-                try AuditFiles(paths: group.paths).forEachLine { line, file, number in
+                let (shared, branches) = try AuditFiles(paths: group.paths).splitBranches()
+                try AuditFiles(paths: shared).forEachLine { line, file, number in
                     try verifier.check(line, at: "\(file):\(number)")
                     try checkpoints?.check(line, at: "\(file):\(number)")
                     return true
+                }
+                // Each draining process's file hangs from a takeover record in the shared files.
+                for branch in branches {
+                    branchRecords += try Self.verifyBranch(branch, takeovers: verifier.takeovers, key: key)
+                }
+                if !branches.isEmpty {
+                    print("\(name)\(branches.count) files of draining processes, \(branchRecords) records, each chained to its takeover record")
                 }
             } catch let failure as ChainVerifier.Broken {
                 print(name + failure.description)
@@ -87,5 +96,30 @@ struct AuditVerify: ParsableCommand {
         }
         print("(keep the last hash elsewhere: records cut from the end can only be detected against it)")
         if broken { throw ExitCode(1) }
+    }
+
+    /// A draining process's file: its first record must follow a takeover record of the
+    /// shared files, and the rest must follow it. Returns its record count.
+    static func verifyBranch(
+        _ path: String, takeovers: [String: (sequence: UInt64, location: String)], key: AuditVerifyingKey?
+    ) throws -> Int {
+        var verifier: ChainVerifier?
+        var checkpoints = key.map(CheckpointVerifier.init)
+        try AuditFiles(paths: [path]).forEachLine { line, file, number in
+            if verifier == nil {
+                let prev = AuditRecord(jsonLine: line)?.prev ?? ""
+                guard let takeover = takeovers[prev] else {
+                    throw ChainVerifier.Broken(
+                        location: "\(file):\(number)",
+                        description: "\(file):\(number): this draining process's file does not follow a takeover record "
+                            + "of the files given (give the shared log files too, or the takeover record was edited)")
+                }
+                verifier = ChainVerifier(branchingFrom: prev, sequence: takeover.sequence, location: takeover.location)
+            }
+            try verifier?.check(line, at: "\(file):\(number)")
+            try checkpoints?.check(line, at: "\(file):\(number)")
+            return true
+        }
+        return verifier?.records ?? 0
     }
 }

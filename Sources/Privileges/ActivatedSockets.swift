@@ -54,7 +54,7 @@ public struct ActivatedSockets: Sendable {
     }
 
     /// A listening TCP socket of IPv4 or IPv6, or a clear refusal; closed on exec.
-    static func check(_ descriptor: Int32, name: String) throws(Failure) -> Socket {
+    public static func check(_ descriptor: Int32, name: String) throws(Failure) -> Socket {
         let what = "socket activation: descriptor \(descriptor) ('\(name)')"
         guard fcntl(descriptor, F_GETFD) >= 0 else { throw Failure(description: "\(what) is not open") }
         var type: Int32 = 0

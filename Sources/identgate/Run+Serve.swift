@@ -22,10 +22,9 @@ import SOCKSWire
 extension Run {
     func serve(
         configuration: GatewayConfiguration, policy compiled: Policy, policySHA256: String, credentials: (any PasswordVerifier)?,
-        gssAcceptor: GSSAcceptor?, httpGSSAcceptor: GSSAcceptor?, descriptors: [[Int32]], dropped: PrivilegeReport?, audit: AuditWriter?,
-        metrics metricsSetup: (GatewayMetrics, ListeningSocket)?, notifier: ServiceNotifier, logger: Logger
+        gssAcceptor: GSSAcceptor?, httpGSSAcceptor: GSSAcceptor?, listeners: Listeners, dropped: PrivilegeReport?, audit: AuditWriter?,
+        notifier: ServiceNotifier, logger: Logger
     ) async throws {
-        let metrics = metricsSetup?.0
         audit?.start()
         defer { audit?.shutdown() }
         if let dropped {
@@ -40,6 +39,7 @@ extension Run {
         let engine = PolicyEngine(policy: compiled)
         let report = await ExpectationReport.run(compiled, engine: engine)
         if let problem = testProblem(report) {
+            listeners.takeover?.failed(problem)
             audit?.record(.policyReloadRejected(file: policy ?? DefaultPolicy.fileName, reason: problem))
             throw FailedStart(message: problem)
         }
@@ -47,6 +47,13 @@ extension Run {
             .policyLoad(
                 file: policy ?? DefaultPolicy.fileName, sha256: policySHA256, rules: compiled.rules.count,
                 testsPassed: report.passed))
+
+        // Taking over: the running gateway's listeners, asked for only now that this one
+        // is ready to serve, so that it keeps accepting as long as possible.
+        var configuration = configuration
+        var listeners = listeners
+        let handedAuditLog = try listeners.takeover.map { try adopt(from: $0, into: &configuration, listeners: &listeners) }
+        let metrics = listeners.metrics.map { _ in GatewayMetrics(version: Identgate.version, commit: Identgate.commit) }
 
         let signals = Signals()
         var settings = GatewayService.Settings(
@@ -59,13 +66,25 @@ extension Run {
             audit: audit,
             metrics: metrics, logger: logger)
         let bound: [IPEndpoint]
+        let metricsListener = listeners.metrics.map { GatewayService.MetricsListener(endpoint: $0.endpoint, descriptor: $0.descriptor) }
         do {
+            // A successor accepts only once the running gateway has stopped accepting.
             bound = try await service.start(
-                adopting: descriptors,
-                metricsListener: metricsSetup.map { .init(endpoint: $0.1.endpoint, descriptor: $0.1.descriptor) }
+                adopting: listeners.gateway, metricsListener: metricsListener, accepting: listeners.takeover == nil
             ).socks
         } catch {
+            listeners.takeover?.failed("\(error)")
             throw FailedStart(message: "\(error)")
+        }
+        let drainingReports = DrainingReports()
+        if let takeover = listeners.takeover {
+            try await completeTakeover(
+                takeover, service: service, metricsListener: metricsListener, handedAuditLog: handedAuditLog ?? nil, audit: audit,
+                metrics: metrics, reports: drainingReports, logger: logger)
+        }
+        if let upgrade = listeners.upgrade {
+            serveUpgrades(
+                on: upgrade, listeners: listeners, bound: bound, service: service, audit: audit, signals: signals, logger: logger)
         }
         notifier.notify("READY=1", "STATUS=serving on \(bound.map(\.description).joined(separator: " "))", "MAINPID=\(getpid())")
         let watchdog = notifier.watchdogInterval.map { interval in
@@ -78,6 +97,7 @@ extension Run {
         }
 
         var signal = ""
+        var takenOver: UpgradeServer.TakenOver?
         for await event in signals.events {
             switch event {
             case .shutdown(let name):
@@ -91,11 +111,19 @@ extension Run {
                 logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(Self.absolute(auditLog))"])
                 audit?.reopen()
                 continue
+            case .takenOver(let handover):
+                takenOver = handover
             }
             break
         }
-        notifier.notify("STOPPING=1", "STATUS=stopping")
         watchdog?.cancel()
+        if let takenOver {
+            try await drain(
+                after: takenOver, service: service, audit: audit, metrics: metrics, reports: drainingReports, signals: signals,
+                notifier: notifier, logger: logger)
+            return
+        }
+        notifier.notify("STOPPING=1", "STATUS=stopping")
         logger.info(
             "stopping: no new connections; running sessions may finish",
             metadata: ["signal": "\(signal)", "grace": "\(shutdownGrace)"])

@@ -96,7 +96,22 @@ extension Run {
         // Connected while still root: systemd's socket need not admit the dropped user.
         let notifier = ServiceNotifier()
         let identity = try privilegeTarget()
-        let (sockets, metricsSocket) = try openSockets(&configuration, eventLoops: eventLoops, logger: logger)
+        // A gateway already serving the upgrade socket hands its listeners over; without
+        // one, this process binds them, and serves the upgrade socket for its successor.
+        let takeover = try upgradeSocket.flatMap { path in
+            try Takeover.find(at: path, trusting: Set([0, geteuid()] + (identity.map { [$0.uid] } ?? [])))
+        }
+        var sockets: [[ListeningSocket]] = []
+        var metricsSocket: ListeningSocket?
+        var upgradeListener: Int32?
+        if takeover == nil {
+            (sockets, metricsSocket) = try openSockets(&configuration, eventLoops: eventLoops, logger: logger)
+            do {
+                upgradeListener = try upgradeSocket.map { try HandoverSocket.listen(at: $0) }
+            } catch {
+                throw FailedStart(message: "\(error)")
+            }
+        }
         // The audit log is opened while still privileged, like the sockets, by its absolute
         // path, so that messages name it fully and SIGUSR1 reopens the same file.
         let auditPath = Self.absolute(auditLog)
@@ -107,7 +122,7 @@ extension Run {
                 ? nil
                 : try AuditWriter(
                     path: auditPath, sync: auditSync, failClosed: auditFail == .closed, instance: instance ?? Self.hostName,
-                    signingKey: signingKey)
+                    signingKey: signingKey, afterTakeover: takeover != nil)
         } catch {
             throw FailedStart(message: "\(error)")
         }
@@ -134,14 +149,14 @@ extension Run {
         let settings = configuration
         let verified = dropped
         let policySHA256 = policyFile.sha256
-        let metrics = metricsSocket.map { socket in
-            (GatewayMetrics(version: Identgate.version, commit: Identgate.commit), socket)
-        }
+        let descriptors = sockets.map { $0.map(\.descriptor) }
+        let listeners = Listeners(
+            gateway: descriptors, metrics: metricsSocket, upgrade: upgradeListener, takeover: takeover)
         try waitFor {
             try await command.serve(
                 configuration: settings, policy: compiled, policySHA256: policySHA256, credentials: credentials,
-                gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor, descriptors: sockets.map { $0.map(\.descriptor) }, dropped: verified, audit: audit,
-                metrics: metrics, notifier: notifier, logger: logger)
+                gssAcceptor: gssAcceptor, httpGSSAcceptor: httpGSSAcceptor, listeners: listeners, dropped: verified, audit: audit,
+                notifier: notifier, logger: logger)
         }
     }
 
@@ -202,6 +217,17 @@ extension Run {
             throw FailedStart(message: "\(error)")
         }
         return (sockets, metricsSocket)
+    }
+
+    /// The sockets bound before the drop, or the running gateway to take them from.
+    struct Listeners {
+        /// One array per --listen address, one socket per event loop.
+        var gateway: [[Int32]]
+        var metrics: ListeningSocket?
+        /// The upgrade socket (--upgrade-socket), listening.
+        var upgrade: Int32?
+        /// Set when the listeners are to be taken from a running gateway instead.
+        var takeover: Takeover?
     }
 
     /// `path` from the working directory; `-` (standard output) and `off` as they are.

@@ -60,6 +60,23 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("On SIGINT/SIGTERM, how long running sessions may go on before exit.", valueName: "duration"))
     var shutdownGrace: DurationArgument = "10s"
 
+    @Option(
+        help: ArgumentHelp(
+            "A UNIX socket for seamless upgrades: a new identgate started with the same path takes the listening "
+                + "sockets over from the one running, which then drains.",
+            discussion: "The running gateway hands its listeners over (SCM_RIGHTS) only to root or its own user "
+                + "(SO_PEERCRED), stops accepting, and serves the sessions it has until they end or --drain-timeout "
+                + "passes; not one connection is refused. Without a running gateway at the path, this one binds as usual "
+                + "and listens there for its own successor.",
+            valueName: "path"))
+    var upgradeSocket: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "After a takeover (--upgrade-socket): how long the sessions running here may go on before they are closed.",
+            valueName: "duration"))
+    var drainTimeout: DurationArgument = "24h"
+
     @Option(help: ArgumentHelp("BIND: how long to wait for the inbound connection.", valueName: "duration"))
     var bindTimeout: DurationArgument = "2m"
 

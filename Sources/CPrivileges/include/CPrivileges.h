@@ -17,4 +17,8 @@ int identgate_clear_ambient_set(void);
 /// Sets PR_SET_NO_NEW_PRIVS: execve can never grant privileges again.
 int identgate_set_no_new_privs(void);
 
+/// SO_PEERCRED (struct ucred needs _GNU_SOURCE, which Swift's Glibc does not set): the
+/// process at the other end of a UNIX socket, as it was when it connected.
+int identgate_peer_credentials(int descriptor, int *pid, unsigned int *uid);
+
 #endif

@@ -1,0 +1,135 @@
+import AuditLog
+import Foundation
+import Gateway
+import Logging
+import PrintableText
+import Privileges
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A seamless upgrade from the running gateway's side: a thread that waits on the upgrade
+/// socket, hands the listeners to a successor that root or this user started, and then
+/// tells the serving loop to drain (`TakenOver`). One successor at a time; a takeover that
+/// fails on the successor's side leaves this gateway serving as before.
+final class UpgradeServer: Sendable {
+    /// A successor took the listeners and accepts on them.
+    struct TakenOver: Sendable {
+        var connection: HandoverSocket
+        var successor: HandoverSocket.Peer
+        /// This process's own audit file from now on (nil: no shared file to leave).
+        var drainFile: (descriptor: Int32, path: String)?
+    }
+
+    private let listener: Int32
+    private let handed: [(listener: HandedSockets.Listener, descriptor: Int32)]
+    private let upcomingSession: @Sendable () -> UInt64
+    /// The audit log's absolute path; nil: none, or standard output.
+    private let auditPath: String?
+    private let audit: AuditWriter?
+    private let logger: Logger
+    private let takenOver: @Sendable (TakenOver) -> Void
+
+    init(
+        listener: Int32, handing handed: [(listener: HandedSockets.Listener, descriptor: Int32)],
+        upcomingSession: @escaping @Sendable () -> UInt64, auditPath: String?, audit: AuditWriter?, logger: Logger,
+        takenOver: @escaping @Sendable (TakenOver) -> Void
+    ) {
+        self.listener = listener
+        self.handed = handed + [(.upgrade, listener)]
+        self.upcomingSession = upcomingSession
+        self.auditPath = auditPath
+        self.audit = audit
+        self.logger = logger
+        self.takenOver = takenOver
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            while let connection = HandoverSocket.accept(on: listener) {
+                if let done = serve(connection) {
+                    // The successor has the upgrade socket now; this copy is not needed.
+                    close(listener)
+                    takenOver(done)
+                    return
+                }
+                connection.close()
+            }
+        }
+        thread.name = "identgate-upgrade"
+        thread.start()
+    }
+
+    /// One successor: nil if the takeover did not happen (refused, or it failed there).
+    private func serve(_ connection: HandoverSocket) -> TakenOver? {
+        guard let peer = connection.peer else { return nil }
+        // The request is read first, whoever sent it: a socket closed with a message
+        // unread resets the connection, and the refusal would not arrive.
+        let asked: String
+        do {
+            let (text, descriptors) = try connection.receive(timeout: 10)
+            for descriptor in descriptors { close(descriptor) }
+            asked = text
+        } catch {
+            logger.warning("upgrade socket: no takeover request", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            return nil
+        }
+        guard peer.uid == 0 || peer.uid == geteuid() else {
+            refuse(connection, peer: peer, reason: "uid \(peer.uid) is neither root nor this gateway's user (uid \(geteuid()))")
+            return nil
+        }
+        guard case .takeover = HandoverMessage(asked) else {
+            refuse(connection, peer: peer, reason: "not a takeover request: \(DisplayText.escaped(asked))")
+            return nil
+        }
+        var drainFile: (descriptor: Int32, path: String)?
+        if let auditPath, audit != nil {
+            let path = Self.drainPath(for: auditPath)
+            let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o640)
+            guard descriptor >= 0 else {
+                refuse(
+                    connection, peer: peer,
+                    reason: "this gateway cannot create \(path) for the records of its draining sessions "
+                        + "(\(String(cString: strerror(errno)))): make the audit log's directory writable by its user")
+                return nil
+            }
+            drainFile = (descriptor, path)
+        }
+        let sockets = HandedSockets(
+            pid: getpid(), firstSession: HandedSockets.firstSession(after: upcomingSession()), auditLog: auditPath, listeners: handed.map(\.listener))
+        do {
+            try connection.send(HandoverMessage.sockets(sockets).text, descriptors: handed.map(\.descriptor))
+            let (answer, _) = try connection.receive(timeout: 60)
+            guard case .serving = HandoverMessage(answer) else {
+                throw HandoverSocket.Failure(description: "the successor did not start: \(DisplayText.escaped(answer))")
+            }
+        } catch {
+            logger.error("takeover failed; serving on as before", metadata: ["successor": "\(peer)", "error": "\(error)"])
+            if let drainFile {
+                close(drainFile.descriptor)
+                unlink(drainFile.path)
+            }
+            return nil
+        }
+        logger.notice("taken over: the successor accepts on the listeners now", metadata: ["successor": "\(peer)"])
+        return TakenOver(connection: connection, successor: peer, drainFile: drainFile)
+    }
+
+    private func refuse(_ connection: HandoverSocket, peer: HandoverSocket.Peer, reason: String) {
+        logger.warning("upgrade socket: takeover refused", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        audit?.record(.takeoverRefused(peer: peer.description, reason: reason))
+        try? connection.send(HandoverMessage.refused(reason: reason).text)
+    }
+
+    /// Beside the shared file, named by the time and this process: never an existing file.
+    static func drainPath(for auditPath: String) -> String {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        let stamp = String(
+            format: "%04d%02d%02dT%02d%02d%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min,
+            parts.tm_sec)
+        return "\(auditPath).drain-\(stamp)-\(getpid())"
+    }
+}

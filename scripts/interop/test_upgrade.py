@@ -1,0 +1,310 @@
+"""Seamless upgrades (--upgrade-socket): a new identgate takes the listening sockets over
+from the running one (SCM_RIGHTS), which stops accepting and drains its sessions.
+
+Under continuous load from the project's load generator (SOCKS5 and SOCKS4 at once) and
+with 20 long-lived tunnels streaming data, 10 consecutive upgrades: no connection fails
+or is reset, every tunnel's bytes arrive whole (SHA-256), every draining process exits
+once its tunnels end, `audit verify` passes over the shared log and the draining
+processes' files, and the decision records count exactly the connections made. A
+takeover asked by a user who is neither root nor the gateway's is refused and logged; a
+process killed mid-drain loses only its own sessions.
+
+Run by scripts/test; IDENTGATE_BIN names the binary under test."""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from peers import BINARY, ROOT, free_port, wait_for_port
+
+ROOT_USER = os.geteuid() == 0
+# As root the gateway drops to nobody, as in production; the folder must let it write
+# its draining file beside the shared log.
+DROP = ("--user", "nobody") if ROOT_USER else ()
+GCC = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+
+
+def socks5_connect(port, destination_port, timeout=10.0):
+    connection = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    connection.sendall(b"\x05\x01\x00")
+    assert connection.recv(2) == b"\x05\x00"
+    connection.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + destination_port.to_bytes(2, "big"))
+    reply = b""
+    while len(reply) < 10:
+        chunk = connection.recv(10 - len(reply))
+        if not chunk:
+            raise ConnectionError("closed during the SOCKS5 reply")
+        reply += chunk
+    if reply[1] != 0:
+        raise ConnectionError(f"SOCKS5 reply {reply[1]}")
+    return connection
+
+
+class StreamSource:
+    """A destination that streams `size` random bytes to each connection, slowly, and
+    keeps the SHA-256 of what it sent under the tunnel number the client sent first."""
+
+    def __init__(self, size, chunk, pause):
+        self.size, self.chunk, self.pause = size, chunk, pause
+        self.sent = {}
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.threads = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _serve(self, connection):
+        with connection:
+            try:
+                number = int(connection.recv(16).decode().strip())
+                digest = hashlib.sha256()
+                left = self.size
+                while left > 0:
+                    data = os.urandom(min(self.chunk, left))
+                    connection.sendall(data)
+                    digest.update(data)
+                    left -= len(data)
+                    time.sleep(self.pause)
+                self.sent[number] = digest.hexdigest()
+            except (OSError, ValueError):
+                return  # the client went (a test that kills the gateway): nothing sent counts
+
+    def close(self):
+        self.listener.close()
+
+
+class UpgradeTest(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="identgate-upgrade-")
+        os.chmod(self.folder, 0o777)
+        if not os.environ.get("UPGRADE_KEEP"):
+            self.addCleanup(shutil.rmtree, self.folder, True)
+        self.policy = os.path.join(self.folder, "loopback.policy")
+        with open(self.policy, "w") as out:
+            out.write("allow from 127.0.0.0/8 to 127.0.0.0/8\n")
+        os.chmod(self.policy, 0o644)
+        self.port = free_port()
+        self.metrics = free_port()
+        self.socket_path = os.path.join(self.folder, "upgrade.sock")
+        self.audit = os.path.join(self.folder, "audit.jsonl")
+        self.processes = []
+        self.addCleanup(self.stop_all)
+
+    def start(self, wait_serving=True):
+        """One more identgate with the same command line: the first binds, each later one
+        takes over from the one running."""
+        number = len(self.processes)
+        log = open(os.path.join(self.folder, f"gateway-{number}.log"), "w")
+        process = subprocess.Popen(
+            [BINARY, "run", "--listen", f"127.0.0.1:{self.port}", "--metrics-listen", f"127.0.0.1:{self.metrics}",
+             "--policy", self.policy, "--audit-log", self.audit, "--upgrade-socket", self.socket_path,
+             "--shutdown-grace", "2s", *DROP],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes.append(process)
+        if wait_serving:
+            deadline = time.monotonic() + 30
+            while "identgate serving" not in self.output(number):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    self.fail(f"gateway {number} did not start:\n{self.output(number)[-3000:]}")
+                time.sleep(0.02)
+            if number > 0:
+                # Serving, and the one before it has stopped accepting and said so.
+                while "took the listeners over" not in self.output(number):
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        self.fail(f"gateway {number} did not take over:\n{self.output(number)[-3000:]}\n"
+                                  f"gateway {number - 1}:\n{self.output(number - 1)[-3000:]}")
+                    time.sleep(0.02)
+        return process
+
+    def output(self, number):
+        with open(os.path.join(self.folder, f"gateway-{number}.log"), errors="replace") as log:
+            return log.read()
+
+    def stop_all(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def audit_files(self):
+        return [self.audit] + sorted(glob.glob(self.audit + ".drain-*"))
+
+    def records(self):
+        found = []
+        for path in self.audit_files():
+            with open(path) as lines:
+                found += [json.loads(line) for line in lines if line.strip()]
+        return found
+
+    def verify(self):
+        result = subprocess.run([BINARY, "audit", "verify", *self.audit_files()], capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        return result.stdout
+
+    @unittest.skipUnless(GCC, "needs a C compiler for the load generator")
+    def test_ten_upgrades_under_load_lose_nothing(self):
+        loadgen = os.path.join(self.folder, "loadgen")
+        subprocess.run([GCC, "-O2", "-o", loadgen, os.path.join(ROOT, "Benchmarks", "loadgen", "loadgen.c")], check=True)
+        reply_port = free_port()
+        reply = subprocess.Popen([loadgen, "reply", str(reply_port)])
+        self.addCleanup(lambda: (reply.kill(), reply.wait()))
+        wait_for_port("127.0.0.1", reply_port)
+        source = StreamSource(size=1_200_000, chunk=8192, pause=0.05)
+        self.addCleanup(source.close)
+        self.start()
+
+        # 20 long-lived tunnels, each ~7 s, opened before the first upgrade.
+        received = {}
+        failures = []
+
+        def tunnel(number):
+            try:
+                with socks5_connect(self.port, source.port, timeout=60) as connection:
+                    connection.sendall(f"{number}\n".encode())
+                    digest, total = hashlib.sha256(), 0
+                    while True:
+                        data = connection.recv(65536)
+                        if not data:
+                            break
+                        digest.update(data)
+                        total += len(data)
+                    received[number] = (digest.hexdigest(), total)
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                failures.append(f"tunnel {number}: {error!r}")
+
+        tunnels = [threading.Thread(target=tunnel, args=(n,)) for n in range(20)]
+        for thread in tunnels:
+            thread.start()
+        # Continuous load for the whole run: SOCKS5 and SOCKS4 at once, 8 in flight each.
+        load = [subprocess.Popen([loadgen, "rate", mode, str(self.port), str(reply_port), "8", "10000000", "14"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for mode in ("socks5", "socks4")]
+        self.addCleanup(lambda: [p.kill() for p in load if p.poll() is None])
+        time.sleep(1.0)
+        for _ in range(10):
+            self.start()
+            time.sleep(0.8)
+        counted = []
+        for process in load:
+            out, err = process.communicate(timeout=60)
+            fields = out.split()
+            self.assertEqual(len(fields), 6, out + err)
+            connections, failed = int(fields[0]), int(fields[5])
+            self.assertEqual(failed, 0, f"{failed} failed connections during the upgrades: {out} {err}")
+            self.assertGreater(connections, 1000, out)
+            counted.append(connections)
+        for thread in tunnels:
+            thread.join(timeout=60)
+        self.assertEqual(failures, [])
+        self.assertEqual(len(received), 20)
+        for number, (digest, total) in received.items():
+            self.assertEqual(total, source.size, f"tunnel {number}")
+            self.assertEqual(digest, source.sent.get(number), f"tunnel {number}: the bytes differ")
+
+        # Every process taken over exits once its tunnels have ended; the last one serves.
+        deadline = time.monotonic() + 20
+        while any(p.poll() is None for p in self.processes[:-1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for number, process in enumerate(self.processes[:-1]):
+            self.assertEqual(process.poll(), 0, f"gateway {number} still running or failed:\n{self.output(number)[-2000:]}")
+        self.assertIsNone(self.processes[-1].poll())
+        # The draining gauge of the last process: nothing left anywhere.
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as answer:
+            self.assertIn("identgate_draining_sessions 0", answer.read().decode())
+        self.stop_all()
+
+        verified = self.verify()
+        self.assertIn("10 files of draining processes", verified)
+        records = self.records()
+        decisions = [r for r in records if r["event"] == "decision"]
+        self.assertEqual(len(decisions), sum(counted) + 20)
+        self.assertTrue(all(d["verdict"] == "allow" for d in decisions))
+        # One session-end per allowed session, session numbers unique across the processes.
+        sessions = [d["session"] for d in decisions]
+        self.assertEqual(len(set(sessions)), len(sessions))
+        ends = [r["session"] for r in records if r["event"] == "session-end"]
+        self.assertEqual(sorted(ends), sorted(sessions))
+        self.assertEqual(len([r for r in records if r["event"] == "takeover"]), 10)
+
+    def test_a_takeover_by_another_user_is_refused_and_logged(self):
+        if not ROOT_USER:
+            self.skipTest("needs root to act as another user")
+        self.start()
+        probe = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+            f"s.connect({self.socket_path!r})\n"
+            "s.send(b'takeover v1 pid=1')\n"
+            "s.settimeout(10)\n"
+            "print(s.recv(4096).decode())\n")
+        result = subprocess.run(
+            ["setpriv", "--reuid", "12345", "--regid", "12345", "--clear-groups", "python3", "-c", probe],
+            capture_output=True, text=True, timeout=30)
+        self.assertTrue(result.stdout.startswith("refused uid 12345"), result.stdout + result.stderr)
+        self.assertIn("takeover refused", self.output(0))
+        # The gateway serves on, and the refusal is on record.
+        destination = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(destination.close)
+        with socks5_connect(self.port, destination.getsockname()[1]):
+            pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(r["event"] == "takeover-refused" for r in self.records()):
+            time.sleep(0.1)
+        refused = [r for r in self.records() if r["event"] == "takeover-refused"]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("uid 12345", refused[0]["reason"])
+
+    def test_a_process_killed_mid_drain_loses_only_its_own_sessions(self):
+        source = StreamSource(size=4_000_000, chunk=4096, pause=0.05)
+        self.addCleanup(source.close)
+        first = self.start()
+        tunnel = socks5_connect(self.port, source.port, timeout=30)
+        tunnel.sendall(b"1\n")
+        self.assertTrue(tunnel.recv(4096))
+        self.start()
+        # The first drains its tunnel; killed, only that tunnel ends.
+        time.sleep(0.5)
+        first.kill()
+        first.wait(timeout=10)
+        tunnel.settimeout(10)
+        try:
+            while tunnel.recv(65536):
+                pass
+        except OSError:
+            pass
+        tunnel.close()
+        # The successor serves on.
+        with socks5_connect(self.port, source.port) as connection:
+            connection.sendall(b"2\n")
+            self.assertTrue(connection.recv(4096))
+        self.stop_all()
+        self.verify()
+
+
+if __name__ == "__main__":
+    unittest.main()
