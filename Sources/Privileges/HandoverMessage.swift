@@ -11,6 +11,11 @@ import NetAddress
 ///                                ←       stopped chain=HASH:SEQ (or chain=-): the shared audit file ends there
 ///                                ←       draining sessions=N … every second, then drained
 public enum HandoverMessage: Equatable, Sendable {
+    /// `identgate upgrade` asks how the running gateway was started, to start the new
+    /// binary the same way.
+    case askArguments
+    /// The running gateway's command line, after the program's name.
+    case arguments([String])
     case takeover(pid: Int32)
     case sockets(HandedSockets)
     case refused(reason: String)
@@ -29,6 +34,9 @@ public enum HandoverMessage: Equatable, Sendable {
 
     public var text: String {
         switch self {
+        case .askArguments: "arguments v1"
+        // NUL cannot be part of an argument: it separates them.
+        case .arguments(let arguments): "arguments\n" + arguments.joined(separator: "\u{0}")
         case .takeover(let pid): "takeover v1 pid=\(pid)"
         case .sockets(let sockets): sockets.text
         case .refused(let reason): "refused \(Self.oneLine(reason))"
@@ -47,6 +55,11 @@ public enum HandoverMessage: Equatable, Sendable {
         let words = first.split(separator: " ", maxSplits: 1).map(String.init)
         let rest = words.count > 1 ? words[1] : ""
         switch words.first {
+        case "arguments" where lines.count == 1 && rest == "v1":
+            self = .askArguments
+        case "arguments" where rest.isEmpty && lines.count >= 2:
+            let list = text.dropFirst("arguments\n".count)
+            self = .arguments(list.split(separator: "\u{0}", omittingEmptySubsequences: false).map(String.init))
         case "takeover":
             guard rest.hasPrefix("v1 pid="), let pid = Int32(rest.dropFirst("v1 pid=".count)) else { return nil }
             self = .takeover(pid: pid)

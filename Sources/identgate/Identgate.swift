@@ -9,7 +9,7 @@ struct Identgate: ParsableCommand {
         commandName: "identgate",
         abstract: "An ident-aware SOCKS 4, 4a and 5 access-control gateway.",
         version: "\(version) (commit \(commit))",
-        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, DiffCommand.self, FmtCommand.self, ImportCommand.self, Audit.self, Passwd.self, Probe.self],
+        subcommands: [Run.self, Check.self, TestCommand.self, Explain.self, DiffCommand.self, FmtCommand.self, ImportCommand.self, Audit.self, Passwd.self, Probe.self, Upgrade.self],
         defaultSubcommand: nil
     )
 }

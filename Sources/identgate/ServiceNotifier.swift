@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -8,11 +9,18 @@
 /// `NOTIFY_SOCKET` (not under systemd) every call does nothing.
 final class ServiceNotifier: Sendable {
     private let descriptor: Int32?
+    /// `identgate upgrade`'s readiness pipe (IDENTGATE_READY_FD): told "serving" once, at
+    /// the first READY=1, then closed.
+    private let upgradeReady: Mutex<Int32?>
     /// `WATCHDOG_USEC`, when it is meant for this process: how often to say "alive".
     let watchdogInterval: Duration?
 
     init() {
         let environment = { (name: String) in getenv(name).map { String(cString: $0) } }
+        let ready = environment("IDENTGATE_READY_FD").flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 ? $0 : nil }
+        unsetenv("IDENTGATE_READY_FD")
+        if let ready { _ = fcntl(ready, F_SETFD, FD_CLOEXEC) }
+        upgradeReady = Mutex(ready)
         if let pid = environment("WATCHDOG_PID").flatMap(Int32.init), pid != getpid() {
             watchdogInterval = nil
         } else {
@@ -51,6 +59,14 @@ final class ServiceNotifier: Sendable {
 
     /// Sends `READY=1`, `RELOADING=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…` lines.
     func notify(_ lines: String...) {
+        if lines.contains("READY=1"), let ready = upgradeReady.withLock({ ready in
+            defer { ready = nil }
+            return ready
+        }) {
+            var serving = Array("serving\n".utf8)
+            _ = Glibc.write(ready, &serving, serving.count)
+            close(ready)
+        }
         guard let descriptor else { return }
         let message = Array(lines.joined(separator: "\n").utf8)
         _ = message.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

@@ -79,7 +79,15 @@ final class UpgradeServer: Sendable {
             refuse(connection, peer: peer, reason: "uid \(peer.uid) is neither root nor this gateway's user (uid \(geteuid()))")
             return nil
         }
-        guard case .takeover = HandoverMessage(asked) else {
+        switch HandoverMessage(asked) {
+        case .takeover:
+            break
+        case .askArguments:
+            // `identgate upgrade`: how this gateway was started, so that the new binary
+            // starts the same way.
+            try? connection.send(HandoverMessage.arguments(Array(CommandLine.arguments.dropFirst())).text)
+            return nil
+        default:
             refuse(connection, peer: peer, reason: "not a takeover request: \(DisplayText.escaped(asked))")
             return nil
         }

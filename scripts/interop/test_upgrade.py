@@ -279,6 +279,59 @@ class UpgradeTest(unittest.TestCase):
         self.assertEqual(len(refused), 1)
         self.assertIn("uid 12345", refused[0]["reason"])
 
+    def test_identgate_upgrade_as_systemd_reload_runs_it(self):
+        """ExecReload=identgate upgrade: the new process, started with the running one's
+        command line in a session of its own, says READY=1 with MAINPID=<its pid> (the
+        unit's NotifyAccess=all makes it the main process), and `upgrade` returns 0 once it
+        serves; a binary that cannot serve returns 1 and leaves the gateway serving."""
+        from test_service import NotifySocket
+        notify = NotifySocket()
+        self.addCleanup(notify.close)
+        first = self.start()
+        environment = dict(os.environ, NOTIFY_SOCKET=notify.path)
+
+        def upgrade(name, **options):
+            # To files, as to the journal: the new gateway keeps the output it inherits.
+            path = os.path.join(self.folder, name)
+            with open(path, "w") as out:
+                code = subprocess.run([BINARY, "upgrade", "--upgrade-socket", self.socket_path], stdout=out,
+                                      stderr=subprocess.STDOUT, timeout=60, **options).returncode
+            with open(path, errors="replace") as out:
+                return code, out.read()
+
+        code, output = upgrade("upgrade.log", env=environment)
+        self.assertEqual(code, 0, output)
+        self.assertIn("identgate upgraded: pid", output)
+        new_pid = int(output.split("identgate upgraded: pid ")[1].split()[0])
+        self.addCleanup(lambda: os.kill(new_pid, signal.SIGTERM) if os.path.exists(f"/proc/{new_pid}") else None)
+        self.assertTrue(notify.collect(f"MAINPID={new_pid}"), notify.messages)
+        self.assertIn("READY=1", next(m for m in notify.messages if f"MAINPID={new_pid}" in m))
+        self.assertEqual(os.getsid(new_pid), new_pid, "a session of its own: it outlives the reload command")
+        first.wait(timeout=20)
+        self.assertEqual(first.returncode, 0)
+        destination = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(destination.close)
+        with socks5_connect(self.port, destination.getsockname()[1]):
+            pass
+        # A policy that no longer compiles: the new binary says why, the gateway serves on.
+        with open(self.policy, "w") as out:
+            out.write("allow from nowhere-at-all\n")
+        code, output = upgrade("failed.log")
+        self.assertEqual(code, 1, output)
+        self.assertIn("did not start", output)
+        self.assertIn("nowhere-at-all", output)
+        with socks5_connect(self.port, destination.getsockname()[1]):
+            pass
+        os.kill(new_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{new_pid}") and time.monotonic() < deadline:
+            try:
+                os.waitpid(new_pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        self.verify()
+
     def test_a_process_killed_mid_drain_loses_only_its_own_sessions(self):
         source = StreamSource(size=4_000_000, chunk=4096, pause=0.05)
         self.addCleanup(source.close)
