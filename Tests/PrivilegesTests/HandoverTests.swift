@@ -15,6 +15,7 @@ import Testing
                 .gateway(index: 1, endpoint: IPEndpoint("[::1]:1080")!), .metrics(IPEndpoint("127.0.0.1:9100")!), .upgrade,
             ])
         let messages: [HandoverMessage] = [
+            .askArguments, .arguments(["run", "--listen", "127.0.0.1:1080", "a b", ""]), .arguments(["run"]),
             .takeover(pid: 17), .sockets(sockets), .refused(reason: "uid 5 is not\nroot"), .serving, .failed(reason: "policy"),
             .stopped(chain: (String(repeating: "ab", count: 32), 99)), .stopped(chain: nil), .draining(sessions: 3),
             .draining(sessions: nil), .drained,
@@ -22,7 +23,9 @@ import Testing
         for message in messages {
             let read = try #require(HandoverMessage(message.text), "\(message.text)")
             #expect(read == message)
-            #expect(!message.text.contains("\n") || message.text.hasPrefix("sockets"), "one line, but for the socket list")
+            #expect(
+                !message.text.contains("\n") || message.text.hasPrefix("sockets") || message.text.hasPrefix("arguments"),
+                "one line, but for the lists")
         }
         guard case .sockets(let back) = HandoverMessage(HandoverMessage.sockets(sockets).text) else {
             Issue.record("not sockets")
