@@ -90,6 +90,12 @@ struct Upgrade: ParsableCommand {
         return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// This process's open descriptors (read from /proc/self/fd; the listing's own is gone).
+    static func openDescriptors() -> [Int32] {
+        let listed = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return listed.compactMap(Int32.init).filter { fcntl($0, F_GETFD) >= 0 }
+    }
+
     /// The new gateway, in a session of its own (it outlives this command), with the
     /// write end of the readiness pipe named in IDENTGATE_READY_FD.
     static func spawn(_ executable: String, arguments: [String], readyDescriptor: Int32) throws -> pid_t {
@@ -106,8 +112,17 @@ struct Upgrade: ParsableCommand {
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
         }
+        // Only standard input, output and error, and the readiness pipe, go to the new
+        // gateway: not whatever the caller had open (a package manager's pipes, say, which
+        // it would then wait on for as long as the gateway runs).
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for descriptor in openDescriptors() where descriptor > 2 && descriptor != readyDescriptor {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
+        }
         var child: pid_t = 0
-        let result = posix_spawn(&child, executable, nil, &attributes, argv, envp)
+        let result = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
         guard result == 0 else { throw FailedStart(message: "cannot start \(executable): \(String(cString: strerror(result)))") }
         return child
     }

@@ -49,6 +49,50 @@ class DebianPackageTest(unittest.TestCase):
         if not self.user_existed and user_exists("identgate"):
             run("deluser", "--system", "identgate", check=False)
 
+    def seamless_reinstall(self):
+        """A gateway run as the unit runs it (--upgrade-socket /run/identgate/upgrade.sock);
+        the package installed again (to the postinst, an upgrade from the version before)
+        replaces it without a gap: a new process serves, the old one drains and exits."""
+        import socket
+        import time
+        os.makedirs("/run/identgate", exist_ok=True)
+        self.addCleanup(shutil.rmtree, "/run/identgate", True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        old = subprocess.Popen(
+            ["/usr/bin/identgate", "run", "--listen", f"127.0.0.1:{port}", "--audit-log", "/var/log/identgate/audit.jsonl",
+             "--upgrade-socket", "/run/identgate/upgrade.sock", "--user", "identgate"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: old.poll() is None and (old.kill(), old.wait()))
+        deadline = time.monotonic() + 20
+        while not os.path.exists("/run/identgate/upgrade.sock") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run("dpkg", "-i", os.path.abspath(DEB))
+        self.assertEqual(old.wait(timeout=20), 0, "the gateway taken over drained and exited")
+        with open("/var/log/identgate/identgate.log") as log:
+            text = log.read()
+        self.assertIn("identgate upgraded: pid", text)
+        new = int(text.split("identgate upgraded: pid ")[1].split()[0])
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(b"\x05\x01\x00")
+                self.assertEqual(client.recv(2), b"\x05\x00", "the new gateway serves the same port")
+        finally:
+            os.kill(new, 15)
+
+            def running():
+                try:
+                    with open(f"/proc/{new}/stat") as stat:
+                        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+                except OSError:
+                    return False
+            while running() and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+        self.assertEqual(run("/usr/bin/identgate", "audit", "verify", "/var/log/identgate/audit.jsonl",
+                             *[os.path.join("/var/log/identgate", f) for f in os.listdir("/var/log/identgate")
+                               if ".drain-" in f]).returncode, 0)
+
     def test_install_use_and_purge(self):
         run("apt-get", "install", "-y", "--no-install-recommends", os.path.abspath(DEB))
         for path in FILES:
@@ -84,6 +128,8 @@ class DebianPackageTest(unittest.TestCase):
         self.assertEqual(served.returncode, 0, served.stderr)
         self.assertIn("privileges dropped", served.stderr)
         self.assertTrue(os.path.getsize("/var/log/identgate/audit.jsonl") > 0)
+
+        self.seamless_reinstall()
 
         run("apt-get", "purge", "-y", "identgate")
         for path in FILES + ["/etc/identgate", "/var/log/identgate", "/usr/share/doc/identgate"]:

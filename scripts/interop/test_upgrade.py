@@ -49,6 +49,15 @@ def socks5_connect(port, destination_port, timeout=10.0):
     return connection
 
 
+def running(pid):
+    """Alive, and not a zombie waiting for a parent that is not this test."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class StreamSource:
     """A destination that streams `size` random bytes to each connection, slowly, and
     keeps the SHA-256 of what it sent under the tunnel number the client sent first."""
@@ -303,7 +312,7 @@ class UpgradeTest(unittest.TestCase):
         self.assertEqual(code, 0, output)
         self.assertIn("identgate upgraded: pid", output)
         new_pid = int(output.split("identgate upgraded: pid ")[1].split()[0])
-        self.addCleanup(lambda: os.kill(new_pid, signal.SIGTERM) if os.path.exists(f"/proc/{new_pid}") else None)
+        self.addCleanup(lambda: os.kill(new_pid, signal.SIGTERM) if running(new_pid) else None)
         self.assertTrue(notify.collect(f"MAINPID={new_pid}"), notify.messages)
         self.assertIn("READY=1", next(m for m in notify.messages if f"MAINPID={new_pid}" in m))
         self.assertEqual(os.getsid(new_pid), new_pid, "a session of its own: it outlives the reload command")
@@ -324,11 +333,7 @@ class UpgradeTest(unittest.TestCase):
             pass
         os.kill(new_pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while os.path.exists(f"/proc/{new_pid}") and time.monotonic() < deadline:
-            try:
-                os.waitpid(new_pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        while running(new_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.verify()
 
@@ -357,6 +362,15 @@ class UpgradeTest(unittest.TestCase):
             self.assertTrue(connection.recv(4096))
         self.stop_all()
         self.verify()
+        # A kill in the middle of a write leaves a cut last line: verify names its place.
+        drained = glob.glob(self.audit + ".drain-*")
+        self.assertEqual(len(drained), 1)
+        with open(drained[0], "a") as torn:
+            torn.write('{"event":"session-end","instance":"cut sh')
+        lines = sum(1 for _ in open(drained[0]))
+        result = subprocess.run([BINARY, "audit", "verify", *self.audit_files()], capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn(f"{drained[0]}:{lines}: not an audit record", result.stdout)
 
 
 if __name__ == "__main__":
