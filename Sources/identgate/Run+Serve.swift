@@ -82,7 +82,7 @@ extension Run {
                 takeover, service: service, metricsListener: metricsListener, handedAuditLog: handedAuditLog ?? nil, audit: audit,
                 metrics: metrics, reports: drainingReports, logger: logger)
         }
-        if let upgrade = listeners.upgrade {
+        let upgrades = listeners.upgrade.map { upgrade in
             serveUpgrades(
                 on: upgrade, listeners: listeners, bound: bound, service: service, audit: audit, signals: signals, logger: logger)
         }
@@ -97,7 +97,6 @@ extension Run {
         }
 
         var signal = ""
-        var takenOver: UpgradeServer.TakenOver?
         for await event in signals.events {
             switch event {
             case .shutdown(let name):
@@ -111,16 +110,17 @@ extension Run {
                 logger.info("SIGUSR1: reopening the audit log", metadata: ["file": "\(Self.absolute(auditLog))"])
                 audit?.reopen()
                 continue
-            case .takenOver(let handover):
-                takenOver = handover
+            case .takenOver:
+                break
             }
             break
         }
         watchdog?.cancel()
-        if let takenOver {
+        // Taken over (or a signal came just as a successor took the listeners): drain.
+        if let takenOver = upgrades?.finish() {
             try await drain(
                 after: takenOver, service: service, audit: audit, metrics: metrics, reports: drainingReports, signals: signals,
-                notifier: notifier, logger: logger)
+                notifier: notifier, logger: logger, signalled: signal.isEmpty ? nil : signal)
             return
         }
         notifier.notify("STOPPING=1", "STATUS=stopping")

@@ -67,6 +67,8 @@ extension Run {
         let chain: AuditChain?
         do {
             chain = try takeover.serving()
+        } catch let refused as Takeover.Refused {
+            throw FailedStart(message: refused.message)
         } catch {
             // The sockets are here: the running gateway may have stopped, or hung.
             logger.error("the gateway taken over did not confirm; its audit chain is not continued", metadata: ["error": "\(error)"])
@@ -97,7 +99,7 @@ extension Run {
     func serveUpgrades(
         on upgrade: Int32, listeners: Listeners, bound: [IPEndpoint], service: GatewayService, audit: AuditWriter?, signals: Signals,
         logger: Logger
-    ) {
+    ) -> UpgradeServer {
         var handing: [(listener: HandedSockets.Listener, descriptor: Int32)] = []
         for (index, descriptors) in listeners.gateway.enumerated() where index < bound.count {
             handing += descriptors.map { (.gateway(index: index, endpoint: bound[index]), $0) }
@@ -105,11 +107,12 @@ extension Run {
         if let metrics = listeners.metrics { handing.append((.metrics(metrics.endpoint), metrics.descriptor)) }
         let auditPath = Self.absolute(auditLog)
         let continuation = signals.continuation
-        UpgradeServer(
+        let server = UpgradeServer(
             listener: upgrade, handing: handing, upcomingSession: { service.upcomingSessionID },
             auditPath: auditLog == "off" || auditLog == "-" ? nil : auditPath, audit: audit, logger: logger,
-            takenOver: { continuation.yield(.takenOver($0)) }
-        ).start()
+            takenOver: { continuation.yield(.takenOver($0)) })
+        server.start()
+        return server
     }
 
     /// The running side, taken over: the shared audit file ended, the sessions served to
@@ -117,7 +120,7 @@ extension Run {
     /// successor told how many are left every second.
     func drain(
         after handover: UpgradeServer.TakenOver, service: GatewayService, audit: AuditWriter?, metrics: GatewayMetrics?,
-        reports: DrainingReports, signals: Signals, notifier: ServiceNotifier, logger: Logger
+        reports: DrainingReports, signals: Signals, notifier: ServiceNotifier, logger: Logger, signalled: String?
     ) async throws {
         let successor = "pid \(handover.successor.pid)"
         metrics?.markDraining("taken over by \(successor)")
@@ -147,6 +150,14 @@ extension Run {
         }
         let grace = shutdownGrace.amount
         let events = signals.events
+        if let signalled {
+            // The signal came as the successor took over: the sessions here get the grace only.
+            logger.notice("\(signalled) while draining: the sessions left may go on for --shutdown-grace")
+            Task {
+                try? await Task.sleep(for: .nanoseconds(grace.nanoseconds))
+                service.endGracePeriod()
+            }
+        }
         let signalWatcher = Task {
             for await event in events {
                 switch event {

@@ -98,15 +98,29 @@ final class Takeover: Sendable {
         do {
             try connection.send(HandoverMessage.serving.text)
             let (text, _) = try connection.receive(timeout: 30)
-            guard case .stopped(let chain) = HandoverMessage(text) else {
+            switch HandoverMessage(text) {
+            case .stopped(let chain):
+                return chain.map { AuditChain(lastHash: $0.hash, nextSequence: $0.sequence) }
+            case .refused(let reason):
+                // Nothing was accepted here yet: this process goes, the other one stays.
+                throw Refused(message: "the running gateway (\(name)) took its listeners back: \(DisplayText.escaped(reason))")
+            default:
                 throw FailedStart(message: "the running gateway (\(name)) did not say it stopped: \(DisplayText.escaped(text))")
             }
-            return chain.map { AuditChain(lastHash: $0.hash, nextSequence: $0.sequence) }
         } catch let failure as FailedStart {
             throw failure
+        } catch let refused as Refused {
+            throw refused
         } catch {
             throw FailedStart(message: "takeover from \(name): \(error)")
         }
+    }
+
+    /// The running gateway took the listeners back before this one accepted (it is
+    /// stopping): this process must not serve.
+    struct Refused: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
     }
 
     /// Tells the running gateway that this one will not serve: it goes on as before.

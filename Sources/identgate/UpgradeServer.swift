@@ -4,6 +4,7 @@ import Gateway
 import Logging
 import PrintableText
 import Privileges
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -31,6 +32,18 @@ final class UpgradeServer: Sendable {
     private let logger: Logger
     private let takenOver: @Sendable (TakenOver) -> Void
 
+    private enum Phase {
+        case serving
+        /// Sending the listeners to a successor; `stopAsked`: `finish` came meanwhile.
+        case handing(stopAsked: Bool)
+        case takenOver(TakenOver)
+        case stopped
+    }
+
+    /// Whether the listeners still belong here. Held while their descriptors are sent, so
+    /// that they are never closed (and their numbers reused) under a send.
+    private let phase = Mutex(Phase.serving)
+
     init(
         listener: Int32, handing handed: [(listener: HandedSockets.Listener, descriptor: Int32)],
         upcomingSession: @escaping @Sendable () -> UInt64, auditPath: String?, audit: AuditWriter?, logger: Logger,
@@ -47,18 +60,41 @@ final class UpgradeServer: Sendable {
 
     func start() {
         let thread = Thread { [self] in
+            defer { close(listener) }
             while let connection = HandoverSocket.accept(on: listener) {
                 if let done = serve(connection) {
-                    // The successor has the upgrade socket now; this copy is not needed.
-                    close(listener)
+                    // The successor serves the upgrade socket now, with its own copy.
                     takenOver(done)
                     return
                 }
                 connection.close()
+                if case .stopped = phase.withLock({ $0 }) { return }
             }
         }
         thread.name = "identgate-upgrade"
         thread.start()
+    }
+
+    /// The serving loop ends (a signal, or the event of a takeover): the successor that
+    /// has the listeners, which this process must drain for; or nil, and no successor will
+    /// get them from now on (one being handed them is refused before it accepts).
+    func finish() -> TakenOver? {
+        let handedOver: TakenOver? = phase.withLock { phase in
+            switch phase {
+            case .takenOver(let successor):
+                return successor
+            case .handing:
+                phase = .handing(stopAsked: true)
+                return nil
+            case .serving, .stopped:
+                phase = .stopped
+                return nil
+            }
+        }
+        // Wakes the thread from its accept. Not once a successor has the socket: shutdown
+        // acts on the socket itself, which the successor listens on now.
+        if handedOver == nil { shutdown(listener, Int32(SHUT_RDWR)) }
+        return handedOver
     }
 
     /// One successor: nil if the takeover did not happen (refused, or it failed there).
@@ -106,22 +142,49 @@ final class UpgradeServer: Sendable {
         }
         let sockets = HandedSockets(
             pid: getpid(), firstSession: HandedSockets.firstSession(after: upcomingSession()), auditLog: auditPath, listeners: handed.map(\.listener))
+        let abandon = {
+            if let drainFile {
+                close(drainFile.descriptor)
+                unlink(drainFile.path)
+            }
+        }
         do {
-            try connection.send(HandoverMessage.sockets(sockets).text, descriptors: handed.map(\.descriptor))
+            try phase.withLock { phase in
+                guard case .serving = phase else { throw HandoverSocket.Failure(description: "this gateway is stopping") }
+                phase = .handing(stopAsked: false)
+                try connection.send(HandoverMessage.sockets(sockets).text, descriptors: handed.map(\.descriptor))
+            }
             let (answer, _) = try connection.receive(timeout: 60)
             guard case .serving = HandoverMessage(answer) else {
                 throw HandoverSocket.Failure(description: "the successor did not start: \(DisplayText.escaped(answer))")
             }
         } catch {
             logger.error("takeover failed; serving on as before", metadata: ["successor": "\(peer)", "error": "\(error)"])
-            if let drainFile {
-                close(drainFile.descriptor)
-                unlink(drainFile.path)
+            try? connection.send(HandoverMessage.refused(reason: "\(error)").text)
+            phase.withLock { phase in
+                if case .handing(stopAsked: false) = phase { phase = .serving } else { phase = .stopped }
             }
+            abandon()
+            return nil
+        }
+        let successor = TakenOver(connection: connection, successor: peer, drainFile: drainFile)
+        let stopping = phase.withLock { phase in
+            if case .handing(stopAsked: true) = phase {
+                phase = .stopped
+                return true
+            }
+            phase = .takenOver(successor)
+            return false
+        }
+        if stopping {
+            // It set its listeners up but accepts nothing until told: it exits, and this
+            // gateway stops as it was asked to.
+            refuse(connection, peer: peer, reason: "this gateway is stopping (a signal came during the takeover)")
+            abandon()
             return nil
         }
         logger.notice("taken over: the successor accepts on the listeners now", metadata: ["successor": "\(peer)"])
-        return TakenOver(connection: connection, successor: peer, drainFile: drainFile)
+        return successor
     }
 
     private func refuse(_ connection: HandoverSocket, peer: HandoverSocket.Peer, reason: String) {

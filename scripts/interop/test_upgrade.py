@@ -209,14 +209,14 @@ class UpgradeTest(unittest.TestCase):
         for thread in tunnels:
             thread.start()
         # Continuous load for the whole run: SOCKS5 and SOCKS4 at once, 8 in flight each.
-        load = [subprocess.Popen([loadgen, "rate", mode, str(self.port), str(reply_port), "8", "10000000", "14"],
+        load = [subprocess.Popen([loadgen, "rate", mode, str(self.port), str(reply_port), "8", "10000000", "11"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for mode in ("socks5", "socks4")]
         self.addCleanup(lambda: [p.kill() for p in load if p.poll() is None])
         time.sleep(1.0)
         for _ in range(10):
             self.start()
-            time.sleep(0.8)
+            time.sleep(0.6)
         counted = []
         for process in load:
             out, err = process.communicate(timeout=60)
@@ -335,6 +335,35 @@ class UpgradeTest(unittest.TestCase):
         deadline = time.monotonic() + 15
         while running(new_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.verify()
+
+    def test_a_signal_during_a_takeover_keeps_the_listeners_where_they_were(self):
+        """SIGTERM between the handing and the successor's `serving`: the successor (this
+        test, by hand) is refused before it accepts anything, and the gateway stops as
+        asked, its log one chain without a takeover record."""
+        first = self.start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as successor:
+            successor.settimeout(10)
+            successor.connect(self.socket_path)
+            successor.send(b"takeover v1 pid=1")
+            text, descriptors, _, _ = socket.recv_fds(successor, 16384, 64)
+            self.assertTrue(text.startswith(b"sockets v1"), text)
+            self.assertGreaterEqual(len(descriptors), 3, "SOCKS, metrics and the upgrade socket")
+            for descriptor in descriptors:
+                os.close(descriptor)
+            first.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            try:
+                successor.send(b"serving")
+                answer = successor.recv(4096)
+            except OSError:
+                answer = b""
+            # Refused, or the gateway already gone: either way it is not taken over.
+            self.assertTrue(answer.startswith(b"refused") or answer == b"", answer)
+        self.assertEqual(first.wait(timeout=20), 0)
+        records = self.records()
+        self.assertFalse([r for r in records if r["event"] == "takeover"])
+        self.assertEqual(records[-1]["event"], "gateway-stop")
         self.verify()
 
     def test_a_process_killed_mid_drain_loses_only_its_own_sessions(self):
