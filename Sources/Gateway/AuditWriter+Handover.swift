@@ -45,16 +45,23 @@ extension AuditWriter {
     }
 
     /// In the successor, when the predecessor's shared file cannot be continued (another
-    /// path, standard output, none, or no answer): the chain as the file was at the start.
+    /// path, standard output, none, or no answer): the chain as the file ends now, or, if
+    /// it cannot be read (a line cut by a predecessor that hung, or no permission after the
+    /// privilege drop), a new chain, which `audit verify` shows as a break at this place.
     public func startOwnChain() {
-        let start = state.withLockedValue { state in
-            defer {
-                state.chainPending = false
-                state.ownStart = nil
+        var start: AuditRecord = .chainStart(seed: state.withLockedValue { $0.encoder.chain.lastHash })
+        if path != "-" {
+            do {
+                if let chain = try AuditTail.chain(continuing: path) {
+                    state.withLockedValue { $0.encoder.chain = chain }
+                    start = .chainContinue(previousFile: path)
+                }
+            } catch {
+                writeToStandardError("identgate: \(error); the audit log goes on with a new chain\n")
             }
-            return state.ownStart
         }
-        if let start { enqueueFirst(start) }
+        state.withLockedValue { $0.chainPending = false }
+        enqueueFirst(start)
     }
 
     private func enqueueFirst(_ record: AuditRecord) {

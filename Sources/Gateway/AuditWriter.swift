@@ -63,9 +63,6 @@ public final class AuditWriter: Sendable {
         var handover: Handover?
         /// After a handover: the draining process's own file (SIGUSR1 reopens it, not `path`).
         var drainPath: String?
-        /// After a takeover: the first record if the predecessor's chain cannot be
-        /// continued (`startOwnChain`), as the file looked at the start.
-        var ownStart: AuditRecord?
     }
 
     /// With `always`, an allowed request's relay waits until its decision record is
@@ -106,27 +103,25 @@ public final class AuditWriter: Sendable {
         self.sync = sync
         self.failClosed = failClosed
         self.capacity = capacity
-        let (descriptor, chain, continuing) = try Self.open(path)
+        // After a takeover the running gateway still writes the file: its last line may be
+        // half written right now, so the tail is read only if it is needed (`startOwnChain`).
+        let (descriptor, chain, continuing) = try Self.open(path, readingTail: !afterTakeover)
         state = NIOLockedValueBox(
             State(encoder: AuditBatchEncoder(chain: chain, instance: instance, signingKey: signingKey), descriptor: descriptor))
-        let start: AuditRecord = continuing ? .chainContinue(previousFile: path) : .chainStart(seed: chain.lastHash)
         if afterTakeover {
-            state.withLockedValue { state in
-                state.chainPending = true
-                state.ownStart = start
-            }
+            state.withLockedValue { $0.chainPending = true }
         } else {
-            enqueue(start)
+            enqueue(continuing ? .chainContinue(previousFile: path) : .chainStart(seed: chain.lastHash))
         }
     }
 
     /// stdout for `-`; else the file, appended to. An existing log's last line gives the
     /// hash and number the chain continues from.
-    private static func open(_ path: String) throws -> (Int32, AuditChain, Bool) {
+    private static func open(_ path: String, readingTail: Bool = true) throws -> (Int32, AuditChain, Bool) {
         if path == "-" { return (STDOUT_FILENO, AuditChain(), false) }
         let continuing: AuditChain?
         do {
-            continuing = try AuditTail.chain(continuing: path)
+            continuing = readingTail ? try AuditTail.chain(continuing: path) : nil
         } catch let error as AuditTail.NotARecord {
             throw OpenError(description: error.description)
         }
