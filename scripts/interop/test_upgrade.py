@@ -226,6 +226,8 @@ class UpgradeTest(unittest.TestCase):
             self.assertEqual(failed, 0, f"{failed} failed connections during the upgrades: {out} {err}")
             self.assertGreater(connections, 1000, out)
             counted.append(connections)
+        print(f"\nupgrades under load: {counted[0]} SOCKS5 and {counted[1]} SOCKS4 connections in 11 s "
+              f"({sum(counted) / 11:.0f}/s), 10 upgrades, none failed", flush=True)
         for thread in tunnels:
             thread.join(timeout=60)
         self.assertEqual(failures, [])
