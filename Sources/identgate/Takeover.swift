@@ -136,18 +136,17 @@ final class Takeover: Sendable {
         let connection = self.connection
         let name = self.name
         let thread = Thread {
-            while let (text, descriptors) = try? connection.receive(timeout: nil) {
+            reading: while let (text, descriptors) = try? connection.receive(timeout: nil) {
                 for descriptor in descriptors { close(descriptor) }
                 switch HandoverMessage(text) {
                 case .draining(let sessions):
                     reported.set(sessions ?? 0)
                     metrics?.setDrainingSessions(reported.total)
                 case .drained:
-                    break
+                    break reading
                 default:
                     continue
                 }
-                if case .drained = HandoverMessage(text) { break }
             }
             reported.set(0)
             metrics?.setDrainingSessions(reported.total)

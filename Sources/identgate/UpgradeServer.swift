@@ -43,6 +43,8 @@ final class UpgradeServer: Sendable {
     /// Whether the listeners still belong here. Held while their descriptors are sent, so
     /// that they are never closed (and their numbers reused) under a send.
     private let phase = Mutex(Phase.serving)
+    /// When a refusal was last logged and recorded, and how many came since.
+    private let refusals = Mutex<(lastRecorded: ContinuousClock.Instant?, unrecorded: Int)>((nil, 0))
 
     init(
         listener: Int32, handing handed: [(listener: HandedSockets.Listener, descriptor: Int32)],
@@ -100,8 +102,16 @@ final class UpgradeServer: Sendable {
     /// One successor: nil if the takeover did not happen (refused, or it failed there).
     private func serve(_ connection: HandoverSocket) -> TakenOver? {
         guard let peer = connection.peer else { return nil }
-        // The request is read first, whoever sent it: a socket closed with a message
-        // unread resets the connection, and the refusal would not arrive.
+        let trusted = peer.uid == 0 || peer.uid == geteuid()
+        // An untrusted peer is refused at once and its request read within a second after
+        // (a socket closed with a message unread resets the connection, and the refusal
+        // would not arrive): whoever may connect holds the upgrade socket for a second at
+        // most, not the ten a successor is given.
+        if !trusted {
+            refuse(connection, peer: peer, reason: "uid \(peer.uid) is neither root nor this gateway's user (uid \(geteuid()))")
+            if let (_, descriptors) = try? connection.receive(timeout: 1) { for descriptor in descriptors { close(descriptor) } }
+            return nil
+        }
         let asked: String
         do {
             let (text, descriptors) = try connection.receive(timeout: 10)
@@ -109,10 +119,6 @@ final class UpgradeServer: Sendable {
             asked = text
         } catch {
             logger.warning("upgrade socket: no takeover request", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            return nil
-        }
-        guard peer.uid == 0 || peer.uid == geteuid() else {
-            refuse(connection, peer: peer, reason: "uid \(peer.uid) is neither root nor this gateway's user (uid \(geteuid()))")
             return nil
         }
         switch HandoverMessage(asked) {
@@ -188,9 +194,22 @@ final class UpgradeServer: Sendable {
     }
 
     private func refuse(_ connection: HandoverSocket, peer: HandoverSocket.Peer, reason: String) {
-        logger.warning("upgrade socket: takeover refused", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
-        audit?.record(.takeoverRefused(peer: peer.description, reason: reason))
         try? connection.send(HandoverMessage.refused(reason: reason).text)
+        // Anyone may connect: at most one log line and record a second, the refusals in
+        // between counted in the next.
+        let unrecorded: Int? = refusals.withLock { refusals in
+            let now = ContinuousClock.now
+            if let last = refusals.lastRecorded, now - last < .seconds(1) {
+                refusals.unrecorded += 1
+                return nil
+            }
+            defer { refusals = (now, 0) }
+            return refusals.unrecorded
+        }
+        guard let unrecorded else { return }
+        let more = unrecorded > 0 ? " (and \(unrecorded) more since the last recorded)" : ""
+        logger.warning("upgrade socket: takeover refused\(more)", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        audit?.record(.takeoverRefused(peer: peer.description, reason: reason + more))
     }
 
     /// Beside the shared file, named by the time and this process: never an existing file.
