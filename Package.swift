@@ -89,11 +89,13 @@ let package = Package(
         // MIT Kerberos' GSS-API, for RFC 1961 (Debian: libkrb5-dev).
         .target(name: "CGSSAPI", linkerSettings: [.linkedLibrary("gssapi_krb5"), .linkedLibrary("krb5")]),
         .target(name: "Privileges", dependencies: ["CPrivileges", "NetAddress", "PosixEndpoint"]),
+        // epoll and eventfd, which Swift's Glibc module does not bring (the direct driver).
+        .target(name: "CDirectIO"),
         .target(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PrintableText", "PosixEndpoint", "CCrypt",
-                "CGSSAPI", "CPAM", "ProxyURL", "ProxyProtocol", "HTTPProxyWire",
+                "CGSSAPI", "CPAM", "ProxyURL", "ProxyProtocol", "HTTPProxyWire", "Privileges", "CDirectIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

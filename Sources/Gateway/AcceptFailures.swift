@@ -32,7 +32,7 @@ final class AcceptPauseHandler: ChannelInboundHandler {
     /// An accept worked. The episode ends when accepts keep working for `quietPeriod`
     /// (one that frees a descriptor for a moment and fails again is still the same one).
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if endCheck == nil, gateway.acceptFailures.withLockedValue({ $0.episode != nil }) {
+        if endCheck == nil, gateway.acceptFailureEpisodeUnderWay {
             endCheck = context.eventLoop.assumeIsolated().scheduleTask(in: Self.quietPeriod) {
                 self.endCheck = nil
                 self.endEpisodeIfQuiet()
@@ -42,16 +42,7 @@ final class AcceptPauseHandler: ChannelInboundHandler {
     }
 
     private func endEpisodeIfQuiet() {
-        let ended = gateway.acceptFailures.withLockedValue { state -> (ContinuousClock.Instant, Int)? in
-            guard let episode = state.episode, ContinuousClock.now - episode.lastFailure >= .nanoseconds(Self.quietPeriod.nanoseconds)
-            else { return nil }
-            state.episode = nil
-            return (episode.started, episode.failures)
-        }
-        guard let (started, failures) = ended else { return }
-        gateway.logger.notice(
-            "accepting connections again",
-            metadata: ["failed accepts": "\(failures)", "paused for": "\((ContinuousClock.now - started).components.seconds) s"])
+        gateway.endAcceptFailureEpisodeIfQuiet(quietPeriod: Self.quietPeriod)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -59,18 +50,7 @@ final class AcceptPauseHandler: ChannelInboundHandler {
             context.fireErrorCaught(error)
             return
         }
-        let starts = gateway.acceptFailures.withLockedValue { state in
-            state.total += 1
-            defer {
-                state.episode = (state.episode?.started ?? .now, (state.episode?.failures ?? 0) + 1, .now)
-            }
-            return state.episode == nil
-        }
-        if starts {
-            gateway.logger.error(
-                "cannot accept new connections; pausing accepts, retrying every \(Self.retryInterval), logged once until accepting works again",
-                metadata: ["error": "\(String(cString: strerror(error.errnoCode)))"])
-        }
+        gateway.acceptFailed(errno: error.errnoCode, retryInterval: Self.retryInterval)
         guard resume == nil else { return }
         try? context.channel.syncOptions?.setOption(.autoRead, value: false)
         resume = context.eventLoop.assumeIsolated().scheduleTask(in: Self.retryInterval) {
@@ -83,4 +63,40 @@ final class AcceptPauseHandler: ChannelInboundHandler {
         resume?.cancel()
         endCheck?.cancel()
     }
+}
+
+extension GatewayContext {
+    /// An accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM): counted,
+    /// and logged once per episode, for every listening socket of either driver.
+    func acceptFailed(errno code: Int32, retryInterval: TimeAmount) {
+        let starts = acceptFailures.withLockedValue { state in
+            state.total += 1
+            defer {
+                state.episode = (state.episode?.started ?? .now, (state.episode?.failures ?? 0) + 1, .now)
+            }
+            return state.episode == nil
+        }
+        if starts {
+            logger.error(
+                "cannot accept new connections; pausing accepts, retrying every \(retryInterval), logged once until accepting works again",
+                metadata: ["error": "\(String(cString: strerror(code)))"])
+        }
+    }
+
+    /// Accepts have worked for `quietPeriod`: the episode is over, and the log says so.
+    func endAcceptFailureEpisodeIfQuiet(quietPeriod: TimeAmount) {
+        let ended = acceptFailures.withLockedValue { state -> (ContinuousClock.Instant, Int)? in
+            guard let episode = state.episode, ContinuousClock.now - episode.lastFailure >= .nanoseconds(quietPeriod.nanoseconds)
+            else { return nil }
+            state.episode = nil
+            return (episode.started, episode.failures)
+        }
+        guard let (started, failures) = ended else { return }
+        logger.notice(
+            "accepting connections again",
+            metadata: ["failed accepts": "\(failures)", "paused for": "\((ContinuousClock.now - started).components.seconds) s"])
+    }
+
+    /// Whether an accept failure episode is under way.
+    var acceptFailureEpisodeUnderWay: Bool { acceptFailures.withLockedValue { $0.episode != nil } }
 }

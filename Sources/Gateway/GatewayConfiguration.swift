@@ -12,6 +12,16 @@ public enum ListenerProtocol: String, Hashable, Sendable, CaseIterable {
     case socks, http
 }
 
+/// The code that carries a listener's connections (`--connection-driver`;
+/// docs/architecture.md, "The direct connection driver").
+public enum ConnectionDriver: String, Hashable, Sendable, CaseIterable {
+    /// SwiftNIO's channels for everything.
+    case nio
+    /// Our own epoll loops for SOCKS CONNECT to an address decided at once; everything
+    /// else is handed to SwiftNIO mid-negotiation.
+    case direct
+}
+
 /// The settings the operator chooses on the command line.
 public struct GatewayConfiguration: Sendable {
     public var listen: [IPEndpoint] = [IPEndpoint(address: .v4(IPv4Address(127, 0, 0, 1)), port: 1080)]
@@ -44,6 +54,7 @@ public struct GatewayConfiguration: Sendable {
     /// with a PROXY protocol header naming the real client; from anywhere else, one is
     /// refused (it would be a way to lie about the source).
     public var proxyProtocolFrom: [IPNetwork] = []
+    public var connectionDriver = ConnectionDriver.nio
 
     public init() {}
 

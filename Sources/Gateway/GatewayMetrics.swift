@@ -181,12 +181,19 @@ public final class GatewayMetrics: Sendable {
 
     /// A request was handed to its session; it stays open until `closed` completes.
     func sessionStarted(_ command: RequestFacts.Command, _ version: RequestFacts.Version, closed: EventLoopFuture<Void>) {
-        let kind = SessionKind(command: command, version: version)
-        sessionsStarted[kind]?.increment()
-        guard let open = sessionsOpen[kind] else { return }
-        open.opened()
+        guard let open = sessionOpened(command, version) else { return }
         // One reference captured: the closure needs no context of its own.
         closed.whenComplete { _ in open.closed() }
+    }
+
+    /// A session started; the caller calls `closed()` on the result when its client's
+    /// connection closes (the direct driver, which has no close future).
+    func sessionOpened(_ command: RequestFacts.Command, _ version: RequestFacts.Version) -> OpenSessions? {
+        let kind = SessionKind(command: command, version: version)
+        sessionsStarted[kind]?.increment()
+        guard let open = sessionsOpen[kind] else { return nil }
+        open.opened()
+        return open
     }
 
     func repeatedEvent(_ event: RepeatedEvent) { repeatedEvents[event]?.increment() }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import NetAddress
+import Privileges
 import SOCKSWire
 
 #if canImport(Glibc)
@@ -22,6 +23,8 @@ public final class GatewayServer: Sendable {
     private let graceEnd = NIOLockedValueBox<(@Sendable (Bool) -> Void)?>(nil)
     /// Once accepting has stopped: each listener's "all its connections have closed".
     private let quiesced = NIOLockedValueBox<[EventLoopFuture<Void>]>([])
+    /// `--connection-driver direct`: the loops that carry the listeners' connections.
+    private let direct: DirectDriver?
 
     public init(
         configuration: GatewayConfiguration,
@@ -54,7 +57,27 @@ public final class GatewayServer: Sendable {
             httpGSSAcceptor: httpGSSAcceptor,
             metrics: metrics
         )
+        direct = Self.directDriver(context: context, group: group)
     }
+
+    /// The direct driver, if chosen and able to carry these listeners (else SwiftNIO
+    /// carries everything, and the log says why).
+    private static func directDriver(context: GatewayContext, group: any EventLoopGroup) -> DirectDriver? {
+        guard context.configuration.connectionDriver == .direct else { return nil }
+        if let reason = DirectDriver.unsupported(context.configuration, audit: context.audit) {
+            context.logger.notice("--connection-driver direct does not serve with \(reason): SwiftNIO carries every connection")
+            return nil
+        }
+        do {
+            return try DirectDriver(gateway: context, nioLoops: Array(group.makeIterator()))
+        } catch {
+            context.logger.error("the direct connection driver could not start: SwiftNIO carries every connection", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Which driver carries the listeners' connections.
+    public var connectionDriver: ConnectionDriver { direct == nil ? .nio : .direct }
 
     /// The SOCKS5 methods offered, most preferred first.
     public var offeredMethods: [SOCKS5AuthMethod] { context.offeredMethods }
@@ -90,6 +113,9 @@ public final class GatewayServer: Sendable {
     public func start(adopting descriptors: [[Int32]]? = nil, accepting: Bool = true) async throws -> [IPEndpoint] {
         let loops = Array(group.makeIterator())
         var bound: [IPEndpoint] = []
+        if let direct {
+            return try startDirect(direct, adopting: descriptors, accepting: accepting)
+        }
         do {
             for (index, endpoint) in context.configuration.listen.enumerated() {
                 var target = endpoint
@@ -117,6 +143,38 @@ public final class GatewayServer: Sendable {
             throw error
         }
         context.ownListeners.withLockedValue { $0 += bound }
+        return bound
+    }
+
+    /// `start` for the direct driver: the same sockets, each given to a direct loop.
+    private func startDirect(_ direct: DirectDriver, adopting descriptors: [[Int32]]?, accepting: Bool) throws -> [IPEndpoint] {
+        var bound: [IPEndpoint] = []
+        var opened: [Int32] = []
+        do {
+            for (index, endpoint) in context.configuration.listen.enumerated() {
+                let sockets: [Int32]
+                if let given = descriptors?[index] {
+                    sockets = given
+                } else {
+                    do {
+                        sockets = try ListeningSocket.open(endpoint, count: direct.loopCount).map(\.descriptor)
+                        opened += sockets
+                    } catch {
+                        throw ListenError(endpoint: endpoint, reason: "\(error)")
+                    }
+                }
+                var target = endpoint
+                for (number, descriptor) in sockets.enumerated() {
+                    if let local = direct.addListener(descriptor, loop: number), number == 0 { target = local }
+                }
+                bound.append(target)
+            }
+        } catch {
+            for descriptor in opened { close(descriptor) }
+            throw error
+        }
+        context.ownListeners.withLockedValue { $0 += bound }
+        if accepting { direct.startAccepting() }
         return bound
     }
 
@@ -184,6 +242,7 @@ public final class GatewayServer: Sendable {
 
     /// Listeners set up with `accepting: false` start accepting.
     public func startAccepting() async {
+        direct?.startAccepting()
         let channels = listeners.withLockedValue { $0.map(\.channel) }
         for channel in channels {
             try? await channel.setOption(.autoRead, value: true).get()
@@ -195,6 +254,10 @@ public final class GatewayServer: Sendable {
     /// takeover, connections still negotiating go on (`GatewayContext.draining`).
     public func stopAccepting(draining: Bool = false) async {
         if draining { context.draining.store(true, ordering: .relaxed) }
+        if let direct {
+            await direct.stopAccepting(draining: draining)
+            quiesced.withLockedValue { $0.append(direct.allClosed) }
+        }
         let listeners = self.listeners.withLockedValue { listeners in
             defer { listeners = [] }
             return listeners
@@ -233,6 +296,7 @@ public final class GatewayServer: Sendable {
         EventLoopFuture.andAllComplete(allClosed, on: eventLoop).whenComplete { _ in complete(true) }
         let inTime = try await finished.futureResult.get()
         graceEnd.withLockedValue { $0 = nil }
+        await direct?.stop()
         // Not awaited: a lookup stuck in getaddrinfo must not hold up the exit.
         resolverPool.shutdownGracefully { _ in }
         return inTime

@@ -135,6 +135,7 @@ public final class GatewayService: Sendable {
                 "listen": "\(bound.map(\.description).joined(separator: " "))",
                 "policy": "\(settings.policyFile)",
                 "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
+                "driver": "\(gateway.connectionDriver.rawValue)",
             ]
         )
         // Ready only now: bound, privileges dropped and verified, policy loaded.

@@ -49,8 +49,21 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.machine = SOCKSServerStateMachine(offeredMethods: gateway.offeredMethods, limits: gateway.configuration.limits)
     }
 
+    /// A negotiation the direct driver began and hands over (`DirectConnection`): its
+    /// machine as it was before the bytes it could not carry, under the same deadline.
+    /// `atStart`: no message was taken yet (the front door's first-byte check applies).
+    init(gateway: GatewayContext, resuming machine: SOCKSServerStateMachine, atStart: Bool, deadline: NIODeadline) {
+        self.gateway = gateway
+        self.machine = machine
+        self.firstBytes = atStart
+        self.resumedDeadline = deadline
+    }
+
+    /// Set when the negotiation began in the direct driver.
+    private var resumedDeadline: NIODeadline?
+
     func handlerAdded(context: ChannelHandlerContext) {
-        deadlineTime = context.eventLoop.now + gateway.configuration.negotiationTimeout
+        deadlineTime = resumedDeadline ?? context.eventLoop.now + gateway.configuration.negotiationTimeout
         deadline = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadlineTime) {
             self.gateway.repeated.occurred(.negotiationTimeout, on: context.eventLoop, metadata: ["client": "\(context.remoteAddressText)"])
             if let message = self.machine.negotiationTimedOut() {
@@ -342,29 +355,6 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
             channel.read()
         }
     }
-}
-
-/// What every session handler gets from the negotiation.
-struct SessionSetup {
-    let gateway: GatewayContext
-    /// Numbers the session's records in the audit log.
-    let id: UInt64
-    /// How the session's replies are written.
-    let frontDoor: FrontDoor
-    let admission: SessionAdmission
-    /// RFC 1961 per-message protection, when granted (the stream's handler is in place).
-    let perMessage: GSSPerMessage?
-    /// An HTTP proxy request's method and target, for its decision records.
-    var httpRequest: HTTPRequestLine? = nil
-
-    var decider: RequestDecider {
-        RequestDecider(gateway: gateway, session: id, admission: admission, httpRequest: httpRequest)
-    }
-}
-
-extension ChannelHandlerContext {
-    /// The client's address for a log line, made only when the line is printed.
-    var remoteAddressText: String { channel.remoteAddress?.ipEndpoint?.description ?? "unknown" }
 }
 
 extension GatewayContext {

@@ -166,11 +166,16 @@ final class RelayHandler: ChannelDuplexHandler {
     /// connection`), never the name of the call that failed.
     static func describe(_ error: any Error) -> String {
         guard let error = error as? IOError else { return "error: \(error)" }
-        switch error.errnoCode {
+        return describe(errno: error.errnoCode)
+    }
+
+    /// As `describe`, from the errno of a system call (the direct driver's).
+    static func describe(errno code: Int32) -> String {
+        switch code {
         case ECONNRESET: return "reset the connection"
         case ETIMEDOUT: return "connection timed out"
         case EPIPE: return "closed the connection while data was being sent"
-        default: return "connection failed: \(String(cString: strerror(error.errnoCode)))"
+        default: return "connection failed: \(String(cString: strerror(code)))"
         }
     }
 

@@ -65,6 +65,16 @@ struct RequestDecider {
         return PendingDecisionTask(task: task, pending: pending)
     }
 
+    /// For the direct driver, which decides only what needs no waiting: the policy's own
+    /// `decision` (from `decideImmediately`) made final (the loop check, the limits),
+    /// logged and recorded, as `decide` would. Never used with `--audit-sync always`
+    /// (`relayWaitsForWrite`): the relay would not wait for the record.
+    func recordImmediate(_ decision: Decision, _ facts: RequestFacts, started: ContinuousClock.Instant?, on eventLoop: any EventLoop)
+        -> Decision
+    {
+        decided(decision, facts, step: nil, started: started, on: eventLoop) { _ in }
+    }
+
     /// Logs and records the decision, then reports it (and later its record's write).
     /// Returns the decision as recorded (after the loop check and the limits).
     @discardableResult

@@ -4,15 +4,31 @@ import NIOCore
 /// A session's place under the policy's limits (`limit` lines): taken at its first
 /// allowed decision (a UDP association's when it starts, as no rule decides the
 /// ASSOCIATE itself), given back when the client's connection closes, however the
-/// session ends. One per session, used on the session's event loop.
+/// session ends (`release`). One per session, used on the session's thread.
 final class SessionAdmission {
     private let policy: any PolicyDecider
-    private let clientClosed: EventLoopFuture<Void>
     private var admitted = false
+    private var lease: SessionLease?
+    private var released = false
 
-    init(policy: any PolicyDecider, clientClosed: EventLoopFuture<Void>) {
+    /// The direct driver calls `release` itself when the client's connection closes.
+    init(policy: any PolicyDecider) {
         self.policy = policy
-        self.clientClosed = clientClosed
+    }
+
+    /// Released when `clientClosed` completes; made on that future's event loop.
+    convenience init(policy: any PolicyDecider, clientClosed: EventLoopFuture<Void>) {
+        self.init(policy: policy)
+        clientClosed.assumeIsolated().whenComplete { _ in self.release() }
+    }
+
+    /// The client's connection closed: its place is given back (once).
+    func release() {
+        released = true
+        if let lease {
+            self.lease = nil
+            policy.release(lease)
+        }
     }
 
     /// nil if the session is admitted, now or earlier (a host name's next address, BIND's
@@ -24,10 +40,9 @@ final class SessionAdmission {
             return refusal
         case .admitted(let lease):
             admitted = true
-            if let lease {
-                // Runs at once if the client has already gone.
-                clientClosed.whenComplete { [policy] _ in policy.release(lease) }
-            }
+            self.lease = lease
+            // The client has gone already: given back at once.
+            if released { release() }
             return nil
         }
     }

@@ -78,10 +78,15 @@ enum ClientDeparture {
     static func reason(for error: any Error) -> String {
         if let failure = error as? GSSProtectionFailure { return "\(failure) (before the reply)" }
         guard let error = error as? IOError else { return "client connection failed before the reply" }
-        switch error.errnoCode {
+        return reason(errno: error.errnoCode)
+    }
+
+    /// As `reason(for:)`, from an errno (the direct driver reads them itself).
+    static func reason(errno code: Int32) -> String {
+        switch code {
         case ECONNRESET: return "client reset the connection before the reply"
         case ETIMEDOUT: return "client connection timed out before the reply"
-        default: return "client connection failed before the reply: \(String(cString: strerror(error.errnoCode)))"
+        default: return "client connection failed before the reply: \(String(cString: strerror(code)))"
         }
     }
 }

@@ -47,6 +47,7 @@ extension Run {
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods
         configuration.protocols = Set(parsedProtocols)
+        configuration.connectionDriver = ConnectionDriver(rawValue: connectionDriverName) ?? .nio
         configuration.proxyProtocolFrom = try proxyProtocolFrom.map { text in
             guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
             return network

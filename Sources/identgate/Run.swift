@@ -44,6 +44,16 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "What carries the SOCKS connections: nio (SwiftNIO's channels) or direct (epoll loops of our own). "
+                + "Default: $IDENTGATE_CONNECTION_DRIVER, else nio.",
+            discussion: "direct carries SOCKS CONNECT to an address that the policy decides at once, without a password, "
+                + "GSS-API, identd or a parent, on raw sockets (fewer system calls per connection); every other "
+                + "connection is handed to SwiftNIO during its negotiation. See docs/architecture.md.",
+            valueName: "driver"))
+    var connectionDriver: String?
+
+    @Option(
+        help: ArgumentHelp(
             "Longest wait from accept to a complete request; also each policy decision's deadline.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
@@ -227,12 +237,21 @@ struct Run: ParsableCommand {
         if let pamService, pamService.isEmpty || pamService.contains("/") || pamService.hasPrefix(".") {
             throw ValidationError("--pam-service: '\(pamService)' is not a service name (a file name in /etc/pam.d)")
         }
+        if ConnectionDriver(rawValue: connectionDriverName) == nil {
+            throw ValidationError("--connection-driver: '\(connectionDriverName)' is neither nio nor direct")
+        }
         if parsedProtocols.isEmpty || parsedProtocols.count != protocols.split(separator: ",").count {
             throw ValidationError("--protocols: '\(protocols)' is not a list of socks, http")
         }
         if let metrics = metricsListen?.endpoint, listen.contains(where: { $0.endpoint == metrics }) {
             throw ValidationError("--metrics-listen \(metrics) is also a --listen address: the metrics need a port of their own")
         }
+    }
+
+    /// `--connection-driver`, else the environment's choice (the test suites run once per
+    /// driver this way), else nio.
+    var connectionDriverName: String {
+        connectionDriver ?? ProcessInfo.processInfo.environment["IDENTGATE_CONNECTION_DRIVER"] ?? ConnectionDriver.nio.rawValue
     }
 
     var parsedProtocols: [ListenerProtocol] {

@@ -1,0 +1,365 @@
+import CDirectIO
+import AccessPolicy
+import NIOCore
+import NetAddress
+import PosixEndpoint
+import Prometheus
+import SOCKSSession
+import SOCKSWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One client connection on a direct loop: the negotiation (`SOCKSServerStateMachine`),
+/// then a CONNECT's session (`ConnectSession`), then the relay (DirectConnection+Relay):
+/// the same pure machines SwiftNIO's handlers run, carried out with system calls.
+///
+/// It carries what needs no waiting: no authentication, CONNECT to an address, a
+/// decision the policy makes at once (no identd), directly (no parent). Anything else is
+/// handed to SwiftNIO before it is decided, with the negotiation machine as it was before
+/// the message it could not carry and the bytes from that message on
+/// (`DirectDriver.handOver`): a password or GSS-API method, BIND, UDP, a host name, an
+/// identd rule, a `via` route, an HTTP request, a PROXY header.
+final class DirectConnection {
+    let client: Int32
+    private(set) var generation: UInt32 = 0
+    unowned let loop: DirectLoop
+    let driver: DirectDriver
+    private let peer: IPEndpoint
+    /// The listener's address, when it is not a wildcard (else asked of the socket).
+    private let listener: IPEndpoint?
+
+    enum Phase { case negotiating, connecting, relaying, closed }
+    var phase = Phase.negotiating
+
+    private var negotiation: SOCKSServerStateMachine
+    /// Bytes not yet taken by the negotiation; after the request, what the client sent
+    /// before its reply (passed on first when the relay starts).
+    var received: ByteBuffer?
+    /// No negotiation message taken yet (the front door's first-byte check is SwiftNIO's).
+    private var atStart = true
+    var clientEOF = false
+    /// When the current deadline passes (negotiation, connect, then idle), monotonic ns.
+    var deadline: UInt64 = 0
+    private let negotiationDeadline: UInt64
+
+    var session: ConnectSession?
+    private var version = SOCKSVersion.socks5
+    var sessionID: UInt64 = 0
+    private var admission: SessionAdmission?
+    private var openSessions: OpenSessions?
+    var timing: ConnectTiming?
+    var outbound: Int32 = -1
+    /// Why the client's connection ended before its reply, for the session-end record.
+    private var departure = ClientDeparture.closed
+    /// The destination said it was readable (or hung up) while the connect was completing.
+    var outboundReadable = false
+    var outboundHungUp = false
+    /// The client hung up (EPOLLRDHUP): its reads go on until EOF.
+    var clientHungUp = false
+
+    // The relay (DirectConnection+Relay).
+    var up = RelayDirection()
+    var down = RelayDirection()
+    var relayStarted: UInt64 = 0
+    var lastActivity: UInt64 = 0
+    var resumeQueued = false
+
+    private init(client: Int32, peer: IPEndpoint, listener: IPEndpoint?, loop: DirectLoop, driver: DirectDriver) {
+        self.client = client
+        self.peer = peer
+        self.listener = listener
+        self.loop = loop
+        self.driver = driver
+        let gateway = driver.gateway
+        negotiation = SOCKSServerStateMachine(offeredMethods: gateway.offeredMethods, limits: gateway.configuration.limits)
+        negotiationDeadline = loop.now &+ UInt64(gateway.configuration.negotiationTimeout.nanoseconds)
+        deadline = negotiationDeadline
+    }
+
+    /// A connection just accepted: registered, under the negotiation deadline.
+    static func start(client: Int32, peer: IPEndpoint, listener: IPEndpoint?, loop: DirectLoop, driver: DirectDriver) {
+        let connection = DirectConnection(client: client, peer: peer, listener: listener, loop: loop, driver: driver)
+        var one: Int32 = 1
+        setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard let generation = loop.register(client, as: .client(connection), events: DirectLoop.connectionEvents) else {
+            close(client)
+            return
+        }
+        connection.generation = generation
+        loop.connectionOpened()
+        loop.schedule(connection, at: connection.deadline)
+    }
+
+    var gateway: GatewayContext { driver.gateway }
+
+    // MARK: Events
+
+    func clientReady(_ events: UInt32) {
+        if events & DirectLoop.hangupEvents != 0 { clientHungUp = true }
+        switch phase {
+        case .negotiating: readNegotiation()
+        case .connecting: readEarly()
+        case .relaying: clientEventDuringRelay(events)
+        case .closed: break
+        }
+    }
+
+    func outboundReady(_ events: UInt32) {
+        switch phase {
+        case .connecting: connectProgressed(events)
+        case .relaying: outboundEventDuringRelay(events)
+        case .negotiating, .closed: break
+        }
+    }
+
+    func deadlineFired() {
+        guard loop.now >= deadline else { return }  // moved on: a later entry is its own
+        switch phase {
+        case .negotiating:
+            gateway.repeated.occurred(.negotiationTimeout, on: driver.nioLoop(loop.index), metadata: ["client": "\(peer)"])
+            if let message = negotiation.negotiationTimedOut() { _ = send(.socks(message)) }
+            closeQuietly()
+        case .connecting:
+            if outbound >= 0 { connectFailed(.timedOut) }
+        case .relaying:
+            idleDeadlinePassed()
+        case .closed:
+            break
+        }
+    }
+
+    // MARK: Negotiation
+
+    private func readNegotiation() {
+        guard readClient(limit: EarlyClientData.limit) else { return closeQuietly() }
+        guard var buffer = received else {
+            if clientEOF { closeQuietly() }
+            return
+        }
+        // The front door is SwiftNIO's: an HTTP request, a PROXY header, anything not SOCKS.
+        if atStart, let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), first != 4, first != 5 {
+            return handOver((negotiation, buffer, true))
+        }
+        while true {
+            let before = (machine: negotiation, bytes: buffer, atStart: atStart)
+            switch negotiation.receive(&buffer) {
+            case .waitForMoreBytes:
+                received = buffer.readableBytes > 0 ? buffer : nil
+                // The request is not complete by now, so it never will be.
+                if clientEOF { closeQuietly() }
+                return
+            case .send(let message):
+                if case .methodSelection(let method) = message, method != .noAuthentication {
+                    return handOver(before)
+                }
+                atStart = false
+                guard send(.socks(message)) else { return closeQuietly() }
+            case .sendAndClose(let message):
+                _ = send(.socks(message))
+                return closeQuietly()
+            case .close:
+                return closeQuietly()
+            case .checkCredentials, .acceptGSSToken, .chooseGSSProtection:
+                return handOver(before)
+            case .handleRequest(let request):
+                received = buffer.readableBytes > 0 ? buffer : nil
+                return begin(request, before: before)
+            }
+        }
+    }
+
+    /// Reads what the client has sent into `received`, up to `limit` bytes held; notes
+    /// EOF. False: the connection failed (`departure` says how).
+    func readClient(limit: Int) -> Bool {
+        while (received?.readableBytes ?? 0) < limit {
+            let room = min(limit - (received?.readableBytes ?? 0), 4096)
+            let count = read(client, loop.scratch, room)
+            if count > 0 {
+                let bytes = UnsafeRawBufferPointer(start: loop.scratch, count: count)
+                if received == nil { received = driver.allocator.buffer(capacity: count) }
+                received?.writeBytes(bytes)
+                // Edge-triggered: a short read emptied the socket, unless it hung up
+                // (then its EOF is still to be read).
+                if count < room, !clientHungUp { return true }
+            } else if count == 0 {
+                clientEOF = true
+                return true
+            } else {
+                let code = errno
+                if code == EINTR { continue }
+                if code == EAGAIN || code == EWOULDBLOCK { return true }
+                departure = ClientDeparture.reason(errno: code)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Hands the connection to SwiftNIO, which goes on from `before`.
+    private func handOver(_ before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
+        phase = .closed
+        loop.unregister(client, removeInterest: true)
+        loop.connectionClosed()
+        let remaining = deadline > loop.now ? deadline - loop.now : 0
+        driver.handOver(
+            client, machine: before.machine, bytes: before.bytes, atStart: before.atStart,
+            deadline: .now() + .nanoseconds(Int64(remaining)), loop: loop.index)
+    }
+
+    /// The request: carried here when it needs no waiting, else handed to SwiftNIO.
+    private func begin(_ request: SOCKSRequest, before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
+        guard request.command == .connect, case .some = IPAddress(host: request.host) else { return handOver(before) }
+        guard let local = listener ?? IPEndpoint.local(of: client) else { return closeQuietly() }
+        let started = gateway.metrics == nil ? nil : ContinuousClock.now
+        let facts = RequestFacts(request, client: peer, listener: local, time: Int64(time(nil)))
+        var machine = ConnectSession(facts: facts)
+        guard case .decide(let attempt) = machine.start(), let decision = gateway.policy.decideImmediately(attempt),
+            decision.route?.first == nil
+        else { return handOver(before) }
+        version = request.version
+        guard gateway.admitToAuditLog() else {
+            _ = send(.socks(.failed(.generalFailure, version: request.version)))
+            return closeQuietly()
+        }
+        phase = .connecting
+        sessionID = gateway.nextSessionID()
+        let admission = SessionAdmission(policy: gateway.policy)
+        self.admission = admission
+        openSessions = gateway.metrics?.sessionOpened(facts.command, facts.version)
+        let decider = RequestDecider(gateway: gateway, session: sessionID, admission: admission)
+        let final = decider.recordImmediate(decision, attempt, started: started, on: driver.nioLoop(loop.index))
+        session = machine
+        if let action = session?.decided(final, recordPending: false) { perform(action) }
+    }
+
+    // MARK: The session
+
+    func perform(_ action: ConnectSession.Action) {
+        switch action {
+        case .none:
+            break
+        case .connect(let destination):
+            connect(to: destination)
+        case .startRelay:
+            startRelay()
+        case .closeOutbound:
+            closeOutbound()
+        case .fail(let failure, let recordEnd):
+            let reply = ClientReply.socks(.failed(failure, version: version))
+            if recordEnd {
+                SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: gateway, session: sessionID)
+            }
+            _ = send(reply)
+            closeSession()
+        case .abandon(let recordEnd):
+            if recordEnd { SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: gateway, session: sessionID) }
+            closeSession()
+        case .resolve, .decide, .connectVia:
+            // Names, later addresses and parents never reach this driver (`begin` hands
+            // them over before deciding); should one, the session fails rather than hangs.
+            perform(.fail(.generalFailure, recordEnd: session?.ledger.allowed ?? false))
+        }
+    }
+
+    /// Before the reply: what the client sends is kept for the relay (up to
+    /// `EarlyClientData.limit`); its EOF or departure ends the attempt.
+    private func readEarly() {
+        let hadData = received != nil
+        guard readClient(limit: EarlyClientData.limit) else {
+            if let action = session?.clientLeft() { perform(action) }
+            return
+        }
+        if clientEOF, let action = session?.clientSentEOF(afterData: hadData || received != nil) {
+            departure = ClientDeparture.leftAtEOF
+            perform(action)
+        }
+    }
+
+    private func startRelay() {
+        guard outbound >= 0, let bound = IPEndpoint.local(of: outbound) else {
+            return perform(.fail(.generalFailure, recordEnd: session?.ledger.allowed ?? false))
+        }
+        guard send(.socks(.granted(version: version, boundAddress: bound))) else {
+            departure = "client connection failed before the reply"
+            return perform(session?.clientLeft() ?? .abandon(recordEnd: true))
+        }
+        beginRelay(destinationReadable: outboundReadable, destinationHungUp: outboundHungUp)
+    }
+
+    // MARK: Writing and closing
+
+    /// Writes a reply in one call (a fresh connection's send buffer always has room for
+    /// one). False: it could not be written whole.
+    @discardableResult
+    func send(_ reply: ClientReply) -> Bool {
+        var bytes = driver.allocator.buffer(capacity: 22)
+        reply.write(to: &bytes)
+        let written = bytes.withUnsafeReadableBytes { Glibc.send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        return written == bytes.readableBytes
+    }
+
+    func closeOutbound() {
+        guard outbound >= 0 else { return }
+        loop.unregister(outbound)
+        close(outbound)
+        outbound = -1
+    }
+
+    /// A connection with no session: closed, nothing recorded.
+    func closeQuietly() {
+        guard phase != .closed else { return }
+        phase = .closed
+        loop.unregister(client)
+        close(client)
+        loop.connectionClosed()
+    }
+
+    /// A session's end, however it ended (the record is the caller's): both sockets
+    /// closed, its limit place and its metrics gauge given back.
+    func closeSession() {
+        guard phase != .closed else { return }
+        closeOutbound()
+        closeQuietly()
+        admission?.release()
+        openSessions?.closed()
+        session = nil
+    }
+
+    // MARK: Shutdown
+
+    /// The gateway stops (not a takeover's drain): a connection not yet relaying ends
+    /// now and says why; a relay may run on until the grace period ends.
+    func gatewayStopping() {
+        switch phase {
+        case .negotiating:
+            closeQuietly()
+        case .connecting:
+            departure = ClientDeparture.gatewayStopped
+            if let action = session?.clientLeft() { perform(action) }
+        case .relaying, .closed:
+            break
+        }
+    }
+
+    /// The grace period is over: everything still open ends.
+    func gatewayStopped() {
+        switch phase {
+        case .negotiating, .connecting: gatewayStopping()
+        case .relaying: endRelay("closed: the gateway stopped")
+        case .closed: break
+        }
+    }
+}
+
+extension IPAddress {
+    /// The address a SOCKS host is, if it is one (not a name).
+    init?(host: SOCKSHost) {
+        switch host {
+        case .ipv4(let address): self = .v4(address)
+        case .ipv6(let address): self = .v6(address)
+        case .domain: return nil
+        }
+    }
+}
