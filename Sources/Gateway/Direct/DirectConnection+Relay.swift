@@ -77,18 +77,27 @@ extension DirectConnection {
     func pump() {
         guard phase == .relaying else { return }
         let counters = gateway.metrics.map { (fromClient: $0.tcpFromClients, toClient: $0.tcpToClients) }
-        if let failure = transfer(&up, from: client, to: outbound, sourceName: "client", sinkName: "destination", counter: counters?.fromClient) {
+        if let failure = transfer(
+            &up, from: client, to: outbound, otherFinished: down.finished, sourceName: "client", sinkName: "destination",
+            counter: counters?.fromClient)
+        {
             return endRelay(failure)
         }
-        if let failure = transfer(&down, from: outbound, to: client, sourceName: "destination", sinkName: "client", counter: counters?.toClient) {
+        if let failure = transfer(
+            &down, from: outbound, to: client, otherFinished: up.finished, sourceName: "destination", sinkName: "client",
+            counter: counters?.toClient)
+        {
             return endRelay(failure)
         }
         if up.finished, down.finished { endRelay("closed") }
     }
 
     /// Moves what can be moved one way without blocking; nil, or why the relay failed.
+    /// `otherFinished`: the other way is done, so this way's EOF ends the relay, and the
+    /// close that follows sends the sink its FIN (no shutdown call of its own).
     private func transfer(
-        _ direction: inout RelayDirection, from source: Int32, to sink: Int32, sourceName: String, sinkName: String, counter: Counter?
+        _ direction: inout RelayDirection, from source: Int32, to sink: Int32, otherFinished: Bool, sourceName: String,
+        sinkName: String, counter: Counter?
     ) -> String? {
         if !direction.pending.isEmpty {
             while direction.pendingOffset < direction.pending.count {
@@ -110,7 +119,7 @@ extension DirectConnection {
         }
         if direction.sourceEOF {
             if !direction.sinkShut {
-                shutdown(sink, Int32(SHUT_WR))
+                if !otherFinished { shutdown(sink, Int32(SHUT_WR)) }
                 direction.sinkShut = true
             }
             return nil
@@ -153,7 +162,7 @@ extension DirectConnection {
             } else if count == 0 {
                 direction.sourceReady = false
                 direction.sourceEOF = true
-                shutdown(sink, Int32(SHUT_WR))
+                if !otherFinished { shutdown(sink, Int32(SHUT_WR)) }
                 direction.sinkShut = true
             } else {
                 let code = errno

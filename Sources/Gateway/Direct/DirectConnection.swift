@@ -90,6 +90,10 @@ final class DirectConnection {
         connection.generation = generation
         loop.connectionOpened()
         loop.schedule(connection, at: connection.deadline)
+        // A client speaks first, and its greeting has usually arrived with the handshake's
+        // last packet: read it now rather than after another turn of the loop (measured:
+        // one epoll_wait less per connection; an empty socket costs one EAGAIN).
+        connection.readNegotiation()
     }
 
     var gateway: GatewayContext { driver.gateway }
@@ -132,7 +136,7 @@ final class DirectConnection {
 
     // MARK: Negotiation
 
-    private func readNegotiation() {
+    func readNegotiation() {
         guard readClient(limit: EarlyClientData.limit) else { return closeQuietly() }
         guard var buffer = received else {
             if clientEOF { closeQuietly() }

@@ -1,0 +1,120 @@
+import AccessPolicy
+import NIOCore
+import NIOPosix
+import NetAddress
+import Testing
+
+@testable import Gateway
+
+/// The direct connection driver (`--connection-driver direct`): what it carries itself,
+/// what it hands to SwiftNIO, and its deadline heap. The interop suite runs whole against
+/// it too (IDENTGATE_CONNECTION_DRIVER=direct, in scripts/test).
+@Suite struct DirectDriverTests {
+    static func direct(_ configuration: inout GatewayConfiguration) { configuration.connectionDriver = .direct }
+
+    @Test func deadlinesComeOutInTimeOrderAndOnlyWhenDue() {
+        var heap = DeadlineHeap()
+        for (index, when) in [50, 10, 40, 10, 30, 20].enumerated() {
+            heap.push(DeadlineHeap.Entry(when: UInt64(when), descriptor: Int32(index), generation: 1))
+        }
+        #expect(heap.next == 10)
+        var order: [UInt64] = []
+        var now: UInt64 = 35
+        while case .connection(let descriptor, _)? = heap.popDue(now: now) {
+            order.append([50, 10, 40, 10, 30, 20][Int(descriptor)])
+        }
+        #expect(order == [10, 10, 20, 30])
+        #expect(heap.next == 40)
+        now = 100
+        while heap.popDue(now: now) != nil {}
+        #expect(heap.next == nil)
+    }
+
+    @Test func theServerSaysWhichDriverCarriesIt() async throws {
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        #expect(gateway.server.connectionDriver == .direct)
+        try await gateway.stop()
+        let proxied = try await TestGateway.start { configuration in
+            Self.direct(&configuration)
+            configuration.proxyProtocolFrom = [IPNetwork("10.0.0.0/8")!]
+        }
+        #expect(proxied.server.connectionDriver == .nio, "a PROXY header listener stays on SwiftNIO")
+        try await proxied.stop()
+    }
+
+    @Test func oneMebibyteBothWaysThroughSOCKS4And5() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        var generator = SystemRandomNumberGenerator()
+        let payload = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for request in [[5, 1, 0] + SOCKS.socks5Connect(port: echo.port), SOCKS.socks4Connect(port: echo.port, user: "u")] {
+            let client = try await RawClient.connect(to: gateway.address)
+            try await client.send(request)
+            let reply = try await client.read(request[0] == 5 ? 12 : 8)
+            #expect(reply[request[0] == 5 ? 3 : 1] == (request[0] == 5 ? 0 : 90))
+            try await client.send(payload)
+            try await client.shutdownOutput()
+            #expect(try await client.readToEnd(timeout: .seconds(20)) == payload)
+        }
+        try await gateway.stop()
+        await echo.stop()
+    }
+
+    @Test func halfCloseFromTheClientStillDeliversTheResponse() async throws {
+        let server = try await EchoServer(mode: .replyAfterEOF)
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        let client = try await RawClient.connect(to: gateway.address)
+        // Greeting, request and data in one segment, then EOF: `printf … | nc`.
+        try await client.send([5, 1, 0] + SOCKS.socks5Connect(port: server.port) + Array("question".utf8))
+        try await client.shutdownOutput()
+        let answer = try await client.readToEnd(timeout: .seconds(20))
+        #expect(Array(answer.prefix(4)) == [5, 0, 5, 0])
+        #expect(Array(answer.dropFirst(12)) == Array("question".utf8))
+        try await gateway.stop()
+        await server.stop()
+    }
+
+    /// A host name is resolved by SwiftNIO's session: the direct loop hands the connection
+    /// over after the greeting was answered, and the client sees one negotiation.
+    @Test func aHostNameIsHandedToSwiftNIOMidNegotiation() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        let client = try await RawClient.connect(to: gateway.address)
+        let name = Array("localhost".utf8)
+        try await client.send([5, 1, 0] + [5, 1, 0, 3, UInt8(name.count)] + name + SOCKS.port(echo.port))
+        let reply = try await client.read(12)
+        #expect(Array(reply.prefix(4)) == [5, 0, 5, 0])
+        try await client.send([42])
+        #expect(try await client.read(1) == [42])
+        await client.close()
+        try await gateway.stop()
+        await echo.stop()
+    }
+
+    /// An HTTP request's first byte sends the connection to SwiftNIO's front door whole.
+    @Test func anHTTPConnectIsHandedToTheFrontDoor() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send(Array("CONNECT 127.0.0.1:\(echo.port) HTTP/1.1\r\nHost: 127.0.0.1:\(echo.port)\r\n\r\n".utf8))
+        let head = "HTTP/1.1 200 Connection established\r\n\r\n"
+        #expect(String(decoding: try await client.read(head.utf8.count), as: UTF8.self) == head)
+        try await gateway.stop()
+        await echo.stop()
+    }
+
+    /// A refusal is answered by the direct loop: SOCKS4's 91, and nothing connects.
+    @Test func aRefusalIsAnsweredAndClosed() async throws {
+        let echo = try await EchoServer()
+        let compiled = try #require(PolicyCompiler.compile("deny from 0.0.0.0/0", file: "p").policy)
+        let policy = PolicyEngine(policy: compiled)
+        let gateway = try await TestGateway.start(configure: Self.direct, policy: policy)
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send(SOCKS.socks4Connect(port: echo.port))
+        let reply = try await client.readToEnd(timeout: .seconds(5))
+        #expect(reply.count == 8 && reply[1] == 91)
+        #expect(echo.peers.withLockedValue { $0 }.isEmpty)
+        try await gateway.stop()
+        await echo.stop()
+    }
+}
