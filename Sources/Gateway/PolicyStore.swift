@@ -7,7 +7,21 @@ import NIOConcurrencyHelpers
 /// The engine is built once per policy; the ident lookup (the gateway's RFC 1413
 /// client) is given with each decision.
 public final class PolicyStore: PolicyDecider {
-    private let current: NIOLockedValueBox<(engine: PolicyEngine, sha256: String?, generation: UInt64)>
+    /// One object per policy in force: a decision takes one reference to it, not a copy
+    /// of the engine (which would retain each of its parts).
+    private final class InForce: Sendable {
+        let engine: PolicyEngine
+        let sha256: String?
+        let generation: UInt64
+
+        init(_ engine: PolicyEngine, _ sha256: String?, _ generation: UInt64) {
+            self.engine = engine
+            self.sha256 = sha256
+            self.generation = generation
+        }
+    }
+
+    private let current: NIOLockedValueBox<InForce>
     private let identLookup: IdentLookup?
     private let groupLookup: GroupLookup?
     /// The directory's fresh cached answers, for deciding on the event loop.
@@ -19,7 +33,7 @@ public final class PolicyStore: PolicyDecider {
         _ engine: PolicyEngine, sha256: String? = nil, identLookup: IdentLookup? = nil, groupLookup: GroupLookup? = nil,
         cachedGroups: (@Sendable (String) -> GroupAnswer?)? = nil
     ) {
-        current = NIOLockedValueBox((engine, sha256, 0))
+        current = NIOLockedValueBox(InForce(engine, sha256, 0))
         self.identLookup = identLookup
         self.groupLookup = groupLookup
         self.cachedGroups = cachedGroups
@@ -37,7 +51,7 @@ public final class PolicyStore: PolicyDecider {
     /// new policy's limits.
     public func replace(with engine: PolicyEngine, sha256: String? = nil) {
         current.withLockedValue {
-            $0 = (engine, sha256, $0.generation + 1)
+            $0 = InForce(engine, sha256, $0.generation + 1)
             limiter.adopt(engine.policy.limits)
         }
     }
@@ -53,16 +67,16 @@ public final class PolicyStore: PolicyDecider {
     }
 
     public func decide(_ facts: RequestFacts) async -> Decision {
-        let (engine, sha256, _) = current.withLockedValue { $0 }
-        var decision = await engine.decide(facts, identLookup: identLookup, groupLookup: groupLookup)
-        decision.policySHA256 = sha256
+        let inForce = current.withLockedValue { $0 }
+        var decision = await inForce.engine.decide(facts, identLookup: identLookup, groupLookup: groupLookup)
+        decision.policySHA256 = inForce.sha256
         return decision
     }
 
     public func decideImmediately(_ facts: RequestFacts) -> Decision? {
-        let (engine, sha256, _) = current.withLockedValue { $0 }
-        var decision = engine.decideImmediately(facts, cachedGroups: cachedGroups)
-        decision?.policySHA256 = sha256
+        let inForce = current.withLockedValue { $0 }
+        var decision = inForce.engine.decideImmediately(facts, cachedGroups: cachedGroups)
+        decision?.policySHA256 = inForce.sha256
         return decision
     }
 }

@@ -20,6 +20,11 @@ public enum JSONText {
             var index = 0
             while index < bytes.count {
                 let byte = bytes[index]
+                // Printable ASCII but the quote and the backslash: most bytes, one test.
+                if byte >= 0x20, byte < 0x7F, byte != UInt8(ascii: "\""), byte != UInt8(ascii: "\\") {
+                    index += 1
+                    continue
+                }
                 // U+2028 and U+2029 (E2 80 A8/A9) are valid in JSON but end a line for
                 // many line readers (JavaScript, Python's splitlines): escaped too.
                 // So are the C1 controls (C2 80-9F; U+009B is a CSI to many terminals) and

@@ -155,7 +155,8 @@ extension ByteBuffer {
     private mutating func readSOCKS5Host(addressType: UInt8) throws -> SOCKSHost? {
         switch addressType {
         case 1:
-            return readBytes(length: 4).map { .ipv4(IPv4Address(octets: $0)) }
+            // One integer read, not an array of four bytes (big-endian, as the wire has it).
+            return readInteger(as: UInt32.self).map { .ipv4(IPv4Address($0)) }
         case 4:
             return readBytes(length: 16).map { .ipv6(IPv6Address(octets: $0)) }
         case 3:

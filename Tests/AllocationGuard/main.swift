@@ -23,13 +23,16 @@ import PolicyFiles
 /// needs much less should lower it (the guard says so).
 enum Bound {
     // Measured 2026-11-29 (swift-nio 2.101.3, Swift 6.3.1): debug 28.6 and 364.8;
-    // release 3.9 and 185.2.
+    // release 3.9 and 185.2. The direct connection driver, 2026-12-05: debug 80.7,
+    // release 29.1 per connection.
     #if DEBUG
         static let perDecision = 31.5
         static let perConnection = 400.0
+        static let perConnectionDirect = 90.0
     #else
         static let perDecision = 4.3
         static let perConnection = 205.0
+        static let perConnectionDirect = 32.0
     #endif
     /// What the metrics may add per connection: the session's open-gauge decrement (a
     /// closure on the client's close), and nothing else (counters and histograms are
@@ -83,7 +86,7 @@ func allocationsPerDecision() throws -> Double {
 /// SOCKS5 CONNECT, 64 bytes each way and close, one connection at a time, through a
 /// gateway in this process with its audit log on; the client and the destination are
 /// C code that allocates nothing.
-func allocationsPerConnection(metrics: GatewayMetrics? = nil) async throws -> Double {
+func allocationsPerConnection(metrics: GatewayMetrics? = nil, driver: ConnectionDriver = .nio) async throws -> Double {
     var echoPort: UInt16 = 0
     guard relay_probe_echo_start(&echoPort) == 0 else {
         throw GuardFailure(description: "cannot start the echo server: \(String(cString: strerror(errno)))")
@@ -95,6 +98,7 @@ func allocationsPerConnection(metrics: GatewayMetrics? = nil) async throws -> Do
 
     var configuration = GatewayConfiguration()
     configuration.listen = [IPEndpoint("127.0.0.1:0")!]
+    configuration.connectionDriver = driver
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let threadPool = NIOThreadPool(numberOfThreads: 1)
     threadPool.start()
@@ -144,6 +148,7 @@ do {
     let perDecision = try allocationsPerDecision()
     let perConnection = try await allocationsPerConnection()
     let perConnectionWithMetrics = try await allocationsPerConnection(metrics: GatewayMetrics(version: "guard", commit: "guard"))
+    let perConnectionDirect = try await allocationsPerConnection(driver: .direct)
     #if DEBUG
         print("allocations, debug build")
     #else
@@ -154,7 +159,8 @@ do {
     let metricsOK = check(
         "  with --metrics-listen", perConnectionWithMetrics, bound: Bound.perConnection + Bound.metricsPerConnection)
     print(String(format: "  (metrics cost %.1f allocations per connection)", perConnectionWithMetrics - perConnection))
-    exit(decisionsOK && connectionsOK && metricsOK ? 0 : 1)
+    let directOK = check("  with the direct driver", perConnectionDirect, bound: Bound.perConnectionDirect)
+    exit(decisionsOK && connectionsOK && metricsOK && directOK ? 0 : 1)
 } catch {
     FileHandle.standardError.write(Data("allocation-guard: \(error)\n".utf8))
     exit(2)

@@ -12,22 +12,47 @@ import Testing
 @Suite struct DirectDriverTests {
     static func direct(_ configuration: inout GatewayConfiguration) { configuration.connectionDriver = .direct }
 
+    final class Timed: Deadlined {
+        var deadline: UInt64
+        var heapIndex = -1
+        init(_ deadline: UInt64) { self.deadline = deadline }
+    }
+
     @Test func deadlinesComeOutInTimeOrderAndOnlyWhenDue() {
-        var heap = DeadlineHeap()
-        for (index, when) in [50, 10, 40, 10, 30, 20].enumerated() {
-            heap.push(DeadlineHeap.Entry(when: UInt64(when), descriptor: Int32(index), generation: 1))
-        }
+        var heap = DeadlineHeap<Timed>()
+        let items = [50, 10, 40, 10, 30, 20].map { Timed(UInt64($0)) }
+        for item in items { heap.schedule(item) }
         #expect(heap.next == 10)
         var order: [UInt64] = []
-        var now: UInt64 = 35
-        while case .connection(let descriptor, _)? = heap.popDue(now: now) {
-            order.append([50, 10, 40, 10, 30, 20][Int(descriptor)])
-        }
+        while let item = heap.popDue(now: 35) { order.append(item.deadline) }
         #expect(order == [10, 10, 20, 30])
-        #expect(heap.next == 40)
-        now = 100
-        while heap.popDue(now: now) != nil {}
-        #expect(heap.next == nil)
+        #expect(heap.next == 40 && heap.count == 2)
+        while heap.popDue(now: 100) != nil {}
+        #expect(heap.next == nil && items.allSatisfy { $0.heapIndex == -1 })
+    }
+
+    /// A connection that closes takes its deadline with it (an idle time-out of an hour
+    /// must not hold memory for a connection long gone), and a moved deadline is one entry.
+    @Test func movedAndRemovedDeadlinesLeaveTheHeap() {
+        var heap = DeadlineHeap<Timed>()
+        var generator = SystemRandomNumberGenerator()
+        let items = (0..<1000).map { _ in Timed(UInt64.random(in: 0..<1_000_000, using: &generator)) }
+        for item in items { heap.schedule(item) }
+        for item in items.prefix(500) {
+            item.deadline = UInt64.random(in: 0..<1_000_000, using: &generator)
+            heap.schedule(item)
+        }
+        #expect(heap.count == 1000)
+        for item in items.suffix(300) { heap.remove(item) }
+        #expect(heap.count == 700)
+        var last: UInt64 = 0
+        var popped = 0
+        while let item = heap.popDue(now: .max) {
+            #expect(item.deadline >= last)
+            last = item.deadline
+            popped += 1
+        }
+        #expect(popped == 700)
     }
 
     @Test func theServerSaysWhichDriverCarriesIt() async throws {

@@ -44,7 +44,7 @@ extension DirectConnection {
         }
         outbound = socket
         deadline = loop.now &+ UInt64(gateway.configuration.connectTimeout.nanoseconds)
-        loop.schedule(self, at: deadline)
+        loop.schedule(self)
         if result == 0 { connected() }
     }
 

@@ -51,7 +51,9 @@ extension DirectConnection {
         down.sourceClosing = destinationHungUp
         if let idle = gateway.configuration.idleTimeout {
             deadline = loop.now &+ UInt64(idle.nanoseconds)
-            loop.schedule(self, at: deadline)
+            loop.schedule(self)
+        } else {
+            loop.cancelDeadline(self)
         }
         pump()
     }
@@ -183,7 +185,7 @@ extension DirectConnection {
         let due = lastActivity &+ UInt64(idle.nanoseconds)
         if loop.now >= due { return endRelay("idle timeout") }
         deadline = due
-        loop.schedule(self, at: due)
+        loop.schedule(self)
     }
 
     /// The relay ended: both sockets closed, the session's one end record written.

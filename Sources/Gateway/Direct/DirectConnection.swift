@@ -21,7 +21,7 @@ import SOCKSWire
 /// the message it could not carry and the bytes from that message on
 /// (`DirectDriver.handOver`): a password or GSS-API method, BIND, UDP, a host name, an
 /// identd rule, a `via` route, an HTTP request, a PROXY header.
-final class DirectConnection {
+final class DirectConnection: Deadlined {
     let client: Int32
     private(set) var generation: UInt32 = 0
     unowned let loop: DirectLoop
@@ -42,6 +42,7 @@ final class DirectConnection {
     var clientEOF = false
     /// When the current deadline passes (negotiation, connect, then idle), monotonic ns.
     var deadline: UInt64 = 0
+    var heapIndex = -1
     private let negotiationDeadline: UInt64
 
     var session: ConnectSession?
@@ -89,7 +90,7 @@ final class DirectConnection {
         }
         connection.generation = generation
         loop.connectionOpened()
-        loop.schedule(connection, at: connection.deadline)
+        loop.schedule(connection)
         // A client speaks first, and its greeting has usually arrived with the handshake's
         // last packet: read it now rather than after another turn of the loop (measured:
         // one epoll_wait less per connection; an empty socket costs one EAGAIN).
@@ -119,7 +120,6 @@ final class DirectConnection {
     }
 
     func deadlineFired() {
-        guard loop.now >= deadline else { return }  // moved on: a later entry is its own
         switch phase {
         case .negotiating:
             gateway.repeated.occurred(.negotiationTimeout, on: driver.nioLoop(loop.index), metadata: ["client": "\(peer)"])
@@ -205,6 +205,7 @@ final class DirectConnection {
     private func handOver(_ before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
         phase = .closed
         loop.unregister(client, removeInterest: true)
+        loop.cancelDeadline(self)
         loop.connectionClosed()
         let remaining = deadline > loop.now ? deadline - loop.now : 0
         driver.handOver(
@@ -316,6 +317,7 @@ final class DirectConnection {
         guard phase != .closed else { return }
         phase = .closed
         loop.unregister(client)
+        loop.cancelDeadline(self)
         close(client)
         loop.connectionClosed()
     }

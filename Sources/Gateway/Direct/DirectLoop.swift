@@ -28,7 +28,9 @@ final class DirectLoop: @unchecked Sendable {
     /// Loop-owned from here on.
     private var table: [(generation: UInt32, registration: Registration)?] = []
     private var nextGeneration: UInt32 = 1
-    private var timers = DeadlineHeap()
+    private var deadlines = DeadlineHeap<DirectConnection>()
+    /// Work by time; few (listener pauses), so a plain list.
+    private var timedWork: [(when: UInt64, run: () -> Void)] = []
     /// Connections that stopped moving bytes to be fair to the others and continue next turn.
     private var resumable: [DirectConnection] = []
     private(set) var listeners: [DirectListener] = []
@@ -127,16 +129,27 @@ final class DirectLoop: @unchecked Sendable {
 
     func removeListener(_ listener: DirectListener) { listeners.removeAll { $0 === listener } }
 
-    /// `connection`'s `deadlineFired` runs at `deadline` (monotonic ns), unless its
-    /// descriptor is closed or reused by then; the connection checks whether the deadline
-    /// is still its own.
-    func schedule(_ connection: DirectConnection, at deadline: UInt64) {
-        timers.push(DeadlineHeap.Entry(when: deadline, descriptor: connection.client, generation: connection.generation))
+    /// `connection.deadlineFired` runs when its `deadline` passes; call again after
+    /// changing the deadline.
+    func schedule(_ connection: DirectConnection) {
+        deadlines.schedule(connection)
+    }
+
+    /// The connection closed or left: no deadline of its is kept.
+    func cancelDeadline(_ connection: DirectConnection) {
+        deadlines.remove(connection)
     }
 
     /// Runs `work` after `delay` nanoseconds (listener pauses; rare).
     func schedule(after delay: UInt64, _ work: @escaping () -> Void) {
-        timers.pushWork(at: now &+ delay, work)
+        timedWork.append((now &+ delay, work))
+    }
+
+    /// The next time anything is due.
+    private var nextDue: UInt64? {
+        var next = deadlines.next
+        for work in timedWork where next.map({ work.when < $0 }) ?? true { next = work.when }
+        return next
     }
 
     /// Continues `connection`'s relay next turn (it stopped after its fair share).
@@ -159,7 +172,7 @@ final class DirectLoop: @unchecked Sendable {
         defer { events.deallocate() }
         while running {
             let timeout: Int32 =
-                !resumable.isEmpty ? 0 : timers.next.map { when in when <= now ? 0 : Int32(min((when - now + 999_999) / 1_000_000, 60_000)) } ?? -1
+                !resumable.isEmpty ? 0 : nextDue.map { when in when <= now ? 0 : Int32(min((when - now + 999_999) / 1_000_000, 60_000)) } ?? -1
             let count = epoll_wait(epoll, events, Int32(capacity), timeout)
             now = Self.monotonicNow()
             if count > 0 {
@@ -198,86 +211,92 @@ final class DirectLoop: @unchecked Sendable {
     }
 
     private func fireTimers() {
-        while let entry = timers.popDue(now: now) {
-            switch entry {
-            case .work(let work):
-                work()
-            case .connection(let descriptor, let generation):
-                guard Int(descriptor) < table.count, let slot = table[Int(descriptor)], slot.generation == generation,
-                    case .client(let connection) = slot.registration
-                else { continue }
-                connection.deadlineFired()
-            }
+        while let connection = deadlines.popDue(now: now) {
+            connection.deadlineFired()
+        }
+        if timedWork.contains(where: { $0.when <= now }) {
+            let due = timedWork.filter { $0.when <= now }
+            timedWork.removeAll { $0.when <= now }
+            for work in due { work.run() }
         }
     }
 }
 
-/// Deadlines by time: a binary heap. An entry stays until its time even if its
-/// connection has gone or moved its deadline; the connection's descriptor and
-/// generation, and its own deadline, tell whether it still counts.
-struct DeadlineHeap {
-    struct Entry {
-        var when: UInt64
-        var descriptor: Int32
-        var generation: UInt32
-    }
+/// What a `DeadlineHeap` holds: an object with one deadline, in the heap at most once.
+protocol Deadlined: AnyObject {
+    /// Monotonic nanoseconds.
+    var deadline: UInt64 { get }
+    /// Its place in the heap; -1 when not in it. The heap's to set.
+    var heapIndex: Int { get set }
+}
 
-    enum Due {
-        case connection(descriptor: Int32, generation: UInt32)
-        case work(() -> Void)
-    }
+/// Deadlines by time: a binary heap that knows where each element is, so that a deadline
+/// moved or cancelled (a connection that closed) leaves the heap at once. It holds the
+/// open connections and nothing else: an idle time-out of an hour costs no memory once
+/// its connection has gone.
+struct DeadlineHeap<Element: Deadlined> {
+    private(set) var elements: [Element] = []
 
-    private var entries: [Entry] = []
-    /// Work by time; few (listener pauses), so a plain list.
-    private var work: [(when: UInt64, run: () -> Void)] = []
+    var next: UInt64? { elements.first?.deadline }
+    var count: Int { elements.count }
 
-    var next: UInt64? {
-        let first = entries.first?.when
-        let firstWork = work.map(\.when).min()
-        switch (first, firstWork) {
-        case (let a?, let b?): return min(a, b)
-        case (let a?, nil): return a
-        case (nil, let b?): return b
-        case (nil, nil): return nil
+    /// Adds `element`, or moves it after its deadline changed.
+    mutating func schedule(_ element: Element) {
+        if element.heapIndex < 0 || element.heapIndex >= elements.count || elements[element.heapIndex] !== element {
+            element.heapIndex = elements.count
+            elements.append(element)
         }
+        siftUp(siftDown(element.heapIndex))
     }
 
-    mutating func pushWork(at when: UInt64, _ run: @escaping () -> Void) {
-        work.append((when, run))
+    mutating func remove(_ element: Element) {
+        let index = element.heapIndex
+        guard index >= 0, index < elements.count, elements[index] === element else { return }
+        element.heapIndex = -1
+        let last = elements.removeLast()
+        guard index < elements.count else { return }
+        elements[index] = last
+        last.heapIndex = index
+        siftUp(siftDown(index))
     }
 
-    mutating func push(_ entry: Entry) {
-        entries.append(entry)
-        var child = entries.count - 1
+    /// The earliest element whose deadline is `now` or past, taken out of the heap.
+    mutating func popDue(now: UInt64) -> Element? {
+        guard let first = elements.first, first.deadline <= now else { return nil }
+        remove(first)
+        return first
+    }
+
+    private mutating func swapAt(_ a: Int, _ b: Int) {
+        elements.swapAt(a, b)
+        elements[a].heapIndex = a
+        elements[b].heapIndex = b
+    }
+
+    @discardableResult
+    private mutating func siftUp(_ start: Int) -> Int {
+        var child = start
         while child > 0 {
             let parent = (child - 1) / 2
-            guard entries[child].when < entries[parent].when else { break }
-            entries.swapAt(child, parent)
+            guard elements[child].deadline < elements[parent].deadline else { break }
+            swapAt(child, parent)
             child = parent
         }
+        return child
     }
 
-    mutating func popDue(now: UInt64) -> Due? {
-        if let index = work.firstIndex(where: { $0.when <= now }) {
-            return .work(work.remove(at: index).run)
+    private mutating func siftDown(_ start: Int) -> Int {
+        var parent = start
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < elements.count, elements[left].deadline < elements[smallest].deadline { smallest = left }
+            if right < elements.count, elements[right].deadline < elements[smallest].deadline { smallest = right }
+            guard smallest != parent else { return parent }
+            swapAt(parent, smallest)
+            parent = smallest
         }
-        guard let first = entries.first, first.when <= now else { return nil }
-        let last = entries.removeLast()
-        if !entries.isEmpty {
-            entries[0] = last
-            var parent = 0
-            while true {
-                let left = 2 * parent + 1
-                let right = left + 1
-                var smallest = parent
-                if left < entries.count, entries[left].when < entries[smallest].when { smallest = left }
-                if right < entries.count, entries[right].when < entries[smallest].when { smallest = right }
-                guard smallest != parent else { break }
-                entries.swapAt(parent, smallest)
-                parent = smallest
-            }
-        }
-        return .connection(descriptor: first.descriptor, generation: first.generation)
     }
 }
 
