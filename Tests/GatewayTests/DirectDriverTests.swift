@@ -1,4 +1,5 @@
 import AccessPolicy
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NetAddress
@@ -125,6 +126,32 @@ import Testing
         let head = "HTTP/1.1 200 Connection established\r\n\r\n"
         #expect(String(decoding: try await client.read(head.utf8.count), as: UTF8.self) == head)
         try await gateway.stop()
+        await echo.stop()
+    }
+
+    /// A tunnel handed to SwiftNIO is waited for by a shutdown (and by a takeover's
+    /// drain) as a direct relay is: it keeps relaying during the grace period, and the
+    /// shutdown is over when it closes, in time.
+    @Test func aShutdownWaitsForAHandedOverTunnel() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send(Array("CONNECT 127.0.0.1:\(echo.port) HTTP/1.1\r\nHost: 127.0.0.1:\(echo.port)\r\n\r\n".utf8))
+        _ = try await client.read("HTTP/1.1 200 Connection established\r\n\r\n".utf8.count)
+        let finished = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+        let stopping = Task {
+            let inTime = try await gateway.server.shutdown(grace: .seconds(5))
+            finished.withLockedValue { $0 = .now }
+            return inTime
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        try await client.send([7])
+        #expect(try await client.read(1) == [7], "the tunnel relays during the grace period")
+        let closed = ContinuousClock.now
+        await client.close()
+        #expect(try await stopping.value, "the shutdown ended in time, when the tunnel closed")
+        #expect(finished.withLockedValue { $0 }.map { $0 >= closed } == true, "the shutdown waited for the tunnel")
+        try await gateway.threadPool.shutdownGracefully()
         await echo.stop()
     }
 

@@ -206,11 +206,12 @@ final class DirectConnection: Deadlined {
         phase = .closed
         loop.unregister(client, removeInterest: true)
         loop.cancelDeadline(self)
-        loop.connectionClosed()
         let remaining = deadline > loop.now ? deadline - loop.now : 0
+        // Before the loop counts it closed: a drain must see it on its way to SwiftNIO.
         driver.handOver(
             client, machine: before.machine, bytes: before.bytes, atStart: before.atStart,
             deadline: .now() + .nanoseconds(Int64(remaining)), loop: loop.index)
+        loop.connectionClosed()
     }
 
     /// The request: carried here when it needs no waiting, else handed to SwiftNIO.

@@ -26,6 +26,8 @@ final class DirectDriver: @unchecked Sendable {
     private let loopsIdle = NIOLockedValueBox(0)
     private let stopped = NIOLockedValueBox(false)
     private let idleCompleted = NIOLockedValueBox(false)
+    private let handed = HandedOverChannels()
+    private let handedIdle = NIOLockedValueBox(false)
 
     init(gateway: GatewayContext, nioLoops: [any EventLoop]) throws {
         self.gateway = gateway
@@ -107,16 +109,24 @@ final class DirectDriver: @unchecked Sendable {
                 }
             }
         }
+        handed.quiesce { [self] in
+            handedIdle.withLockedValue { $0 = true }
+            checkIdle()
+        }
     }
 
     var allClosed: EventLoopFuture<Void> { idle.futureResult }
 
     private func loopIdle() {
-        let all = loopsIdle.withLockedValue { count in
-            count += 1
-            return count == loops.count
-        }
-        if all { completeIdle() }
+        loopsIdle.withLockedValue { $0 += 1 }
+        checkIdle()
+    }
+
+    /// Every loop has no connection left, and no channel handed to SwiftNIO is open. (A
+    /// loop's connection reserves its hand-over before the loop counts it closed, so the
+    /// two cannot both look empty while one is on its way.)
+    private func checkIdle() {
+        if loopsIdle.withLockedValue({ $0 }) == loops.count, handedIdle.withLockedValue({ $0 }) { completeIdle() }
     }
 
     private func completeIdle() {
@@ -134,6 +144,7 @@ final class DirectDriver: @unchecked Sendable {
             for connection in loop.openConnections { connection.gatewayStopped() }
             loop.stop()
         }
+        handed.closeAll()
         stopThreads()
         completeIdle()
     }
@@ -166,6 +177,8 @@ final class DirectDriver: @unchecked Sendable {
         _ descriptor: Int32, machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool, deadline: NIODeadline, loop: Int
     ) {
         let gateway = self.gateway
+        let handed = self.handed
+        handed.reserve()
         ClientBootstrap(group: nioLoop(loop))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -182,9 +195,11 @@ final class DirectDriver: @unchecked Sendable {
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
+                    handed.made(channel)
                     channel.pipeline.fireChannelRead(bytes)
                     channel.setOption(.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
                 case .failure(let error):
+                    handed.made(nil)
                     gateway.logger.warning("a connection could not be handed to SwiftNIO", metadata: ["error": "\(error)"])
                 }
             }
