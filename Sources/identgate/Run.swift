@@ -10,6 +10,7 @@ import NIOPosix
 import NetAddress
 import OfflineCommands
 import PolicyFiles
+import PrintableText
 import Privileges
 import SOCKSWire
 
@@ -238,7 +239,8 @@ struct Run: ParsableCommand {
             throw ValidationError("--pam-service: '\(pamService)' is not a service name (a file name in /etc/pam.d)")
         }
         if ConnectionDriver(rawValue: connectionDriverName) == nil {
-            throw ValidationError("--connection-driver: '\(connectionDriverName)' is neither nio nor direct")
+            let source = connectionDriver == nil ? "IDENTGATE_CONNECTION_DRIVER" : "--connection-driver"
+            throw ValidationError("\(source): '\(DisplayText.escaped(connectionDriverName))' is neither nio nor direct")
         }
         if parsedProtocols.isEmpty || parsedProtocols.count != protocols.split(separator: ",").count {
             throw ValidationError("--protocols: '\(protocols)' is not a list of socks, http")
