@@ -114,7 +114,13 @@ public final class GatewayServer: Sendable {
         let loops = Array(group.makeIterator())
         var bound: [IPEndpoint] = []
         if let direct {
-            return try startDirect(direct, adopting: descriptors, accepting: accepting)
+            do {
+                return try startDirect(direct, adopting: descriptors, accepting: accepting)
+            } catch {
+                // As below: what was set up is closed, and the direct loops' threads end.
+                _ = try? await shutdown(grace: .zero)
+                throw error
+            }
         }
         do {
             for (index, endpoint) in context.configuration.listen.enumerated() {
@@ -146,32 +152,27 @@ public final class GatewayServer: Sendable {
         return bound
     }
 
-    /// `start` for the direct driver: the same sockets, each given to a direct loop.
+    /// `start` for the direct driver: the same sockets, each given to a direct loop at once
+    /// (so that a failure later is cleaned up by `shutdown`, which closes them through the
+    /// loops: a descriptor closed here too would be closed twice, perhaps someone else's).
     private func startDirect(_ direct: DirectDriver, adopting descriptors: [[Int32]]?, accepting: Bool) throws -> [IPEndpoint] {
         var bound: [IPEndpoint] = []
-        var opened: [Int32] = []
-        do {
-            for (index, endpoint) in context.configuration.listen.enumerated() {
-                let sockets: [Int32]
-                if let given = descriptors?[index] {
-                    sockets = given
-                } else {
-                    do {
-                        sockets = try ListeningSocket.open(endpoint, count: direct.loopCount).map(\.descriptor)
-                        opened += sockets
-                    } catch {
-                        throw ListenError(endpoint: endpoint, reason: "\(error)")
-                    }
+        for (index, endpoint) in context.configuration.listen.enumerated() {
+            let sockets: [Int32]
+            if let given = descriptors?[index] {
+                sockets = given
+            } else {
+                do {
+                    sockets = try ListeningSocket.open(endpoint, count: direct.loopCount).map(\.descriptor)
+                } catch {
+                    throw ListenError(endpoint: endpoint, reason: "\(error)")
                 }
-                var target = endpoint
-                for (number, descriptor) in sockets.enumerated() {
-                    if let local = direct.addListener(descriptor, loop: number), number == 0 { target = local }
-                }
-                bound.append(target)
             }
-        } catch {
-            for descriptor in opened { close(descriptor) }
-            throw error
+            var target = endpoint
+            for (number, descriptor) in sockets.enumerated() {
+                if let local = direct.addListener(descriptor, loop: number), number == 0 { target = local }
+            }
+            bound.append(target)
         }
         context.ownListeners.withLockedValue { $0 += bound }
         if accepting { direct.startAccepting() }

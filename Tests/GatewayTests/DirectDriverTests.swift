@@ -68,6 +68,21 @@ import Testing
         try await proxied.stop()
     }
 
+    /// A second listen address that cannot be bound: the start fails with the reason
+    /// (`ListenError`), after shutting down what it had set up (GatewayServer.start).
+    @Test func aFailedStartClosesWhatItOpened() async throws {
+        // A port held without SO_REUSEPORT: the gateway cannot join it.
+        let holder = try await ServerBootstrap(group: testGroup).bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(holder.localAddress?.port)
+        await #expect(throws: ListenError.self) {
+            _ = try await TestGateway.start { configuration in
+                Self.direct(&configuration)
+                configuration.listen = [IPEndpoint("127.0.0.1:0")!, IPEndpoint("127.0.0.1:\(port)")!]
+            }
+        }
+        try await holder.close()
+    }
+
     @Test func oneMebibyteBothWaysThroughSOCKS4And5() async throws {
         let echo = try await EchoServer()
         let gateway = try await TestGateway.start(configure: Self.direct)
