@@ -12,14 +12,17 @@ import Testing
         return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
 
-    @Test func oneMebibyteBothWaysThroughSOCKS4And5() async throws {
+    /// Through either connection driver (`--connection-driver`): the same bytes out.
+    @Test(arguments: ConnectionDriver.allCases)
+    func oneMebibyteBothWaysThroughSOCKS4And5(driver: ConnectionDriver) async throws {
         let echo = try await EchoServer()
-        let gateway = try await TestGateway.start()
+        let gateway = try await TestGateway.start { $0.connectionDriver = driver }
         let payload = randomBytes(1 << 20)
         for request in [[5, 1, 0] + SOCKS.socks5Connect(port: echo.port), SOCKS.socks4Connect(port: echo.port, user: "u")] {
             let client = try await RawClient.connect(to: gateway.address)
             try await client.send(request)
-            _ = try await client.read(request[0] == 5 ? 12 : 8)
+            let reply = try await client.read(request[0] == 5 ? 12 : 8)
+            #expect(reply[request[0] == 5 ? 3 : 1] == (request[0] == 5 ? 0 : 90), "granted")
             try await client.send(payload)
             try await client.shutdownOutput()
             #expect(try await client.readToEnd(timeout: .seconds(20)) == payload)

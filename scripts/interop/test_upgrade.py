@@ -49,6 +49,17 @@ def socks5_connect(port, destination_port, timeout=10.0):
     return connection
 
 
+def read_to_end(connection):
+    """Reads until the peer closes or the connection fails (10 s per read), then closes."""
+    connection.settimeout(10)
+    try:
+        while connection.recv(65536):
+            pass
+    except OSError:
+        pass
+    connection.close()
+
+
 def running(pid):
     """Alive, and not a zombie waiting for a parent that is not this test."""
     try:
@@ -168,6 +179,18 @@ class UpgradeTest(unittest.TestCase):
             with open(path) as lines:
                 found += [json.loads(line) for line in lines if line.strip()]
         return found
+
+    def slow_tunnel_then_upgrade(self):
+        """A tunnel through the first gateway from a source that streams slowly (about 20 s),
+        its first bytes read, then a successor started: (first, tunnel, source)."""
+        source = StreamSource(size=4_000_000, chunk=4096, pause=0.05)
+        self.addCleanup(source.close)
+        first = self.start()
+        tunnel = socks5_connect(self.port, source.port, timeout=30)
+        tunnel.sendall(b"1\n")
+        self.assertTrue(tunnel.recv(4096))
+        self.start()
+        return first, tunnel, source
 
     def verify(self):
         result = subprocess.run([BINARY, "audit", "verify", *self.audit_files()], capture_output=True, text=True, timeout=60)
@@ -378,24 +401,12 @@ class UpgradeTest(unittest.TestCase):
     def test_the_drain_timeout_ends_a_tunnel_with_its_record(self):
         """--drain-timeout: a tunnel still running when it passes is closed, and its one
         session-end record is in the draining file; the process exits 0."""
-        source = StreamSource(size=4_000_000, chunk=4096, pause=0.05)
-        self.addCleanup(source.close)
         self.extra = ("--drain-timeout", "1s")
-        first = self.start()
-        tunnel = socks5_connect(self.port, source.port, timeout=30)
-        tunnel.sendall(b"1\n")
-        self.assertTrue(tunnel.recv(4096))
-        self.start()
+        first, tunnel, _ = self.slow_tunnel_then_upgrade()
         started = time.monotonic()
         self.assertEqual(first.wait(timeout=20), 0)
         self.assertLess(time.monotonic() - started, 10, "gone after the drain time-out, not when the tunnel ends")
-        tunnel.settimeout(10)
-        try:
-            while tunnel.recv(65536):
-                pass
-        except OSError:
-            pass
-        tunnel.close()
+        read_to_end(tunnel)
         self.stop_all()
         drained = glob.glob(self.audit + ".drain-*")
         self.assertEqual(len(drained), 1)
@@ -407,24 +418,12 @@ class UpgradeTest(unittest.TestCase):
         self.verify()
 
     def test_a_process_killed_mid_drain_loses_only_its_own_sessions(self):
-        source = StreamSource(size=4_000_000, chunk=4096, pause=0.05)
-        self.addCleanup(source.close)
-        first = self.start()
-        tunnel = socks5_connect(self.port, source.port, timeout=30)
-        tunnel.sendall(b"1\n")
-        self.assertTrue(tunnel.recv(4096))
-        self.start()
+        first, tunnel, source = self.slow_tunnel_then_upgrade()
         # The first drains its tunnel; killed, only that tunnel ends.
         time.sleep(0.5)
         first.kill()
         first.wait(timeout=10)
-        tunnel.settimeout(10)
-        try:
-            while tunnel.recv(65536):
-                pass
-        except OSError:
-            pass
-        tunnel.close()
+        read_to_end(tunnel)
         # The successor serves on.
         with socks5_connect(self.port, source.port) as connection:
             connection.sendall(b"2\n")

@@ -216,11 +216,12 @@ final class DirectConnection: Deadlined {
 
     /// The request: carried here when it needs no waiting, else handed to SwiftNIO.
     private func begin(_ request: SOCKSRequest, before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
-        guard request.command == .connect, case .some = IPAddress(host: request.host) else { return handOver(before) }
+        guard request.command == .connect else { return handOver(before) }
         guard let local = listener ?? IPEndpoint.local(of: client) else { return closeQuietly() }
         let started = gateway.metrics == nil ? nil : ContinuousClock.now
         let facts = RequestFacts(request, client: peer, listener: local, time: Int64(time(nil)))
         var machine = ConnectSession(facts: facts)
+        // A host name's session starts by resolving, not deciding: handed over with the rest.
         guard case .decide(let attempt) = machine.start(), let decision = gateway.policy.decideImmediately(attempt),
             decision.route?.first == nil
         else { return handOver(before) }
@@ -356,17 +357,6 @@ final class DirectConnection: Deadlined {
         case .negotiating, .connecting: gatewayStopping()
         case .relaying: endRelay("closed: the gateway stopped")
         case .closed: break
-        }
-    }
-}
-
-extension IPAddress {
-    /// The address a SOCKS host is, if it is one (not a name).
-    init?(host: SOCKSHost) {
-        switch host {
-        case .ipv4(let address): self = .v4(address)
-        case .ipv6(let address): self = .v6(address)
-        case .domain: return nil
         }
     }
 }
