@@ -36,6 +36,15 @@ enum FrontDoor: Sendable {
         case .http(let minorVersion): .http(ProxyStatus(failure), minorVersion: minorVersion)
         }
     }
+
+    /// The answer when the audit log cannot take the session's records (its disk is full):
+    /// SOCKS's general failure, HTTP's 503.
+    var auditLogUnavailable: ClientReply {
+        switch self {
+        case .socks(let version): .socks(.failed(.generalFailure, version: version))
+        case .http(let minorVersion): .http(.serviceUnavailable, minorVersion: minorVersion)
+        }
+    }
 }
 
 /// One reply to a client, in its protocol.

@@ -25,6 +25,8 @@ public final class GatewayServer: Sendable {
     private let quiesced = NIOLockedValueBox<[EventLoopFuture<Void>]>([])
     /// `--connection-driver direct`: the loops that carry the listeners' connections.
     private let direct: DirectDriver?
+    /// With the direct driver, the connections its loops handed to SwiftNIO so far.
+    var connectionsHandedToSwiftNIO: Int { direct?.handOvers ?? 0 }
 
     public init(
         configuration: GatewayConfiguration,

@@ -205,6 +205,14 @@ final class HTTPFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         proxied: ProxiedConnection?
     ) -> RequestFacts? {
         guard let peer = channel.remoteAddress?.ipEndpoint, let local = channel.localAddress?.ipEndpoint else { return nil }
+        return facts(host: host, port: port, identity: identity, peer: peer, local: local, proxied: proxied)
+    }
+
+    /// The same, for a connection from `peer` to `local` (the direct driver's too).
+    static func facts(
+        host: ProxyTargetHost, port: UInt16, identity: HTTPProxyAuthentication.Identity?, peer: IPEndpoint, local: IPEndpoint,
+        proxied: ProxiedConnection?
+    ) -> RequestFacts {
         let destination: RequestFacts.Destination =
             switch host {
             case .address(let address): .address(address)

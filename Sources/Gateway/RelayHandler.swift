@@ -54,6 +54,14 @@ final class RelayHandler: ChannelDuplexHandler {
         self.context = context
     }
 
+    /// Bytes this side's peer sent before the relay began (a client's bytes after its
+    /// request, read during the negotiation), passed on by the session as the relay starts:
+    /// counted as read here, for the session-end record and the metrics.
+    func countEarly(_ count: Int) {
+        bytesRead &+= UInt64(count)
+        readCounter?.increment(by: Int64(count))
+    }
+
     func handlerRemoved(context: ChannelHandlerContext) {
         partnerBytesAtRemoval = partner?.bytesRead ?? partnerBytesAtRemoval
         self.context = nil

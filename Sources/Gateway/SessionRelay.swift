@@ -46,6 +46,7 @@ enum SessionRelay {
             return
         }
         if let bytes = early.bytes {
+            clientSide.countEarly(bytes.readableBytes)
             outbound.writeAndFlush(bytes, promise: nil)
         }
         if early.sentEOF {

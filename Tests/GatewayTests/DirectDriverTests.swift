@@ -114,16 +114,74 @@ import Testing
         await echo.stop()
     }
 
-    /// An HTTP request's first byte sends the connection to SwiftNIO's front door whole.
-    @Test func anHTTPConnectIsHandedToTheFrontDoor() async throws {
+    static func connectHead(_ target: String, _ headers: String = "") -> [UInt8] {
+        Array("CONNECT \(target) HTTP/1.1\r\nHost: \(target)\r\n\(headers)\r\n".utf8)
+    }
+
+    static func pieces(of bytes: [UInt8], each size: Int) -> [[UInt8]] {
+        stride(from: 0, to: bytes.count, by: size).map { Array(bytes[$0..<min($0 + size, bytes.count)]) }
+    }
+
+    static let established = "HTTP/1.1 200 Connection established\r\n\r\n"
+
+    /// An anonymous HTTP CONNECT to an address is carried by the direct loop itself (its
+    /// head read by NIOHTTP1's decoder), with what the client sent after the head.
+    @Test func anHTTPConnectToAnAddressIsCarriedHere() async throws {
         let echo = try await EchoServer()
         let gateway = try await TestGateway.start(configure: Self.direct)
         let client = try await RawClient.connect(to: gateway.address)
-        try await client.send(Array("CONNECT 127.0.0.1:\(echo.port) HTTP/1.1\r\nHost: 127.0.0.1:\(echo.port)\r\n\r\n".utf8))
-        let head = "HTTP/1.1 200 Connection established\r\n\r\n"
-        #expect(String(decoding: try await client.read(head.utf8.count), as: UTF8.self) == head)
+        try await client.send(Self.connectHead("127.0.0.1:\(echo.port)") + Array("early".utf8))
+        let answer = try await client.read(Self.established.utf8.count + 5)
+        #expect(String(decoding: answer, as: UTF8.self) == Self.established + "early")
+        #expect(gateway.server.connectionsHandedToSwiftNIO == 0)
+        await client.close()
         try await gateway.stop()
         await echo.stop()
+    }
+
+    /// What the loop does not carry goes to SwiftNIO's front door with every byte read,
+    /// and is answered there: a host name, credentials, a head in pieces, a malformed
+    /// head, a forwarded request.
+    @Test func otherHTTPRequestsGoToTheFrontDoorWhole() async throws {
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: Self.direct)
+        let tunnels: [[[UInt8]]] = [
+            [Self.connectHead("localhost:\(echo.port)")],
+            [Self.connectHead("127.0.0.1:\(echo.port)", "Proxy-Authorization: Basic dTpw\r\n")],
+            Self.pieces(of: Self.connectHead("127.0.0.1:\(echo.port)"), each: 9),
+        ]
+        for (index, pieces) in tunnels.enumerated() {
+            let client = try await RawClient.connect(to: gateway.address)
+            for piece in pieces {
+                try await client.send(piece)
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(String(decoding: try await client.read(Self.established.utf8.count), as: UTF8.self) == Self.established)
+            #expect(gateway.server.connectionsHandedToSwiftNIO == index + 1)
+            await client.close()
+        }
+        for refused in ["CONNECT 127.0.0.1:1 HTTP/1.1\r\nno colon here\r\n\r\n", "GET /relative HTTP/1.1\r\nHost: a\r\n\r\n"] {
+            let client = try await RawClient.connect(to: gateway.address)
+            try await client.send(Array(refused.utf8))
+            let answer = String(decoding: try await client.readToEnd(timeout: .seconds(5)), as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 400 "), "\(answer)")
+        }
+        #expect(echo.peers.withLockedValue { $0.count } == 3)
+        try await gateway.stop()
+        await echo.stop()
+    }
+
+    /// A head that does not end in time gets the front door's 408 from the direct loop.
+    @Test func anUnfinishedHeadTimesOutWith408() async throws {
+        let gateway = try await TestGateway.start(configure: {
+            Self.direct(&$0)
+            $0.negotiationTimeout = .seconds(1)
+        })
+        let client = try await RawClient.connect(to: gateway.address, sending: Array("CONNECT 127.0.0.1:1 HTTP/1.1\r\n".utf8))
+        let answer = String(decoding: try await client.readToEnd(timeout: .seconds(5)), as: UTF8.self)
+        #expect(answer.hasPrefix("HTTP/1.1 408 "), "\(answer)")
+        #expect(gateway.server.connectionsHandedToSwiftNIO == 0)
+        try await gateway.stop()
     }
 
     /// A tunnel handed to SwiftNIO is waited for by a shutdown (and by a takeover's
@@ -133,8 +191,10 @@ import Testing
         let echo = try await EchoServer()
         let gateway = try await TestGateway.start(configure: Self.direct)
         let client = try await RawClient.connect(to: gateway.address)
-        try await client.send(Array("CONNECT 127.0.0.1:\(echo.port) HTTP/1.1\r\nHost: 127.0.0.1:\(echo.port)\r\n\r\n".utf8))
-        _ = try await client.read("HTTP/1.1 200 Connection established\r\n\r\n".utf8.count)
+        // A host name: SwiftNIO's session resolves it.
+        try await client.send(Self.connectHead("localhost:\(echo.port)"))
+        _ = try await client.read(Self.established.utf8.count)
+        #expect(gateway.server.connectionsHandedToSwiftNIO == 1)
         let finished = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
         let stopping = Task {
             let inTime = try await gateway.server.shutdown(grace: .seconds(5))

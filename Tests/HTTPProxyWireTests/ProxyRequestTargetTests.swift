@@ -23,7 +23,7 @@ import Testing
         #expect(try parse("CONNECT", "[2001:db8::1]:443") == .tunnel(host: .address(IPAddress("2001:db8::1")!), port: 443))
         for bad in ["example.com", "example.com:", "example.com:0", "example.com:65536", "example.com:+443", ":443",
             "[2001:db8::1]", "[2001:db8::1:443", "[nonsense]:443", "exa mple.com:443", "exa%41mple.com:443",
-            "bad\u{1B}name:443", "a@b:443", "example.com:4 43", String(repeating: "a", count: 254) + ":443"]
+            "bad\u{1B}name:443", "a@b:443", "example.com:4 43", "example.com:\u{FF14}43", "example.com:\u{0664}\u{0664}\u{0663}", String(repeating: "a", count: 254) + ":443"]
         {
             #expect(status("CONNECT", bad) == .badRequest, "\(bad)")
         }

@@ -7,6 +7,7 @@ Every test relays real data and compares SHA-256 digests on both sides.
 import hashlib
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -198,6 +199,31 @@ class HalfCloseTest(unittest.TestCase):
                 answer += chunk
             client.close()
             self.assertEqual(answer, hashlib.sha256(b"question").digest() * 1000)
+
+
+class EarlyBytesTest(unittest.TestCase):
+    """Bytes a client sends right behind its request, before the reply (pipelining
+    clients, a TLS ClientHello after CONNECT), reach the destination and are counted in
+    the session-end record like every later byte."""
+
+    def test_bytes_sent_with_the_request_are_relayed_and_counted(self):
+        payload = b"sent-with-the-request"
+        with TCPServer(echo) as server, Gateway() as gateway:
+            for kind in ("socks4", "http"):
+                if kind == "socks4":
+                    request = struct.pack("!BBH4s", 4, 1, server.port, socket.inet_aton("127.0.0.1")) + b"u\0"
+                    reply_length = 8
+                else:
+                    request = f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+                    reply_length = len(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+                    client.sendall(request + payload)
+                    answer = recv_exactly(client, reply_length + len(payload))
+                    self.assertEqual(answer[reply_length:], payload, kind)
+            self.assertEqual(gateway.stop(), 0)
+            ends = [record for record in gateway.audit_records() if record["event"] == "session-end"]
+        self.assertEqual([end.get("bytesFromClient") for end in ends], [len(payload)] * 2, ends)
+        self.assertEqual([end.get("bytesToClient") for end in ends], [len(payload)] * 2, ends)
 
 
 class StartupErrorTests(unittest.TestCase):

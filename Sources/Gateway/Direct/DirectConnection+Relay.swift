@@ -40,7 +40,10 @@ extension DirectConnection {
         relayStarted = loop.now
         lastActivity = loop.now
         if let early = received {
+            // Read before the reply, sent first: counted as the relay's own reads are.
             up.pending = Array(early.readableBytesView)
+            up.bytes = UInt64(early.readableBytes)
+            gateway.metrics?.tcpFromClients.increment(by: Int64(early.readableBytes))
             received = nil
         }
         up.sourceEOF = clientEOF
@@ -59,13 +62,13 @@ extension DirectConnection {
     }
 
     func clientEventDuringRelay(_ events: UInt32) {
-        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { up.sourceReady = true }
+        if events & DirectLoop.readableEvents != 0 { up.sourceReady = true }
         if events & DirectLoop.hangupEvents != 0 { up.sourceClosing = true }
         pump()
     }
 
     func outboundEventDuringRelay(_ events: UInt32) {
-        if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { down.sourceReady = true }
+        if events & DirectLoop.readableEvents != 0 { down.sourceReady = true }
         if events & DirectLoop.hangupEvents != 0 { down.sourceClosing = true }
         pump()
     }

@@ -1,5 +1,6 @@
-import CDirectIO
 import AccessPolicy
+import AuditLog
+import CDirectIO
 import NIOCore
 import NetAddress
 import PosixEndpoint
@@ -11,34 +12,40 @@ import SOCKSWire
     import Glibc
 #endif
 
-/// One client connection on a direct loop: the negotiation (`SOCKSServerStateMachine`),
-/// then a CONNECT's session (`ConnectSession`), then the relay (DirectConnection+Relay):
-/// the same pure machines SwiftNIO's handlers run, carried out with system calls.
+/// One client connection on a direct loop: the negotiation (`SOCKSServerStateMachine`, or
+/// an HTTP CONNECT's head: DirectConnection+HTTP), then a CONNECT's session
+/// (`ConnectSession`), then the relay (DirectConnection+Relay): the same pure machines
+/// SwiftNIO's handlers run, carried out with system calls.
 ///
 /// It carries what needs no waiting: no authentication, CONNECT to an address, a
 /// decision the policy makes at once (no identd), directly (no parent). Anything else is
 /// handed to SwiftNIO before it is decided, with the negotiation machine as it was before
 /// the message it could not carry and the bytes from that message on
 /// (`DirectDriver.handOver`): a password or GSS-API method, BIND, UDP, a host name, an
-/// identd rule, a `via` route, an HTTP request, a PROXY header.
+/// identd rule, a `via` route, an HTTP request other than such a CONNECT, a PROXY header.
 final class DirectConnection: Deadlined {
     let client: Int32
     private(set) var generation: UInt32 = 0
     unowned let loop: DirectLoop
     let driver: DirectDriver
-    private let peer: IPEndpoint
+    let peer: IPEndpoint
     /// The listener's address, when it is not a wildcard (else asked of the socket).
-    private let listener: IPEndpoint?
+    let listener: IPEndpoint?
 
     enum Phase { case negotiating, connecting, relaying, closed }
     var phase = Phase.negotiating
 
-    private var negotiation: SOCKSServerStateMachine
+    /// The negotiation as it was before a message: what a hand-over to SwiftNIO resumes.
+    typealias Snapshot = (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)
+
+    private(set) var negotiation: SOCKSServerStateMachine
     /// Bytes not yet taken by the negotiation; after the request, what the client sent
     /// before its reply (passed on first when the relay starts).
     var received: ByteBuffer?
-    /// No negotiation message taken yet (the front door's first-byte check is SwiftNIO's).
-    private var atStart = true
+    /// No negotiation message taken yet.
+    private(set) var atStart = true
+    /// An HTTP CONNECT's head is being read (DirectConnection+HTTP), this many reads so far.
+    var httpHeadReads = 0
     var clientEOF = false
     /// When the current deadline passes (negotiation, connect, then idle), monotonic ns.
     var deadline: UInt64 = 0
@@ -46,7 +53,8 @@ final class DirectConnection: Deadlined {
     private let negotiationDeadline: UInt64
 
     var session: ConnectSession?
-    private var version = SOCKSVersion.socks5
+    /// The protocol the replies are written in, once the request is known.
+    private var frontDoor = FrontDoor.socks(.socks5)
     var sessionID: UInt64 = 0
     private var admission: SessionAdmission?
     private var openSessions: OpenSessions?
@@ -105,7 +113,7 @@ final class DirectConnection: Deadlined {
         if events & DirectLoop.hangupEvents != 0 { clientHungUp = true }
         switch phase {
         case .negotiating: readNegotiation()
-        case .connecting: readEarly()
+        case .connecting: if events & DirectLoop.readableEvents != 0 { readEarly() }
         case .relaying: clientEventDuringRelay(events)
         case .closed: break
         }
@@ -123,7 +131,11 @@ final class DirectConnection: Deadlined {
         switch phase {
         case .negotiating:
             gateway.repeated.occurred(.negotiationTimeout, on: driver.nioLoop(loop.index), metadata: ["client": "\(peer)"])
-            if let message = negotiation.negotiationTimedOut() { _ = send(.socks(message)) }
+            if httpHeadReads > 0 {
+                send(.http(.requestTimeout, minorVersion: 1))
+            } else if let message = negotiation.negotiationTimedOut() {
+                send(.socks(message))
+            }
             closeQuietly()
         case .connecting:
             if outbound >= 0 { connectFailed(.timedOut) }
@@ -142,9 +154,13 @@ final class DirectConnection: Deadlined {
             if clientEOF { closeQuietly() }
             return
         }
-        // The front door is SwiftNIO's: an HTTP request, a PROXY header, anything not SOCKS.
+        // The front door: SOCKS starts with its version (4, 5); an HTTP CONNECT may be
+        // carried here; anything else (other requests, a PROXY header) is SwiftNIO's.
         if atStart, let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), first != 4, first != 5 {
-            return handOver((negotiation, buffer, true))
+            guard first == UInt8(ascii: "C"), gateway.configuration.protocols.contains(.http) else {
+                return handOver((negotiation, buffer, true))
+            }
+            return readHTTPHead(buffer)
         }
         while true {
             let before = (machine: negotiation, bytes: buffer, atStart: atStart)
@@ -161,7 +177,7 @@ final class DirectConnection: Deadlined {
                 atStart = false
                 guard send(.socks(message)) else { return closeQuietly() }
             case .sendAndClose(let message):
-                _ = send(.socks(message))
+                send(.socks(message))
                 return closeQuietly()
             case .close:
                 return closeQuietly()
@@ -202,7 +218,7 @@ final class DirectConnection: Deadlined {
     }
 
     /// Hands the connection to SwiftNIO, which goes on from `before`.
-    private func handOver(_ before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
+    func handOver(_ before: Snapshot) {
         phase = .closed
         loop.unregister(client, removeInterest: true)
         loop.cancelDeadline(self)
@@ -214,20 +230,26 @@ final class DirectConnection: Deadlined {
         loop.connectionClosed()
     }
 
-    /// The request: carried here when it needs no waiting, else handed to SwiftNIO.
-    private func begin(_ request: SOCKSRequest, before: (machine: SOCKSServerStateMachine, bytes: ByteBuffer, atStart: Bool)) {
+    /// The SOCKS request: carried here when it needs no waiting, else handed to SwiftNIO.
+    private func begin(_ request: SOCKSRequest, before: Snapshot) {
         guard request.command == .connect else { return handOver(before) }
         guard let local = listener ?? IPEndpoint.local(of: client) else { return closeQuietly() }
-        let started = gateway.metrics == nil ? nil : ContinuousClock.now
         let facts = RequestFacts(request, client: peer, listener: local, time: Int64(time(nil)))
+        begin(facts, frontDoor: .socks(request.version), httpRequest: nil) { handOver(before) }
+    }
+
+    /// A CONNECT, SOCKS's or HTTP's: decided at once and started, or, when that cannot be
+    /// done here, `handOver`.
+    func begin(_ facts: RequestFacts, frontDoor: FrontDoor, httpRequest: HTTPRequestLine?, otherwise handOver: () -> Void) {
+        let started = gateway.metrics == nil ? nil : ContinuousClock.now
         var machine = ConnectSession(facts: facts)
         // A host name's session starts by resolving, not deciding: handed over with the rest.
         guard case .decide(let attempt) = machine.start(), let decision = gateway.policy.decideImmediately(attempt),
             decision.route?.first == nil
-        else { return handOver(before) }
-        version = request.version
+        else { return handOver() }
+        self.frontDoor = frontDoor
         guard gateway.admitToAuditLog() else {
-            _ = send(.socks(.failed(.generalFailure, version: request.version)))
+            send(frontDoor.auditLogUnavailable)
             return closeQuietly()
         }
         phase = .connecting
@@ -235,7 +257,7 @@ final class DirectConnection: Deadlined {
         let admission = SessionAdmission(policy: gateway.policy)
         self.admission = admission
         openSessions = gateway.metrics?.sessionOpened(facts.command, facts.version)
-        let decider = RequestDecider(gateway: gateway, session: sessionID, admission: admission)
+        let decider = RequestDecider(gateway: gateway, session: sessionID, admission: admission, httpRequest: httpRequest)
         let final = decider.recordImmediate(decision, attempt, started: started, on: driver.nioLoop(loop.index))
         session = machine
         if let action = session?.decided(final, recordPending: false) { perform(action) }
@@ -254,7 +276,7 @@ final class DirectConnection: Deadlined {
         case .closeOutbound:
             closeOutbound()
         case .fail(let failure, let recordEnd):
-            let reply = ClientReply.socks(.failed(failure, version: version))
+            let reply = frontDoor.failed(failure)
             if recordEnd {
                 SessionRelay.recordEndBeforeRelay("failed: \(failure)", reply: reply, gateway: gateway, session: sessionID)
             }
@@ -285,10 +307,16 @@ final class DirectConnection: Deadlined {
     }
 
     private func startRelay() {
-        guard outbound >= 0, let bound = IPEndpoint.local(of: outbound) else {
+        // SOCKS replies with the address the outbound connection is bound to; HTTP does not.
+        let bound: IPEndpoint?
+        switch frontDoor {
+        case .socks: bound = outbound >= 0 ? IPEndpoint.local(of: outbound) : nil
+        case .http: bound = IPEndpoint(address: .v4(.any), port: 0)
+        }
+        guard outbound >= 0, let bound else {
             return perform(.fail(.generalFailure, recordEnd: session?.ledger.allowed ?? false))
         }
-        guard send(.socks(.granted(version: version, boundAddress: bound))) else {
+        guard send(frontDoor.granted(bound: bound)) else {
             departure = "client connection failed before the reply"
             return perform(session?.clientLeft() ?? .abandon(recordEnd: true))
         }
@@ -301,7 +329,7 @@ final class DirectConnection: Deadlined {
     /// one). False: it could not be written whole.
     @discardableResult
     func send(_ reply: ClientReply) -> Bool {
-        var bytes = driver.allocator.buffer(capacity: 22)
+        var bytes = driver.allocator.buffer(capacity: 64)
         reply.write(to: &bytes)
         let written = bytes.withUnsafeReadableBytes { Glibc.send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         return written == bytes.readableBytes

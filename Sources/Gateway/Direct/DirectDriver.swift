@@ -27,6 +27,8 @@ final class DirectDriver: @unchecked Sendable {
     private let stopped = NIOLockedValueBox(false)
     private let idleCompleted = NIOLockedValueBox(false)
     private let handed = HandedOverChannels()
+    /// Connections handed to SwiftNIO since the start.
+    var handOvers: Int { handed.total }
     private let handedIdle = NIOLockedValueBox(false)
 
     init(gateway: GatewayContext, nioLoops: [any EventLoop]) throws {

@@ -42,6 +42,15 @@ final class DirectLoop: @unchecked Sendable {
     /// connection holds no buffer at all.
     let scratch: UnsafeMutableRawPointer
     private var running = true
+    /// NIOHTTP1's decoder for HTTP CONNECT heads; made on this loop's thread, as `run`
+    /// starts, and dropped there as it ends (it must not be touched by another thread).
+    private var httpHeadReader: HTTPHeadReader?
+    var httpHeads: HTTPHeadReader {
+        if let httpHeadReader { return httpHeadReader }
+        let reader = HTTPHeadReader()
+        httpHeadReader = reader
+        return reader
+    }
     /// Called on this loop whenever its last connection closes.
     var onIdle: (() -> Void)?
 
@@ -118,6 +127,9 @@ final class DirectLoop: @unchecked Sendable {
     /// The peer hung up or the socket failed: a short read no longer means "no more".
     static let hangupEvents = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
 
+    /// Something to read: data, the peer's EOF, or an error a read reports.
+    static let readableEvents = EPOLLIN.rawValue | hangupEvents
+
     func connectionOpened() { connections += 1 }
 
     func connectionClosed() {
@@ -169,7 +181,10 @@ final class DirectLoop: @unchecked Sendable {
     func run() {
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
-        defer { events.deallocate() }
+        defer {
+            events.deallocate()
+            httpHeadReader = nil
+        }
         while running {
             let timeout: Int32 =
                 !resumable.isEmpty ? 0 : nextDue.map { when in when <= now ? 0 : Int32(min((when - now + 999_999) / 1_000_000, 60_000)) } ?? -1

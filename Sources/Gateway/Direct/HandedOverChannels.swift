@@ -13,6 +13,8 @@ final class HandedOverChannels: Sendable {
         var channels: [ObjectIdentifier: any Channel] = [:]
         var quiescing = false
         var whenEmpty: (@Sendable () -> Void)?
+        /// Hand-overs since the start.
+        var total = 0
 
         var isEmpty: Bool { reserved == 0 && channels.isEmpty }
     }
@@ -21,8 +23,15 @@ final class HandedOverChannels: Sendable {
 
     /// A hand-over begins (before its channel exists): counted from now.
     func reserve() {
-        state.withLockedValue { $0.reserved += 1 }
+        state.withLockedValue { state in
+            state.reserved += 1
+            state.total += 1
+        }
     }
+
+    /// How many connections were handed over since the start (what the direct loops did
+    /// not carry themselves).
+    var total: Int { state.withLockedValue { $0.total } }
 
     /// The reserved hand-over's channel, or nil if it could not be made.
     func made(_ channel: (any Channel)?) {
