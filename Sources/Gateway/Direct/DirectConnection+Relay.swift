@@ -47,8 +47,9 @@ extension DirectConnection {
             received = nil
         }
         up.sourceEOF = clientEOF
-        // Bytes the client sent past `EarlyClientData.limit` were left unread.
-        up.sourceReady = !clientEOF
+        // Read at once only if bytes were left unread (past `EarlyClientData.limit`): an
+        // emptied socket reports its next bytes as a new edge (one read fewer per connection).
+        up.sourceReady = !clientEOF && clientMayHoldMore
         up.sourceClosing = clientHungUp
         down.sourceReady = destinationReadable || destinationHungUp
         down.sourceClosing = destinationHungUp
@@ -147,9 +148,16 @@ extension DirectConnection {
                 counter?.increment(by: Int64(count))
                 lastActivity = loop.now
                 if count < size, !direction.sourceClosing { direction.sourceReady = false }
+                // The source hung up and this read did not fill the buffer: what follows is
+                // most likely its EOF, read next. MSG_MORE holds these bytes back until then,
+                // so that they leave with the FIN in one segment and the sink's reader wakes
+                // once for both (a response and the close, as HTTP/1.0 servers send them).
+                // Whatever comes next (more bytes, the FIN of a shutdown, a close) sends
+                // them: no path leaves them held.
+                let flags = Int32(MSG_NOSIGNAL) | (direction.sourceClosing && count < size ? Int32(MSG_MORE) : 0)
                 var written = 0
                 while written < count {
-                    let sent = Glibc.send(sink, scratch + written, count - written, Int32(MSG_NOSIGNAL))
+                    let sent = Glibc.send(sink, scratch + written, count - written, flags)
                     if sent > 0 {
                         written += sent
                         continue

@@ -47,6 +47,9 @@ final class DirectConnection: Deadlined {
     /// An HTTP CONNECT's head is being read (DirectConnection+HTTP), this many reads so far.
     var httpHeadReads = 0
     var clientEOF = false
+    /// Reading stopped at the limit, not at an empty socket: bytes may wait unread (the
+    /// relay then starts by reading them; otherwise the next edge says when to read).
+    var clientMayHoldMore = false
     /// When the current deadline passes (negotiation, connect, then idle), monotonic ns.
     var deadline: UInt64 = 0
     var heapIndex = -1
@@ -89,9 +92,8 @@ final class DirectConnection: Deadlined {
 
     /// A connection just accepted: registered, under the negotiation deadline.
     static func start(client: Int32, peer: IPEndpoint, listener: IPEndpoint?, loop: DirectLoop, driver: DirectDriver) {
+        // (TCP_NODELAY comes from the listening socket: accepted sockets inherit it.)
         let connection = DirectConnection(client: client, peer: peer, listener: listener, loop: loop, driver: driver)
-        var one: Int32 = 1
-        setsockopt(client, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         guard let generation = loop.register(client, as: .client(connection), events: DirectLoop.connectionEvents) else {
             close(client)
             return
@@ -202,18 +204,26 @@ final class DirectConnection: Deadlined {
                 received?.writeBytes(bytes)
                 // Edge-triggered: a short read emptied the socket, unless it hung up
                 // (then its EOF is still to be read).
-                if count < room, !clientHungUp { return true }
+                if count < room, !clientHungUp {
+                    clientMayHoldMore = false
+                    return true
+                }
             } else if count == 0 {
                 clientEOF = true
+                clientMayHoldMore = false
                 return true
             } else {
                 let code = errno
                 if code == EINTR { continue }
-                if code == EAGAIN || code == EWOULDBLOCK { return true }
+                if code == EAGAIN || code == EWOULDBLOCK {
+                    clientMayHoldMore = false
+                    return true
+                }
                 departure = ClientDeparture.reason(errno: code)
                 return false
             }
         }
+        clientMayHoldMore = true
         return true
     }
 

@@ -35,6 +35,10 @@ final class DirectListener {
         self.driver = driver
         let flags = fcntl(descriptor, F_GETFL)
         _ = fcntl(descriptor, F_SETFL, flags | O_NONBLOCK)
+        // Accepted sockets inherit TCP_NODELAY from here: one system call per connection
+        // fewer (replies and relayed bytes go out at once, as SwiftNIO's channels send them).
+        var one: Int32 = 1
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let local = IPEndpoint.local(of: descriptor) ?? IPEndpoint(address: .v4(.any), port: 0)
         self.endpoint = local
         self.isWildcard = local.address == .v4(.any) || local.address == .v6(.any)

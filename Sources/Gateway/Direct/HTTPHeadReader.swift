@@ -4,9 +4,16 @@ import NIOHTTP1
 
 /// Reads an HTTP proxy request's head for the direct driver with NIOHTTP1's own decoder,
 /// the one SwiftNIO's HTTP front door uses (no hand-written HTTP parser here either).
-/// The decoder is a pipeline handler and the direct loop has no pipeline, so it runs in an
-/// `EmbeddedChannel`: one per loop, made and used on the loop's thread only (it is not
-/// thread-safe), a fresh decoder for every head (docs/architecture.md).
+///
+/// The decoder is a `ByteToMessageDecoder`: it reports what it parsed to the handler after
+/// the one whose context it is given. The direct loop has no pipeline, so the reader keeps
+/// one in an `EmbeddedChannel` (per loop, made and used on the loop's thread only: it is not
+/// thread-safe), with a handler whose context the decoder is given and a collector after
+/// it, and drives a fresh decoder per head as `ByteToMessageHandler` would: added, fed,
+/// removed. After a CONNECT's head the decoder stops parsing for good and leaves the
+/// bytes after the head unread in the buffer it was fed: the tunnel's first bytes.
+/// (Adding and removing a `ByteToMessageHandler` per head instead cost three times as
+/// much, measured with callgrind: docs/architecture.md.)
 ///
 /// Every read starts from the head's first byte. A head nearly always arrives in one
 /// segment; a client that sends it in pieces is handed to SwiftNIO after a few tries
@@ -21,45 +28,67 @@ final class HTTPHeadReader {
         case unreadable
     }
 
-    /// Taken while a head is read; put back only when nothing of that read is left in it.
-    private var channel: EmbeddedChannel?
+    private let channel = EmbeddedChannel()
+    private let feeder = Feeder()
+    private let collector = Collector()
+
+    init() {
+        // Two handlers in a fresh channel: adding them cannot fail; if it did, every read
+        // would find no context and report the head unreadable (SwiftNIO then reads it).
+        try? channel.pipeline.syncOperations.addHandlers([feeder, collector])
+    }
 
     deinit {
-        _ = try? channel?.finish(acceptAlreadyClosed: true)
+        _ = try? channel.finish(acceptAlreadyClosed: true)
     }
 
     func read(_ bytes: ByteBuffer) -> Outcome {
-        let channel = self.channel ?? EmbeddedChannel()
-        self.channel = nil
-        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+        guard let context = feeder.context else { return .unreadable }
+        let decoder = HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)
+        decoder.decoderAdded(context: context)
+        defer { decoder.decoderRemoved(context: context) }
+        collector.reset()
+        var buffer = bytes
         do {
-            // Named: a generated name costs more than the rest of adding it.
-            try channel.pipeline.syncOperations.addHandler(decoder, name: "head")
-            try channel.writeInbound(bytes)
-            var head: HTTPRequestHead?
-            var ended = false
-            while let part = try channel.readInbound(as: HTTPServerRequestPart.self) {
-                switch part {
-                case .head(let value): head = value
-                case .body: break
-                case .end: ended = true
-                }
-            }
-            // Leaving, the decoder passes on what it held after the head (or all of it).
-            channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
-            channel.embeddedEventLoop.run()
-            var rest: ByteBuffer?
-            while var more = try channel.readInbound(as: ByteBuffer.self) {
-                if rest == nil { rest = more } else { rest?.writeBuffer(&more) }
-            }
-            try channel.throwIfErrorCaught()
-            self.channel = channel
-            guard let head, ended else { return .incomplete }
-            return .head(head, rest: rest?.readableBytes == 0 ? nil : rest)
+            while buffer.readableBytes > 0, case .continue = try decoder.decode(context: context, buffer: &buffer) {}
         } catch {
-            // The decoder's error (or one on its way out): this channel is not used again.
-            _ = try? channel.finish(acceptAlreadyClosed: true)
             return .unreadable
         }
+        if collector.failed { return .unreadable }
+        guard let head = collector.head, collector.ended else { return .incomplete }
+        return .head(head, rest: buffer.readableBytes > 0 ? buffer : nil)
+    }
+
+    /// Holds the context the decoder reports through.
+    private final class Feeder: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var context: ChannelHandlerContext?
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    }
+
+    /// Keeps what the decoder reported for the current head.
+    private final class Collector: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        var head: HTTPRequestHead?
+        var ended = false
+        var failed = false
+
+        func reset() {
+            head = nil
+            ended = false
+            failed = false
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let value): head = value
+            case .body: break
+            case .end: ended = true
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { failed = true }
     }
 }
