@@ -55,6 +55,12 @@ public struct GatewayConfiguration: Sendable {
     /// refused (it would be a way to lie about the source).
     public var proxyProtocolFrom: [IPNetwork] = []
     public var connectionDriver = ConnectionDriver.nio
+    /// `--busy-poll`: how long a direct loop that just had events polls for the next ones
+    /// before it sleeps (zero: it sleeps at once). See docs/architecture.md.
+    public var busyPoll = TimeAmount.zero
+    /// The longest `busyPoll` taken: past this, a sleep and a wake-up cost less than the
+    /// polling they would save.
+    public static let maximumBusyPoll = TimeAmount.milliseconds(1)
 
     public init() {}
 

@@ -135,12 +135,19 @@ public final class GatewayService: Sendable {
                 "listen": "\(bound.map(\.description).joined(separator: " "))",
                 "policy": "\(settings.policyFile)",
                 "methods": "\(gateway.offeredMethods.map(\.name).joined(separator: ","))",
-                "driver": "\(gateway.connectionDriver.rawValue)",
+                "driver": "\(gateway.connectionDriver.rawValue)\(busyPollNote)",
             ]
         )
         // Ready only now: bound, privileges dropped and verified, policy loaded.
         metrics?.markReady()
         return Listening(socks: bound, metrics: metricsServed)
+    }
+
+    /// ", busy-poll 20us" when the direct loops poll before sleeping.
+    private var busyPollNote: String {
+        let nanoseconds = settings.configuration.busyPoll.nanoseconds
+        guard gateway.connectionDriver == .direct, nanoseconds > 0 else { return "" }
+        return ", busy-poll \(nanoseconds / 1_000)us"
     }
 
     /// Puts a new policy (its tests passed) in force for every decision from now on;

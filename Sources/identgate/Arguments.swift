@@ -22,7 +22,7 @@ struct DurationArgument: ExpressibleByArgument, ExpressibleByStringLiteral, Cust
 
     init?(argument: String) {
         let units: [(suffix: String, nanoseconds: Int64)] = [
-            ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+            ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
         ]
         var number = Substring(argument)
         var scale: Int64 = 1_000_000_000

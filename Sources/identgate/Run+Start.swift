@@ -48,6 +48,7 @@ extension Run {
         configuration.methods = parsedMethods
         configuration.protocols = Set(parsedProtocols)
         configuration.connectionDriver = ConnectionDriver(rawValue: connectionDriverName) ?? .nio
+        configuration.busyPoll = busyPoll.amount
         configuration.proxyProtocolFrom = try proxyProtocolFrom.map { text in
             guard let network = IPNetwork(text) else { throw ValidationError("--proxy-protocol-from: '\(text)' is not a network") }
             return network

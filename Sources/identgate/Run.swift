@@ -55,6 +55,15 @@ struct Run: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --connection-driver direct: how long a loop that just had work polls for more before it sleeps "
+                + "(e.g. 20us; at most 1ms). Default 0: it sleeps at once.",
+            discussion: "Trades CPU for latency: one connection at a time, 20us measured 16% more connections/s; a loop "
+                + "spends up to this long per busy turn polling, nothing while idle. See docs/performance.md.",
+            valueName: "duration"))
+    var busyPoll: DurationArgument = "0"
+
+    @Option(
+        help: ArgumentHelp(
             "Longest wait from accept to a complete request; also each policy decision's deadline.", valueName: "duration"))
     var negotiateTimeout: DurationArgument = "30s"
 
@@ -241,6 +250,12 @@ struct Run: ParsableCommand {
         if ConnectionDriver(rawValue: connectionDriverName) == nil {
             let source = connectionDriver == nil ? "IDENTGATE_CONNECTION_DRIVER" : "--connection-driver"
             throw ValidationError("\(source): '\(DisplayText.escaped(connectionDriverName))' is neither nio nor direct")
+        }
+        if busyPoll.amount > GatewayConfiguration.maximumBusyPoll {
+            throw ValidationError("--busy-poll: \(busyPoll) is longer than 1ms (a sleep costs less than that much polling)")
+        }
+        if busyPoll.amount > .zero, connectionDriverName != ConnectionDriver.direct.rawValue {
+            throw ValidationError("--busy-poll applies to the direct connection driver: add --connection-driver direct")
         }
         if parsedProtocols.isEmpty || parsedProtocols.count != protocols.split(separator: ",").count {
             throw ValidationError("--protocols: '\(protocols)' is not a list of socks, http")

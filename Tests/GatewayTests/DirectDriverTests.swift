@@ -1,4 +1,5 @@
 import AccessPolicy
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -54,6 +55,40 @@ import Testing
             popped += 1
         }
         #expect(popped == 700)
+    }
+
+    /// `--busy-poll`: a loop polls only after a turn that had events, so an idle one
+    /// sleeps (its thread's CPU time stays far below the time it is idle), and one that
+    /// polls still serves.
+    @Test func aBusyPollingLoopSleepsWhenIdle() async throws {
+        let loop = try DirectLoop(index: 0, busyPoll: 1_000_000)
+        let thread = Thread { loop.run() }
+        thread.start()
+        let cpu = NIOLockedValueBox<[UInt64]>([])
+        let readCPU: @Sendable () -> Void = {
+            var time = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+            cpu.withLockedValue { $0.append(UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)) }
+        }
+        loop.execute(readCPU)
+        try await Task.sleep(for: .milliseconds(400))
+        loop.execute(readCPU)
+        try await Task.sleep(for: .milliseconds(50))
+        loop.execute { loop.stop() }
+        let times = cpu.withLockedValue { $0 }
+        #expect(times.count == 2)
+        if times.count == 2 { #expect(times[1] - times[0] < 100_000_000, "idle for 400 ms, busy for \(times[1] - times[0]) ns") }
+
+        let echo = try await EchoServer()
+        let gateway = try await TestGateway.start(configure: {
+            Self.direct(&$0)
+            $0.busyPoll = .microseconds(50)
+        })
+        let client = try await RawClient.connect(to: gateway.address, sending: Self.connectHead("127.0.0.1:\(echo.port)") + [9])
+        #expect(String(decoding: try await client.read(Self.established.utf8.count + 1), as: UTF8.self) == Self.established + "\u{9}")
+        await client.close()
+        try await gateway.stop()
+        await echo.stop()
     }
 
     @Test func theServerSaysWhichDriverCarriesIt() async throws {

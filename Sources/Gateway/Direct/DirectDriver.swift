@@ -34,7 +34,8 @@ final class DirectDriver: @unchecked Sendable {
     init(gateway: GatewayContext, nioLoops: [any EventLoop]) throws {
         self.gateway = gateway
         self.nioLoops = nioLoops
-        self.loops = try nioLoops.indices.map { try DirectLoop(index: $0) }
+        let busyPoll = UInt64(max(0, gateway.configuration.busyPoll.nanoseconds))
+        self.loops = try nioLoops.indices.map { try DirectLoop(index: $0, busyPoll: busyPoll) }
         self.idle = nioLoops[0].makePromise(of: Void.self)
         for loop in loops {
             var thread = pthread_t()

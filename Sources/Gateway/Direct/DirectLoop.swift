@@ -56,8 +56,13 @@ final class DirectLoop: @unchecked Sendable {
 
     static let scratchSize = 256 * 1024
 
-    init(index: Int) throws {
+    /// `--busy-poll` in nanoseconds: after a turn with events, how long to poll for more
+    /// before sleeping.
+    private let busyPoll: UInt64
+
+    init(index: Int, busyPoll: UInt64 = 0) throws {
         self.index = index
+        self.busyPoll = busyPoll
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         wakeup = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
         guard epoll >= 0, wakeup >= 0 else {
@@ -181,6 +186,7 @@ final class DirectLoop: @unchecked Sendable {
     func run() {
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        var hadEvents = false
         defer {
             events.deallocate()
             httpHeadReader = nil
@@ -188,7 +194,9 @@ final class DirectLoop: @unchecked Sendable {
         while running {
             let timeout: Int32 =
                 !resumable.isEmpty ? 0 : nextDue.map { when in when <= now ? 0 : Int32(min((when - now + 999_999) / 1_000_000, 60_000)) } ?? -1
-            let count = epoll_wait(epoll, events, Int32(capacity), timeout)
+            var count = timeout != 0 && hadEvents && busyPoll > 0 ? poll(events, capacity: capacity) : 0
+            if count == 0 { count = epoll_wait(epoll, events, Int32(capacity), timeout) }
+            hadEvents = count > 0
             now = Self.monotonicNow()
             if count > 0 {
                 for item in 0..<Int(count) { dispatch(events[item]) }
@@ -200,6 +208,22 @@ final class DirectLoop: @unchecked Sendable {
             }
             fireTimers()
         }
+    }
+
+    /// `--busy-poll`: asks for events without sleeping until some come or `busyPoll` has
+    /// passed. Only after a turn that had events (a loop woken by nothing, or by a timer,
+    /// sleeps at once), so an idle gateway spends nothing, and a busy one at most
+    /// `busyPoll` per turn that found work. What it buys: one at a time, the next event of
+    /// a connection (the client's answer to a reply, the destination's) often comes within
+    /// tens of microseconds, and a loop still running takes it without the sleep, the
+    /// wake-up and the waker's inter-processor interrupt (docs/performance.md).
+    private func poll(_ events: UnsafeMutablePointer<epoll_event>, capacity: Int) -> Int32 {
+        let until = Self.monotonicNow() &+ busyPoll
+        repeat {
+            let count = epoll_wait(epoll, events, Int32(capacity), 0)
+            if count != 0 { return count }
+        } while Self.monotonicNow() < until
+        return 0
     }
 
     private func dispatch(_ event: epoll_event) {
