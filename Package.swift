@@ -64,6 +64,13 @@ let package = Package(
         // HTTP proxy requests' targets, the proxy's own answers, Basic credentials (the
         // head itself is NIOHTTP1's to parse).
         .target(name: "HTTPProxyWire", dependencies: ["NetAddress"]),
+        // NIOHTTP1's request decoder without a channel of its own (the direct driver's HTTP heads).
+        .target(
+            name: "HTTPHead",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
         .target(name: "IdentProtocol"),
         .target(
             name: "SOCKSSession",
@@ -95,13 +102,12 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "NetAddress", "SOCKSWire", "SOCKSSession", "AccessPolicy", "IdentProtocol", "AuditLog", "PrintableText", "PosixEndpoint", "CCrypt",
-                "CGSSAPI", "CPAM", "ProxyURL", "ProxyProtocol", "HTTPProxyWire", "Privileges", "CDirectIO",
+                "CGSSAPI", "CPAM", "ProxyURL", "ProxyProtocol", "HTTPProxyWire", "HTTPHead", "Privileges", "CDirectIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
@@ -172,7 +178,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "SOCKSWire", "SOCKSSession", "AccessPolicy", "NetAddress", "ProxyProtocol",
+                "Gateway", "SOCKSWire", "SOCKSSession", "AccessPolicy", "NetAddress", "ProxyProtocol", "HTTPHead",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -213,7 +219,7 @@ if Context.environment["IDENTGATE_FUZZ"] != nil {
         .executableTarget(
             name: "fuzz-http",
             dependencies: [
-                "HTTPProxyWire", .product(name: "NIOCore", package: "swift-nio"),
+                "HTTPProxyWire", "HTTPHead", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Tests/Fuzz/FuzzHTTP", swiftSettings: fuzzFlags))

@@ -1,8 +1,7 @@
+import HTTPHead
 import NIOCore
 import NIOHTTP1
 import Testing
-
-@testable import Gateway
 
 /// The direct driver's HTTP head reader: NIOHTTP1's decoder in an `EmbeddedChannel`, a
 /// fresh decoder per head. Synchronous tests: the reader belongs to the thread that made it.
@@ -13,7 +12,7 @@ import Testing
 
     @Test func aWholeHeadAndWhatFollowsIt() throws {
         let reader = HTTPHeadReader()
-        guard case .head(let head, let rest) = read(reader, "CONNECT 10.0.0.1:443 HTTP/1.0\r\nHost: x\r\n\r\n\u{16}\u{03}\u{01}hello") else {
+        guard case .connect(let head, let rest) = read(reader, "CONNECT 10.0.0.1:443 HTTP/1.0\r\nHost: x\r\n\r\n\u{16}\u{03}\u{01}hello") else {
             Issue.record("no head")
             return
         }
@@ -21,11 +20,31 @@ import Testing
         #expect(head.headers["Host"] == ["x"])
         #expect(rest.map { String(buffer: $0) } == "\u{16}\u{03}\u{01}hello")
         // The same reader again, with a fresh decoder: nothing of the first head is left.
-        guard case .head(let second, nil) = read(reader, "CONNECT 10.0.0.2:22 HTTP/1.1\r\n\r\n") else {
+        guard case .connect(let second, nil) = read(reader, "CONNECT 10.0.0.2:22 HTTP/1.1\r\n\r\n") else {
             Issue.record("no second head")
             return
         }
         #expect(second.uri == "10.0.0.2:22" && second.headers.count == 0)
+    }
+
+    /// Only the first request counts: a CONNECT pipelined behind another request is never
+    /// taken for it (the fuzzer found the reader reporting the last head), and what follows
+    /// a CONNECT is its tunnel's bytes, whatever they look like.
+    @Test func theFirstRequestIsTheOneRead() {
+        let reader = HTTPHeadReader()
+        let behind = read(reader, "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\nCONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n")
+        guard case .other(let first) = behind else {
+            Issue.record("\(behind)")
+            return
+        }
+        #expect(first.method == .GET)
+        let ahead = read(reader, "CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\nGET http://a/ HTTP/1.1\r\n\r\n")
+        guard case .connect(let head, let rest) = ahead else {
+            Issue.record("\(ahead)")
+            return
+        }
+        #expect(head.uri == "10.0.0.1:443")
+        #expect(rest.map { String(buffer: $0) } == "GET http://a/ HTTP/1.1\r\n\r\n")
     }
 
     @Test func aHeadNotYetEndedIsIncomplete() {
@@ -52,7 +71,7 @@ import Testing
                 Issue.record("\(text.prefix(60).debugDescription) was read")
                 continue
             }
-            guard case .head = read(reader, "CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n") else {
+            guard case .connect = read(reader, "CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n") else {
                 Issue.record("the reader did not recover")
                 continue
             }

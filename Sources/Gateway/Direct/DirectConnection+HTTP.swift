@@ -1,5 +1,6 @@
 import AccessPolicy
 import AuditLog
+import HTTPHead
 import HTTPProxyWire
 import NIOCore
 import NIOHTTP1
@@ -27,9 +28,9 @@ extension DirectConnection {
             // The request is not complete by now, so it never will be.
             if clientEOF { return closeQuietly() }
             if httpHeadReads >= Self.httpHeadReadLimit { return handOver(whole) }
-        case .unreadable:
+        case .unreadable, .other:
             handOver(whole)
-        case .head(let head, let rest):
+        case .connect(let head, let rest):
             guard let local = listener ?? IPEndpoint.local(of: client) else { return closeQuietly() }
             guard let facts = anonymousConnect(head, local: local) else { return handOver(whole) }
             received = rest
@@ -41,7 +42,7 @@ extension DirectConnection {
     /// The facts of `head` when it is a CONNECT this loop can carry (to an address, no
     /// credentials, within the header count SwiftNIO's front door allows); else nil.
     private func anonymousConnect(_ head: HTTPRequestHead, local: IPEndpoint) -> RequestFacts? {
-        guard head.method == .CONNECT, head.headers.count <= HTTPFrontHandler.maximumHeaderCount,
+        guard head.headers.count <= HTTPFrontHandler.maximumHeaderCount,
             !head.headers.contains(name: "Proxy-Authorization"), gateway.offeredMethods.contains(.noAuthentication),
             case .tunnel(let host, let port)? = try? ProxyRequestTarget.parse(method: "CONNECT", target: head.uri),
             case .address = host

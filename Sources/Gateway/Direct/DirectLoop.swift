@@ -1,4 +1,5 @@
 import CDirectIO
+import HTTPHead
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import HTTPHead
 import HTTPProxyWire
 import NIOCore
 import NIOEmbedded
@@ -10,12 +11,20 @@ final class HeadReader: ChannelInboundHandler {
 
     /// Set before the decoder leaves: what it forwards then are raw bytes, not request parts.
     var decoderLeft = false
+    /// The first head the decoder read, and whether its request ended.
+    var firstHead: HTTPRequestHead?
+    var firstEnded = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decoderLeft, case .head(let head) = unwrapInboundIn(data) else { return }
-        _ = try? ProxyRequestTarget.parse(method: head.method.rawValue, target: head.uri)
-        for value in head.headers["Proxy-Authorization"] {
-            _ = try? BasicCredentials.parse(value)
+        guard !decoderLeft else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if firstHead == nil { firstHead = head }
+            readTarget(of: head)
+        case .body:
+            break
+        case .end:
+            if firstHead != nil { firstEnded = true }
         }
     }
 
@@ -23,6 +32,17 @@ final class HeadReader: ChannelInboundHandler {
         // A head the parser refuses: the gateway answers 400 and closes (HTTPFrontHandler).
     }
 }
+
+func readTarget(of head: HTTPRequestHead) {
+    _ = try? ProxyRequestTarget.parse(method: head.method.rawValue, target: head.uri)
+    for value in head.headers["Proxy-Authorization"] {
+        _ = try? BasicCredentials.parse(value)
+    }
+}
+
+/// The direct driver's reader, one for the whole run as a loop keeps one: each input also
+/// checks that a head read after any earlier input is read right.
+nonisolated(unsafe) let directReader = HTTPHeadReader()
 
 /// libFuzzer entry: arbitrary bytes as what an HTTP proxy client sends first, through
 /// NIOHTTP1's decoder (as the gateway configures it) into the target and credential
@@ -40,6 +60,23 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     reader.decoderLeft = true
     channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
     _ = try? channel.finish(acceptAlreadyClosed: true)
+    // The direct driver's reader (HTTPHeadReader) sees the same first head as the front
+    // door, and what it leaves after the head is a part of the input.
+    switch directReader.read(buffer) {
+    case .connect(let head, let rest):
+        readTarget(of: head)
+        precondition(reader.firstHead == head && reader.firstEnded, "the direct reader and the front door read different heads")
+        if let rest {
+            precondition(rest.readableBytes < size, "more left after the head than was sent")
+            precondition(
+                rest.readableBytesView.elementsEqual(buffer.readableBytesView.suffix(rest.readableBytes)),
+                "what is left after the head is not the input's tail")
+        }
+    case .other(let head):
+        precondition(reader.firstHead == head && reader.firstEnded, "the direct reader and the front door read different heads")
+    case .incomplete, .unreadable:
+        break
+    }
     return 0
 }
 

@@ -18,10 +18,17 @@ import NIOHTTP1
 /// Every read starts from the head's first byte. A head nearly always arrives in one
 /// segment; a client that sends it in pieces is handed to SwiftNIO after a few tries
 /// (`DirectConnection.readHTTPHead`), so no head is parsed more than a few times.
-final class HTTPHeadReader {
-    enum Outcome {
-        /// The whole head, and the bytes after it (a CONNECT's tunnel starts there).
-        case head(HTTPRequestHead, rest: ByteBuffer?)
+///
+/// A module of its own so that the HTTP fuzzer (Tests/Fuzz/FuzzHTTP) drives exactly this
+/// reader without building the gateway.
+public final class HTTPHeadReader {
+    public enum Outcome {
+        /// A CONNECT's whole head, and the bytes after it: the tunnel's first bytes (the
+        /// decoder stops at a CONNECT's end, as SwiftNIO's front door's does).
+        case connect(HTTPRequestHead, rest: ByteBuffer?)
+        /// The whole head of a request with another method. The decoder reads on past it
+        /// (a body, a pipelined request): what follows is not for this reader to say.
+        case other(HTTPRequestHead)
         /// The head has not ended yet.
         case incomplete
         /// NIOHTTP1 refused it (malformed, too large): SwiftNIO's front door says why.
@@ -32,7 +39,7 @@ final class HTTPHeadReader {
     private let feeder = Feeder()
     private let collector = Collector()
 
-    init() {
+    public init() {
         // Two handlers in a fresh channel: adding them cannot fail; if it did, every read
         // would find no context and report the head unreadable (SwiftNIO then reads it).
         try? channel.pipeline.syncOperations.addHandlers([feeder, collector])
@@ -42,7 +49,8 @@ final class HTTPHeadReader {
         _ = try? channel.finish(acceptAlreadyClosed: true)
     }
 
-    func read(_ bytes: ByteBuffer) -> Outcome {
+    /// The head at the start of `bytes`, parsed from its first byte.
+    public func read(_ bytes: ByteBuffer) -> Outcome {
         guard let context = feeder.context else { return .unreadable }
         let decoder = HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)
         decoder.decoderAdded(context: context)
@@ -54,9 +62,10 @@ final class HTTPHeadReader {
         } catch {
             return .unreadable
         }
-        if collector.failed { return .unreadable }
-        guard let head = collector.head, collector.ended else { return .incomplete }
-        return .head(head, rest: buffer.readableBytes > 0 ? buffer : nil)
+        guard let head = collector.head, collector.ended else { return collector.failed ? .unreadable : .incomplete }
+        guard head.method == .CONNECT else { return .other(head) }
+        // A CONNECT's decoder stopped at its end: nothing after it was parsed, or failed.
+        return collector.failed ? .unreadable : .connect(head, rest: buffer.readableBytes > 0 ? buffer : nil)
     }
 
     /// Holds the context the decoder reports through.
@@ -68,24 +77,31 @@ final class HTTPHeadReader {
         func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
     }
 
-    /// Keeps what the decoder reported for the current head.
+    /// Keeps what the decoder reported for the first head of the bytes: only the first (a
+    /// pipelined request after it is never taken for it).
     private final class Collector: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
         var head: HTTPRequestHead?
         var ended = false
         var failed = false
+        private var heads = 0
 
         func reset() {
             head = nil
             ended = false
             failed = false
+            heads = 0
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head(let value): head = value
-            case .body: break
-            case .end: ended = true
+            case .head(let value):
+                heads += 1
+                if heads == 1 { head = value }
+            case .body:
+                break
+            case .end:
+                if heads == 1 { ended = true }
             }
         }
 
