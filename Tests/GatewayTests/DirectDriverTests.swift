@@ -195,11 +195,16 @@ import Testing
             #expect(gateway.server.connectionsHandedToSwiftNIO == index + 1)
             await client.close()
         }
-        for refused in ["CONNECT 127.0.0.1:1 HTTP/1.1\r\nno colon here\r\n\r\n", "GET /relative HTTP/1.1\r\nHost: a\r\n\r\n"] {
+        let huge = "CONNECT 127.0.0.1:1 HTTP/1.1\r\n" + String(repeating: "X-Filler: \(String(repeating: "f", count: 990))\r\n", count: 90)
+        for (refused, status) in [
+            ("CONNECT 127.0.0.1:1 HTTP/1.1\r\nno colon here\r\n\r\n", 400), ("GET /relative HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            // Larger than a read here takes: answered at once by SwiftNIO's bound, not at the deadline.
+            (huge, 431),
+        ] {
             let client = try await RawClient.connect(to: gateway.address)
             try await client.send(Array(refused.utf8))
-            let answer = String(decoding: try await client.readToEnd(timeout: .seconds(5)), as: UTF8.self)
-            #expect(answer.hasPrefix("HTTP/1.1 400 "), "\(answer)")
+            let answer = String(decoding: try await client.readToEnd(timeout: .seconds(4)), as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 \(status) "), "\(answer.prefix(80))")
         }
         #expect(echo.peers.withLockedValue { $0.count } == 3)
         try await gateway.stop()

@@ -27,7 +27,10 @@ extension DirectConnection {
         case .incomplete:
             // The request is not complete by now, so it never will be.
             if clientEOF { return closeQuietly() }
-            if httpHeadReads >= Self.httpHeadReadLimit { return handOver(whole) }
+            // A head past the bytes a read takes (`EarlyClientData.limit`) goes on in
+            // SwiftNIO, which reads the rest and answers 431 beyond its bound: the bytes
+            // left in the socket would bring no new edge here.
+            if httpHeadReads >= Self.httpHeadReadLimit || clientMayHoldMore { return handOver(whole) }
         case .unreadable, .other:
             handOver(whole)
         case .connect(let head, let rest):
