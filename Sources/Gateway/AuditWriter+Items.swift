@@ -21,13 +21,15 @@ extension AuditWriter {
     /// into a record on the writer thread so that the event loops do less per request.
     public enum Item: Sendable {
         case record(AuditRecord)
-        case decision(RequestFacts, Decision, session: UInt64, step: String?, time: String, httpRequest: HTTPRequestLine?)
+        case decision(RequestFacts, Decision, session: UInt64, step: String?, httpRequest: HTTPRequestLine?)
 
-        var record: AuditRecord {
+        /// The record, with `time` (when it was queued) unless it has a time of its own.
+        func record(queuedAt time: String) -> AuditRecord {
             switch self {
-            case .record(let record):
+            case .record(var record):
+                if record.time.isEmpty { record.time = time }
                 return record
-            case .decision(let facts, let decision, let session, let step, let time, let httpRequest):
+            case .decision(let facts, let decision, let session, let step, let httpRequest):
                 var record = AuditRecord.decision(facts, decision, session: session, step: step, httpRequest: httpRequest)
                 record.time = time
                 return record
