@@ -20,16 +20,28 @@ final class DirectDriver: @unchecked Sendable {
     private let loops: [DirectLoop]
     private let nioLoops: [any EventLoop]
     private var threads: [pthread_t] = []
-    private let accepting = NIOLockedValueBox(false)
     /// Completed once accepting has stopped and every connection of every loop has closed.
     private let idle: EventLoopPromise<Void>
-    private let loopsIdle = NIOLockedValueBox(0)
-    private let stopped = NIOLockedValueBox(false)
-    private let idleCompleted = NIOLockedValueBox(false)
     private let handed = HandedOverChannels()
     /// Connections handed to SwiftNIO since the start.
     var handOvers: Int { handed.total }
-    private let handedIdle = NIOLockedValueBox(false)
+
+    /// Where the driver is between start and stop; one lock for all of it, so that "every
+    /// loop and every handed-over channel is empty" is read in one piece.
+    private struct Lifecycle {
+        var accepting = false
+        /// `stopAccepting` has run (once: a drain's shutdown must not end the sessions its
+        /// drain let go on).
+        var stopped = false
+        /// Loops without a connection since accepting stopped.
+        var loopsIdle = 0
+        /// No channel handed to SwiftNIO is open since accepting stopped.
+        var handedIdle = false
+        /// `idle` has been completed.
+        var idleCompleted = false
+    }
+
+    private let lifecycle = NIOLockedValueBox(Lifecycle())
 
     init(gateway: GatewayContext, nioLoops: [any EventLoop]) throws {
         self.gateway = gateway
@@ -73,13 +85,13 @@ final class DirectDriver: @unchecked Sendable {
         loop.execute { [self] in
             let listener = DirectListener(descriptor: descriptor, loop: loop, driver: self)
             loop.addListener(listener)
-            if accepting.withLockedValue({ $0 }) { listener.startAccepting() }
+            if lifecycle.withLockedValue({ $0.accepting }) { listener.startAccepting() }
         }
         return endpoint
     }
 
     func startAccepting() {
-        accepting.withLockedValue { $0 = true }
+        lifecycle.withLockedValue { $0.accepting = true }
         for loop in loops {
             loop.execute { for listener in loop.listeners { listener.startAccepting() } }
         }
@@ -89,12 +101,14 @@ final class DirectDriver: @unchecked Sendable {
     /// relaying end too. Returns once every loop has done so; `allClosed` completes when
     /// the last connection has closed.
     func stopAccepting(draining: Bool) async {
-        accepting.withLockedValue { $0 = false }
-        // Once: a drain's shutdown must not end the sessions its drain let go on.
-        guard stopped.withLockedValue({ stopped in
-            defer { stopped = true }
-            return !stopped
-        }) else { return }
+        let first = lifecycle.withLockedValue { state in
+            defer {
+                state.accepting = false
+                state.stopped = true
+            }
+            return !state.stopped
+        }
+        guard first else { return }
         await onEveryLoop { loop in
             for listener in loop.listeners {
                 listener.close()
@@ -113,29 +127,36 @@ final class DirectDriver: @unchecked Sendable {
             }
         }
         handed.quiesce { [self] in
-            handedIdle.withLockedValue { $0 = true }
-            checkIdle()
+            noteIdle { $0.handedIdle = true }
         }
     }
 
     var allClosed: EventLoopFuture<Void> { idle.futureResult }
 
     private func loopIdle() {
-        loopsIdle.withLockedValue { $0 += 1 }
-        checkIdle()
+        noteIdle { $0.loopsIdle += 1 }
     }
 
-    /// Every loop has no connection left, and no channel handed to SwiftNIO is open. (A
-    /// loop's connection reserves its hand-over before the loop counts it closed, so the
-    /// two cannot both look empty while one is on its way.)
-    private func checkIdle() {
-        if loopsIdle.withLockedValue({ $0 }) == loops.count, handedIdle.withLockedValue({ $0 }) { completeIdle() }
+    /// Applies `change`, then completes `idle` (once) if every loop has no connection left
+    /// and no channel handed to SwiftNIO is open. (A loop's connection reserves its
+    /// hand-over before the loop counts it closed, so the two cannot both look empty while
+    /// one is on its way.)
+    private func noteIdle(_ change: (inout Lifecycle) -> Void) {
+        let loopCount = loops.count
+        let complete = lifecycle.withLockedValue { state in
+            change(&state)
+            guard !state.idleCompleted, state.loopsIdle == loopCount, state.handedIdle else { return false }
+            state.idleCompleted = true
+            return true
+        }
+        if complete { idle.succeed() }
     }
 
-    private func completeIdle() {
-        let first = idleCompleted.withLockedValue { completed in
-            defer { completed = true }
-            return !completed
+    /// Completes `idle` (once) whatever is still open: the grace period is over.
+    private func endIdleWait() {
+        let first = lifecycle.withLockedValue { state in
+            defer { state.idleCompleted = true }
+            return !state.idleCompleted
         }
         if first { idle.succeed() }
     }
@@ -149,7 +170,7 @@ final class DirectDriver: @unchecked Sendable {
         }
         handed.closeAll()
         stopThreads()
-        completeIdle()
+        endIdleWait()
     }
 
     private func stopThreads() {
