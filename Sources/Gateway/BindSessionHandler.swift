@@ -100,11 +100,7 @@ final class BindSessionHandler: SessionDriver<BindSession> {
 
     /// A parent's reply address as an endpoint; a name (rare in replies) as 0.0.0.0.
     private static func endpoint(_ reply: SOCKSClientStateMachine.Reply) -> IPEndpoint {
-        switch reply.host {
-        case .ipv4(let address): IPEndpoint(address: .v4(address), port: reply.port)
-        case .ipv6(let address): IPEndpoint(address: .v6(address), port: reply.port)
-        case .domain: IPEndpoint(address: .v4(.any), port: reply.port)
-        }
+        IPEndpoint(address: reply.host.address ?? .v4(.any), port: reply.port)
     }
 
     /// Listens on the address this host would use to reach the expected peer (the

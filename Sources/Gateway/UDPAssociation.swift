@@ -250,12 +250,7 @@ final class UDPAssociation {
                     connected.channel.close(promise: nil)
                     return
                 }
-                var relayAddress: IPAddress
-                switch connected.reply.host {
-                case .ipv4(let address): relayAddress = .v4(address)
-                case .ipv6(let address): relayAddress = .v6(address)
-                case .domain: relayAddress = .v4(.any)
-                }
+                var relayAddress = connected.reply.host.address ?? .v4(.any)
                 // "0.0.0.0" in a reply means "where you reached me".
                 if relayAddress == .v4(.any) || relayAddress == .v6(.any) {
                     relayAddress = connected.channel.remoteAddress?.ipEndpoint?.address ?? relayAddress
@@ -309,13 +304,11 @@ final class UDPAssociation {
                 destinations.counts.malformed += 1
                 return
             }
-            switch header.host {
-            case .ipv4(let address): from = IPEndpoint(address: .v4(address), port: header.port)
-            case .ipv6(let address): from = IPEndpoint(address: .v6(address), port: header.port)
-            case .domain:
+            guard let address = header.host.address else {
                 destinations.counts.malformed += 1
                 return
             }
+            from = IPEndpoint(address: address, port: header.port)
             viaParent = true
         }
         guard destinations.expectsReply(from: from, viaParent: viaParent), let relay, let clientSource else {

@@ -36,12 +36,7 @@ final class UDPControlHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.sendAndClose(setup.frontDoor.failed(.notAllowed))
             return
         }
-        let expected: IPEndpoint? =
-            switch request.host {
-            case .ipv4(let address): IPEndpoint(address: .v4(address), port: request.port)
-            case .ipv6(let address): IPEndpoint(address: .v6(address), port: request.port)
-            case .domain: nil
-            }
+        let expected = request.host.address.map { IPEndpoint(address: $0, port: request.port) }
         var logger = setup.gateway.logger
         logger[metadataKey: "client"] = "\(facts.client)"
         let association = UDPAssociation(

@@ -248,11 +248,8 @@ public struct Probe: ParsableCommand {
     }
 
     static func address(_ host: SOCKSHost) -> IPAddress? {
-        switch host {
-        case .ipv4(let address): .v4(address)
-        case .ipv6(let address): .v6(address)
-        case .domain(let name): resolve(name).first
-        }
+        if case .domain(let name) = host { return resolve(name).first }
+        return host.address
     }
 
     static func addressBytes(_ host: SOCKSHost, port: UInt16) -> [UInt8] {

@@ -18,6 +18,15 @@ public enum SOCKSHost: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The host's address; nil for a name (which only a resolver turns into addresses).
+    public var address: IPAddress? {
+        switch self {
+        case .ipv4(let address): .v4(address)
+        case .ipv6(let address): .v6(address)
+        case .domain: nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .ipv4(let address): address.description

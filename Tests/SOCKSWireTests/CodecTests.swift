@@ -178,3 +178,13 @@ func be(_ port: UInt16) -> [UInt8] { [UInt8(port >> 8), UInt8(port & 0xff)] }
         #expect(Array(output.readableBytesView) == [5, 0xff, 1, 1])
     }
 }
+
+@Suite struct SOCKSHostTests {
+    /// An address host gives its address (both families); a name gives none: only a
+    /// resolver turns it into addresses.
+    @Test func aHostsAddress() {
+        #expect(SOCKSHost.ipv4(IPv4Address(10, 1, 2, 3)).address == IPAddress("10.1.2.3"))
+        #expect(SOCKSHost(IPAddress("2001:db8::1")!).address == IPAddress("2001:db8::1"))
+        #expect(SOCKSHost.domain("10.1.2.3").address == nil, "a name that looks like an address is still a name")
+    }
+}
