@@ -125,9 +125,24 @@ nss_initgroups_ignoreusers ALLLOCAL
         self.prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{binds} && exec \"$@\"", "sh"]
 
     def start_slapd(self):
-        self.slapd = subprocess.Popen(["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{self.port}/", "-f",
-                                       self.path("slapd.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port("127.0.0.1", self.port)
+        # Its output goes to a file, so that a slapd that does not come up says why (once in
+        # CI it did not listen within 20 s, and nothing told whether it had exited or was slow).
+        with open(self.path("slapd.log"), "wb") as log:
+            self.slapd = subprocess.Popen(["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{self.port}/", "-f",
+                                           self.path("slapd.conf")], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.slapd.poll() is not None:
+                raise RuntimeError(f"slapd exited with {self.slapd.returncode} before listening: {self.slapd_output()}")
+            try:
+                return wait_for_port("127.0.0.1", self.port, deadline=1.0)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"slapd does not listen on 127.0.0.1:{self.port} after 60 s: {self.slapd_output()}")
+
+    def slapd_output(self):
+        with open(self.path("slapd.log"), errors="replace") as log:
+            return log.read()[-2000:] or "(no output)"
 
     def stop_slapd(self):
         if self.slapd and self.slapd.poll() is None:
