@@ -29,7 +29,6 @@ extension AuditWriter {
         }
         fsync(old)
         close(old)
-        let marker = AuditRecord.chainContinue(previousFile: path + " (before reopen)", time: AuditChain.timestamp())
-        state.withLockedValue { $0.queue.insert(Entry(record: marker, written: nil), at: 0) }
+        enqueueFirst(.chainContinue(previousFile: path + " (before reopen)"))
     }
 }

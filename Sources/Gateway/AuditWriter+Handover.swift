@@ -41,7 +41,7 @@ extension AuditWriter {
             state.encoder.chain = chain
             state.chainPending = false
         }
-        enqueueFirst(.chainContinue(previousFile: "\(path) (taken over from \(predecessor))", time: AuditChain.timestamp()))
+        enqueueFirst(.chainContinue(previousFile: "\(path) (taken over from \(predecessor))"))
     }
 
     /// In the successor, when the predecessor's shared file cannot be continued (another
@@ -62,12 +62,6 @@ extension AuditWriter {
         }
         state.withLockedValue { $0.chainPending = false }
         enqueueFirst(start)
-    }
-
-    private func enqueueFirst(_ record: AuditRecord) {
-        var record = record
-        if record.time.isEmpty { record.time = AuditChain.timestamp() }
-        state.withLockedValue { $0.queue.insert(Entry(record: record, written: nil), at: 0) }
     }
 
     /// On the writer thread: the takeover record, then the switch to the drain file.

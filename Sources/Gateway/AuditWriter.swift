@@ -29,6 +29,13 @@ public final class AuditWriter: Sendable {
         /// order, a millisecond apart, and `audit show` merges logs by time).
         var time = ""
 
+        /// The time its record will carry, if known yet.
+        var queuedTime: String? {
+            if !time.isEmpty { return time }
+            if case .record(let record) = item, !record.time.isEmpty { return record.time }
+            return nil
+        }
+
         init(record: AuditRecord, written: EventLoopPromise<Void>?) {
             self.item = .record(record)
             self.written = written
@@ -231,6 +238,17 @@ public final class AuditWriter: Sendable {
         if written != nil || queued >= 256 {
             wakeUp.lock()
             wakeUp.unlock(withValue: 1)
+        }
+    }
+
+    /// Puts `record` at the head of the queue: a file's first record (after a reopen, at a
+    /// takeover). The records behind it were queued before it, so without a time of its
+    /// own it takes the earliest of theirs (else now): the file's order stays its time order.
+    func enqueueFirst(_ record: AuditRecord) {
+        state.withLockedValue { state in
+            var entry = Entry(record: record, written: nil)
+            entry.time = state.queue.first?.queuedTime ?? AuditChain.timestamp()
+            state.queue.insert(entry, at: 0)
         }
     }
 

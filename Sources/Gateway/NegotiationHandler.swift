@@ -315,7 +315,7 @@ final class NegotiationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handOver(_ request: SOCKSRequest, early: EarlyClientData, context: ChannelHandlerContext) {
         deadline?.cancel()
         guard gateway.admitToAuditLog() else {
-            context.sendAndClose(.failed(.generalFailure, version: request.version))
+            context.sendAndClose(FrontDoor.socks(request.version).auditLogUnavailable)
             return
         }
         guard let peer = context.channel.remoteAddress?.ipEndpoint, let local = context.channel.localAddress?.ipEndpoint

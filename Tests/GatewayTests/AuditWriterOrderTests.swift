@@ -6,7 +6,8 @@ import Testing
 
 /// The audit log's order is its time order, however many event loops queue records at
 /// once: `audit show` merges several logs by time and relies on it (test_fleet caught two
-/// records a millisecond out of order when each loop read the clock before the lock).
+/// records a millisecond out of order when each loop read the clock before the lock), and
+/// however many times the log is reopened meanwhile.
 @Suite struct AuditWriterOrderTests {
     @Test func recordsQueuedFromManyThreadsAreInTimeOrder() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("audit-order-\(UUID().uuidString)")
@@ -26,6 +27,12 @@ import Testing
                 }
                 done.leave()
             }.start()
+        }
+        // Log rotations meanwhile (SIGUSR1): each file's first record goes ahead of records
+        // queued before it, and must not carry a later time than theirs.
+        for _ in 0..<20 {
+            audit.reopen()
+            Thread.sleep(forTimeInterval: 0.01)
         }
         done.wait()
         audit.shutdown()

@@ -43,8 +43,8 @@ final class DirectLoop: @unchecked Sendable {
     /// connection holds no buffer at all.
     let scratch: UnsafeMutableRawPointer
     private var running = true
-    /// NIOHTTP1's decoder for HTTP CONNECT heads; made on this loop's thread, as `run`
-    /// starts, and dropped there as it ends (it must not be touched by another thread).
+    /// NIOHTTP1's decoder for HTTP CONNECT heads; made on this loop's thread at its first
+    /// use, and dropped there as `run` ends (it must not be touched by another thread).
     private var httpHeadReader: HTTPHeadReader?
     var httpHeads: HTTPHeadReader {
         if let httpHeadReader { return httpHeadReader }
