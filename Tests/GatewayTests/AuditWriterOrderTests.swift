@@ -9,7 +9,7 @@ import Testing
 /// records a millisecond out of order when each loop read the clock before the lock), and
 /// however many times the log is reopened meanwhile.
 @Suite struct AuditWriterOrderTests {
-    @Test func recordsQueuedFromManyThreadsAreInTimeOrder() throws {
+    @Test func recordsQueuedFromManyThreadsAreInTimeOrder() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("audit-order-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -30,11 +30,13 @@ import Testing
         }
         // Log rotations meanwhile (SIGUSR1): each file's first record goes ahead of records
         // queued before it, and must not carry a later time than theirs.
+        // (Awaited, not waited for: a blocked test thread is one of the two cores the
+        // other suites' tasks run on.)
         for _ in 0..<20 {
             audit.reopen()
-            Thread.sleep(forTimeInterval: 0.01)
+            try await Task.sleep(for: .milliseconds(10))
         }
-        done.wait()
+        await withCheckedContinuation { finished in done.notify(queue: .global()) { finished.resume() } }
         audit.shutdown()
         let times = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").compactMap { line in
             line.range(of: #""time":""#).map { String(line[$0.upperBound...].prefix(24)) }

@@ -149,11 +149,14 @@ final class RawClient: Sendable {
 
     private func poll<T: Sendable>(timeout: Duration, _ check: @Sendable (inout State) throws -> T?) async throws -> T {
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
+        while true {
+            // Checked once more after the deadline: a test task starved past it (the
+            // suites run in parallel on two cores) must not miss bytes that arrived in time.
+            let expired = ContinuousClock.now >= deadline
             if let value = try state.withLockedValue(check) { return value }
+            if expired { throw TimedOut() }
             try await Task.sleep(for: .milliseconds(5))
         }
-        throw TimedOut()
     }
 }
 
