@@ -20,6 +20,8 @@
 //   Addresses: 127.0.0.1 unless LOADGEN_PROXY_HOST (the proxy), LOADGEN_DEST_HOST (the
 //   destination, as named in the SOCKS request) or LOADGEN_BIND (the servers) give an IPv4
 //   address: the fleet row runs in network namespaces, each with a loopback of its own.
+//   LOADGEN_DEST_NAME (rate only): the destination named by this host name instead (SOCKS5's
+//   domain, SOCKS4a, HTTP CONNECT name:port), for the proxy to look up on each connection.
 //   loadgen idle MODE PROXY_PORT DEST_PORT COUNT SECONDS
 //        opens COUNT relayed connections (handshake done, one byte echoed), holds
 //        them idle for SECONDS, prints how many were up, then closes them.
@@ -149,11 +151,29 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
     long started = 0, finished = 0, failures = 0;
     unsigned char payload[64];
     memset(payload, 'x', sizeof payload);
-    unsigned char request[128];
+    unsigned char request[256];
     int request_length = 0, reply_length = 0;
     // SOCKS5 as clients like curl do it: greeting, wait for the method, then the request
     // (microsocks cannot take both in one segment).
-    if (mode == SOCKS5) {
+    const char *name = getenv("LOADGEN_DEST_NAME");
+    if (name && (strlen(name) < 1 || strlen(name) > 64)) { fprintf(stderr, "LOADGEN_DEST_NAME: 1 to 64 bytes\n"); return 2; }
+    if (mode == SOCKS5 && name) {
+        size_t n = strlen(name);
+        unsigned char r[] = {5, 1, 0, 3, (unsigned char)n};
+        memcpy(request, r, sizeof r);
+        memcpy(request + sizeof r, name, n);
+        request[sizeof r + n] = dest_port >> 8;
+        request[sizeof r + n + 1] = dest_port & 255;
+        request_length = (int)(sizeof r + n + 2);
+        reply_length = 10;
+    } else if (mode == SOCKS4 && name) {
+        size_t n = strlen(name);
+        unsigned char r[] = {4, 1, dest_port >> 8, dest_port & 255, 0, 0, 0, 1, 'b', 0};
+        memcpy(request, r, sizeof r);
+        memcpy(request + sizeof r, name, n + 1);
+        request_length = (int)(sizeof r + n + 1);
+        reply_length = 8;
+    } else if (mode == SOCKS5) {
         unsigned char r[] = {5, 1, 0, 1, ((unsigned char *)&dest_host)[0], ((unsigned char *)&dest_host)[1], ((unsigned char *)&dest_host)[2], ((unsigned char *)&dest_host)[3], dest_port >> 8, dest_port & 255};
         memcpy(request, r, sizeof r);
         request_length = sizeof r;
@@ -164,8 +184,9 @@ static int rate(enum mode mode, int proxy_port, int dest_port, int concurrency, 
         request_length = sizeof r;
         reply_length = 8;
     } else if (mode == HTTP) {
-        char host[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &dest_host, host, sizeof host);
+        char address[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &dest_host, address, sizeof address);
+        const char *host = name ? name : address;
         request_length = snprintf((char *)request, sizeof request, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host,
                                   dest_port, host, dest_port);
     }

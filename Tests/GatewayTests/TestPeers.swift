@@ -27,6 +27,7 @@ struct TestGateway {
         configure: (inout GatewayConfiguration) -> Void = { _ in },
         policy: any PolicyDecider = PolicyEngine(policy: DefaultPolicy.policy),
         credentials: CredentialStore? = nil,
+        audit: AuditWriter? = nil,
         lookup: @escaping HostResolver.Lookup = HostResolver.getaddrinfo
     ) async throws -> TestGateway {
         var configuration = GatewayConfiguration()
@@ -40,7 +41,7 @@ struct TestGateway {
         logger.logLevel = .critical
         let server = GatewayServer(
             configuration: configuration, policy: policy, credentials: credentials,
-            group: testGroup, threadPool: threadPool, logger: logger, lookup: lookup
+            group: testGroup, threadPool: threadPool, logger: logger, audit: audit, lookup: lookup
         )
         let bound = try await server.start()
         return TestGateway(

@@ -17,12 +17,13 @@ import SOCKSWire
 /// (`ConnectSession`), then the relay (DirectConnection+Relay): the same pure machines
 /// SwiftNIO's handlers run, carried out with system calls.
 ///
-/// It carries what needs no waiting: no authentication, CONNECT to an address, a
-/// decision the policy makes at once (no identd), directly (no parent). Anything else is
-/// handed to SwiftNIO before it is decided, with the negotiation machine as it was before
-/// the message it could not carry and the bytes from that message on
-/// (`DirectDriver.handOver`): a password or GSS-API method, BIND, UDP, a host name, an
-/// identd rule, a `via` route, an HTTP request other than such a CONNECT, a PROXY header.
+/// It carries what needs no waiting but a host name's lookup: no authentication, CONNECT
+/// to an address or a name (DirectConnection+Begin), a decision the policy makes at once
+/// (no identd), directly (no parent). Anything else is handed to SwiftNIO before it is
+/// decided, with the negotiation machine as it was before the message it could not carry
+/// and the bytes from that message on (`DirectDriver.handOver`): a password or GSS-API
+/// method, BIND, UDP, an identd rule, a `via` route, an HTTP request other than such a
+/// CONNECT, a PROXY header.
 final class DirectConnection: Deadlined {
     let client: Int32
     private(set) var generation: UInt32 = 0
@@ -32,7 +33,7 @@ final class DirectConnection: Deadlined {
     /// The listener's address, when it is not a wildcard (else asked of the socket).
     let listener: IPEndpoint?
 
-    enum Phase { case negotiating, connecting, relaying, closed }
+    enum Phase { case negotiating, resolving, connecting, relaying, closed }
     var phase = Phase.negotiating
 
     /// The negotiation as it was before a message: what a hand-over to SwiftNIO resumes.
@@ -53,18 +54,22 @@ final class DirectConnection: Deadlined {
     /// When the current deadline passes (negotiation, connect, then idle), monotonic ns.
     var deadline: UInt64 = 0
     var heapIndex = -1
-    private let negotiationDeadline: UInt64
+    let negotiationDeadline: UInt64
 
     var session: ConnectSession?
     /// The protocol the replies are written in, once the request is known.
-    private var frontDoor = FrontDoor.socks(.socks5)
+    var frontDoor = FrontDoor.socks(.socks5)
     var sessionID: UInt64 = 0
-    private var admission: SessionAdmission?
-    private var openSessions: OpenSessions?
+    var admission: SessionAdmission?
+    var openSessions: OpenSessions?
+    /// Decides and records the session's decisions, once it is carried here.
+    var decider: RequestDecider?
+    /// A host name's lookup under way (DirectConnection+Begin).
+    var resolution: PendingResolution?
     var timing: ConnectTiming?
     var outbound: Int32 = -1
     /// Why the client's connection ended before its reply, for the session-end record.
-    private var departure = ClientDeparture.closed
+    var departure = ClientDeparture.closed
     /// The destination said it was readable (or hung up) while the connect was completing.
     var outboundReadable = false
     var outboundHungUp = false
@@ -115,7 +120,7 @@ final class DirectConnection: Deadlined {
         if events & DirectLoop.hangupEvents != 0 { clientHungUp = true }
         switch phase {
         case .negotiating: readNegotiation()
-        case .connecting: if events & DirectLoop.readableEvents != 0 { readEarly() }
+        case .resolving, .connecting: if events & DirectLoop.readableEvents != 0 { readEarly() }
         case .relaying: clientEventDuringRelay(events)
         case .closed: break
         }
@@ -125,7 +130,7 @@ final class DirectConnection: Deadlined {
         switch phase {
         case .connecting: connectProgressed(events)
         case .relaying: outboundEventDuringRelay(events)
-        case .negotiating, .closed: break
+        case .negotiating, .resolving, .closed: break
         }
     }
 
@@ -139,6 +144,10 @@ final class DirectConnection: Deadlined {
                 send(.socks(message))
             }
             closeQuietly()
+        case .resolving:
+            // The resolver reports within its own time-out; should it not, the name is
+            // taken as unresolved, as a lookup that timed out is.
+            resolved([])
         case .connecting:
             if outbound >= 0 { connectFailed(.timedOut) }
         case .relaying:
@@ -240,39 +249,6 @@ final class DirectConnection: Deadlined {
         loop.connectionClosed()
     }
 
-    /// The SOCKS request: carried here when it needs no waiting, else handed to SwiftNIO.
-    private func begin(_ request: SOCKSRequest, before: Snapshot) {
-        guard request.command == .connect else { return handOver(before) }
-        guard let local = listener ?? IPEndpoint.local(of: client) else { return closeQuietly() }
-        let facts = RequestFacts(request, client: peer, listener: local, time: Int64(time(nil)))
-        begin(facts, frontDoor: .socks(request.version), httpRequest: nil) { handOver(before) }
-    }
-
-    /// A CONNECT, SOCKS's or HTTP's: decided at once and started, or, when that cannot be
-    /// done here, `handOver`.
-    func begin(_ facts: RequestFacts, frontDoor: FrontDoor, httpRequest: HTTPRequestLine?, otherwise handOver: () -> Void) {
-        let started = gateway.metrics == nil ? nil : ContinuousClock.now
-        var machine = ConnectSession(facts: facts)
-        // A host name's session starts by resolving, not deciding: handed over with the rest.
-        guard case .decide(let attempt) = machine.start(), let decision = gateway.policy.decideImmediately(attempt),
-            decision.route?.first == nil
-        else { return handOver() }
-        self.frontDoor = frontDoor
-        guard gateway.admitToAuditLog() else {
-            send(frontDoor.auditLogUnavailable)
-            return closeQuietly()
-        }
-        phase = .connecting
-        sessionID = gateway.nextSessionID()
-        let admission = SessionAdmission(policy: gateway.policy)
-        self.admission = admission
-        openSessions = gateway.metrics?.sessionOpened(facts.command, facts.version)
-        let decider = RequestDecider(gateway: gateway, session: sessionID, admission: admission, httpRequest: httpRequest)
-        let final = decider.recordImmediate(decision, attempt, started: started, on: driver.nioLoop(loop.index))
-        session = machine
-        if let action = session?.decided(final, recordPending: false) { perform(action) }
-    }
-
     // MARK: The session
 
     func perform(_ action: ConnectSession.Action) {
@@ -295,8 +271,10 @@ final class DirectConnection: Deadlined {
         case .abandon(let recordEnd):
             if recordEnd { SessionRelay.recordEndBeforeRelay(departure, reply: nil, gateway: gateway, session: sessionID) }
             closeSession()
-        case .resolve, .decide, .connectVia:
-            // Names, later addresses and parents never reach this driver (`begin` hands
+        case .decide(let attempt):
+            decideNextAddress(attempt)
+        case .resolve, .connectVia:
+            // Lookups start in `begin`, and parents never reach this driver (`carry` hands
             // them over before deciding); should one, the session fails rather than hangs.
             perform(.fail(.generalFailure, recordEnd: session?.ledger.allowed ?? false))
         }
@@ -304,7 +282,7 @@ final class DirectConnection: Deadlined {
 
     /// Before the reply: what the client sends is kept for the relay (up to
     /// `EarlyClientData.limit`); its EOF or departure ends the attempt.
-    private func readEarly() {
+    func readEarly() {
         let hadData = received != nil
         guard readClient(limit: EarlyClientData.limit) else {
             if let action = session?.clientLeft() { perform(action) }
@@ -381,7 +359,7 @@ final class DirectConnection: Deadlined {
         switch phase {
         case .negotiating:
             closeQuietly()
-        case .connecting:
+        case .resolving, .connecting:
             departure = ClientDeparture.gatewayStopped
             if let action = session?.clientLeft() { perform(action) }
         case .relaying, .closed:
@@ -392,7 +370,7 @@ final class DirectConnection: Deadlined {
     /// The grace period is over: everything still open ends.
     func gatewayStopped() {
         switch phase {
-        case .negotiating, .connecting: gatewayStopping()
+        case .negotiating, .resolving, .connecting: gatewayStopping()
         case .relaying: endRelay("closed: the gateway stopped")
         case .closed: break
         }

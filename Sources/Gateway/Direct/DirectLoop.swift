@@ -173,6 +173,16 @@ final class DirectLoop: @unchecked Sendable {
     /// Continues `connection`'s relay next turn (it stopped after its fair share).
     func resumeNextTurn(_ connection: DirectConnection) { resumable.append(connection) }
 
+    /// The client connection registered as `descriptor` in `generation`, if it is still
+    /// open: where work that ran elsewhere (a host name's lookup) finds its connection.
+    func clientConnection(_ descriptor: Int32, generation: UInt32) -> DirectConnection? {
+        let slot = Int(descriptor)
+        guard slot >= 0, slot < table.count, let entry = table[slot], entry.generation == generation,
+            case .client(let connection) = entry.registration
+        else { return nil }
+        return connection
+    }
+
     /// The connections open on this loop, for a shutdown.
     var openConnections: [DirectConnection] {
         table.compactMap { entry in
