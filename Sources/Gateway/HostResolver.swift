@@ -53,6 +53,38 @@ public struct HostResolver: Sendable {
     /// or if `maxInFlight` lookups are under way. `logger` hears of saturation, once per
     /// episode.
     public func resolve(_ name: String, on eventLoop: any EventLoop, logger: Logger? = nil) -> EventLoopFuture<[IPAddress]> {
+        guard admit(logger: logger) else { return eventLoop.makeSucceededFuture([]) }
+        let promise = eventLoop.makePromise(of: [IPAddress].self)
+        let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
+        let lookup = self.lookup
+        let state = self.state
+        threadPool.runIfActive(eventLoop: eventLoop) { lookup(name) }
+            .whenComplete { result in
+                Self.finished(state)
+                timer.cancel()
+                promise.completeWith(result.flatMapError { _ in .success([]) })
+            }
+        return promise.futureResult
+    }
+
+    /// For a caller that is not an event loop (the direct driver's loops): `answer` runs
+    /// on a resolver thread, or at once if refused, with what `resolve(_:on:)` would give,
+    /// but without its time-out: the caller stops waiting after `timeout` itself. One
+    /// thread hop fewer each way than a future on an event loop.
+    func resolve(_ name: String, logger: Logger?, answer: @escaping @Sendable ([IPAddress]) -> Void) {
+        guard admit(logger: logger) else { return answer([]) }
+        let lookup = self.lookup
+        let state = self.state
+        threadPool.submit { work in
+            let addresses = work == .active ? lookup(name) : []
+            Self.finished(state)
+            answer(addresses)
+        }
+    }
+
+    /// Takes a place among the `maxInFlight` lookups, or counts a refusal; logs the start
+    /// and the end of a saturated episode.
+    private func admit(logger: Logger?) -> Bool {
         let admission = state.withLockedValue { state -> (admitted: Bool, episodeChanged: Bool) in
             let admitted = state.inFlight < maxInFlight
             if admitted { state.inFlight += 1 } else { state.saturated += 1 }
@@ -69,18 +101,11 @@ public struct HostResolver: Sendable {
         default:
             break
         }
-        guard admission.admitted else { return eventLoop.makeSucceededFuture([]) }
-        let promise = eventLoop.makePromise(of: [IPAddress].self)
-        let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
-        let lookup = self.lookup
-        let state = self.state
-        threadPool.runIfActive(eventLoop: eventLoop) { lookup(name) }
-            .whenComplete { result in
-                state.withLockedValue { $0.inFlight -= 1 }
-                timer.cancel()
-                promise.completeWith(result.flatMapError { _ in .success([]) })
-            }
-        return promise.futureResult
+        return admission.admitted
+    }
+
+    private static func finished(_ state: NIOLockedValueBox<State>) {
+        state.withLockedValue { $0.inFlight -= 1 }
     }
 
     public static func getaddrinfo(_ name: String) -> [IPAddress] {

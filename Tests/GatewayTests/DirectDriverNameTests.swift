@@ -109,6 +109,31 @@ import Testing
         #expect(try audit.records("decision").count == 1)
     }
 
+    /// A lookup that does not answer within the resolver's time-out (`--connect-timeout`)
+    /// leaves the name unresolved, decided and answered by the loop; the late answer finds
+    /// nothing to do.
+    @Test func aLookupThatDoesNotAnswerInTimeIsUnresolved() async throws {
+        let echo = try await EchoServer()
+        let names = Names(["stalled.test": [IPAddress("127.0.0.1")!]], gated: true)
+        let gateway = try await TestGateway.start(
+            configure: {
+                DirectDriverTests.direct(&$0)
+                $0.connectTimeout = .milliseconds(500)
+            }, lookup: names.lookup)
+        let client = try await RawClient.connect(to: gateway.address)
+        let started = ContinuousClock.now
+        try await client.send(Self.socks5Name("stalled.test", port: echo.port))
+        let reply = try await client.readToEnd(timeout: .seconds(5))
+        #expect(Array(reply.prefix(4)) == [5, 0, 5, 4])
+        #expect(ContinuousClock.now - started >= .milliseconds(450))
+        names.open()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(echo.peers.withLockedValue { $0 }.isEmpty)
+        #expect(gateway.server.connectionsHandedToSwiftNIO == 0)
+        try await gateway.stop()
+        await echo.stop()
+    }
+
     /// What the client sends while its name is looked up reaches the destination after
     /// what it sent with the request, in order.
     @Test func bytesSentDuringTheLookupFollowInOrder() async throws {

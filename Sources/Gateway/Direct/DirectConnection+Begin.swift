@@ -33,7 +33,8 @@ struct PendingResolution {
 }
 
 /// A CONNECT's start on a direct loop, SOCKS's or HTTP's: a host name is looked up on the
-/// resolver's pool, as SwiftNIO's sessions do (the loop goes on meanwhile); the request is
+/// resolver's pool, as SwiftNIO's sessions do (the loop goes on meanwhile, and keeps the
+/// resolver's time-out itself); the request is
 /// decided at once and carried here, or, when that needs waiting (identd) or a parent,
 /// handed to SwiftNIO with every byte read. A hand-over after a lookup costs SwiftNIO's
 /// session a second one: that is the price of never deciding on an answer it did not get.
@@ -67,13 +68,12 @@ extension DirectConnection {
         session = machine
         resolution = pending
         let resolver = gateway.resolver
-        // The resolver answers within its time-out, with nothing if the name did not resolve
-        // in time; this deadline only makes sure that the connection never waits for more.
-        deadline = loop.now &+ UInt64(resolver.timeout.nanoseconds) &+ 1_000_000_000
+        // The resolver's time-out, kept here: when it passes, the name is taken as
+        // unresolved (`deadlineFired`), and an answer after it finds nothing to do.
+        deadline = loop.now &+ UInt64(resolver.timeout.nanoseconds)
         loop.schedule(self)
         let (loop, client, generation) = (self.loop, self.client, self.generation)
-        resolver.resolve(name, on: driver.nioLoop(loop.index), logger: gateway.logger).whenComplete { result in
-            let addresses = (try? result.get()) ?? []
+        resolver.resolve(name, logger: gateway.logger) { addresses in
             loop.execute { loop.clientConnection(client, generation: generation)?.resolved(addresses) }
         }
     }

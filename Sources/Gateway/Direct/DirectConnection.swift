@@ -145,8 +145,8 @@ final class DirectConnection: Deadlined {
             }
             closeQuietly()
         case .resolving:
-            // The resolver reports within its own time-out; should it not, the name is
-            // taken as unresolved, as a lookup that timed out is.
+            // The resolver's time-out: the name is taken as unresolved, as SwiftNIO's
+            // sessions take a lookup that timed out.
             resolved([])
         case .connecting:
             if outbound >= 0 { connectFailed(.timedOut) }
