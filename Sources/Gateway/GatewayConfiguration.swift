@@ -34,6 +34,10 @@ public struct GatewayConfiguration: Sendable {
     /// The SOCKS4 text suggests about two minutes; 30 s fails faster at an egress point,
     /// where a destination that has not answered in 30 s is almost never coming.
     public var connectTimeout: TimeAmount = .seconds(30)
+    /// `--resolve-cache`: how long a destination name's addresses are kept after a lookup
+    /// that found some (zero: every request looks its name up). See docs/architecture.md,
+    /// "Destination names".
+    public var resolveCacheTTL: TimeAmount = .seconds(10)
     /// A relay with no bytes moving either way for this long is closed; nil: never.
     public var idleTimeout: TimeAmount? = .hours(1)
     /// BIND: how long to wait for the inbound connection after the first reply.

@@ -51,7 +51,8 @@ public final class GatewayServer: Sendable {
             configuration: configuration,
             policy: policy,
             credentials: credentials,
-            resolver: HostResolver(threadPool: resolverPool, timeout: configuration.connectTimeout, lookup: lookup),
+            resolver: HostResolver(
+                threadPool: resolverPool, timeout: configuration.connectTimeout, cacheTTL: configuration.resolveCacheTTL, lookup: lookup),
             threadPool: threadPool,
             logger: logger,
             audit: audit,

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NetAddress
 import PosixEndpoint
+import SOCKSSession
 
 #if canImport(Glibc)
     import Glibc
@@ -21,16 +22,26 @@ import PosixEndpoint
 /// keeps its own threads), and at most `maxInFlight` lookups run or wait at once; beyond
 /// that a name fails at once (the client hears "host unreachable"), counted in
 /// `saturated` and logged once per episode.
+///
+/// A name's addresses are kept for `cacheTTL` after a lookup that found some (`--resolve-
+/// cache`), at most `cacheCapacity` names, the oldest dropped first: a page's requests to
+/// one host, or a client's repeated connections, look it up once. What is decided is still
+/// what is connected to: the cached addresses, both. Names that did not resolve are not
+/// kept (a client can then make lookups, bounded by `maxInFlight`, but not fill the cache
+/// with names that do not exist).
 public struct HostResolver: Sendable {
     public typealias Lookup = @Sendable (String) -> [IPAddress]
 
     let threadPool: NIOThreadPool
     let timeout: TimeAmount
     let maxInFlight: Int
+    let cacheTTL: TimeAmount
+    static let cacheCapacity = 4096
     private let lookup: Lookup
     private let state = NIOLockedValueBox(State())
 
     struct State {
+        var cache = BoundedCache<String, (addresses: [IPAddress], expires: NIODeadline)>(capacity: HostResolver.cacheCapacity)
         var inFlight = 0
         /// Lookups refused because `maxInFlight` were under way, since the start.
         var saturated = 0
@@ -38,12 +49,42 @@ public struct HostResolver: Sendable {
     }
 
     public init(
-        threadPool: NIOThreadPool, timeout: TimeAmount, maxInFlight: Int = 256, lookup: @escaping Lookup = Self.getaddrinfo
+        threadPool: NIOThreadPool, timeout: TimeAmount, maxInFlight: Int = 256, cacheTTL: TimeAmount = .zero,
+        lookup: @escaping Lookup = Self.getaddrinfo
     ) {
         self.threadPool = threadPool
         self.timeout = timeout
         self.maxInFlight = maxInFlight
+        self.cacheTTL = cacheTTL
         self.lookup = lookup
+    }
+
+    /// The addresses a lookup of `name` found less than `cacheTTL` ago, if any.
+    func cachedAddresses(of name: String) -> [IPAddress]? {
+        guard cacheTTL > .zero else { return nil }
+        let key = Self.cacheKey(name)
+        let now = NIODeadline.now()
+        return state.withLockedValue { state in
+            guard let entry = state.cache[key] else { return nil }
+            guard entry.expires > now else {
+                state.cache.remove(key)
+                return nil
+            }
+            return entry.addresses
+        }
+    }
+
+    /// How many names are kept now.
+    var cachedNames: Int { state.withLockedValue { $0.cache.count } }
+
+    /// Host names are case-insensitive (RFC 4343): one entry for every spelling.
+    private static func cacheKey(_ name: String) -> String { name.lowercased() }
+
+    /// A lookup's answer, kept if it found addresses.
+    private static func keep(_ addresses: [IPAddress], of name: String, for ttl: TimeAmount, in state: NIOLockedValueBox<State>) {
+        guard ttl > .zero, !addresses.isEmpty else { return }
+        let expires = NIODeadline.now() + ttl
+        state.withLockedValue { $0.cache.set((addresses, expires), for: cacheKey(name)) }
     }
 
     /// Lookups refused for saturation since the start.
@@ -53,12 +94,16 @@ public struct HostResolver: Sendable {
     /// or if `maxInFlight` lookups are under way. `logger` hears of saturation, once per
     /// episode.
     public func resolve(_ name: String, on eventLoop: any EventLoop, logger: Logger? = nil) -> EventLoopFuture<[IPAddress]> {
+        if let cached = cachedAddresses(of: name) { return eventLoop.makeSucceededFuture(cached) }
         guard admit(logger: logger) else { return eventLoop.makeSucceededFuture([]) }
         let promise = eventLoop.makePromise(of: [IPAddress].self)
         let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
-        let lookup = self.lookup
-        let state = self.state
-        threadPool.runIfActive(eventLoop: eventLoop) { lookup(name) }
+        let (lookup, state, ttl) = (self.lookup, self.state, self.cacheTTL)
+        threadPool.runIfActive(eventLoop: eventLoop) { () -> [IPAddress] in
+            let addresses = lookup(name)
+            Self.keep(addresses, of: name, for: ttl, in: state)
+            return addresses
+        }
             .whenComplete { result in
                 Self.finished(state)
                 timer.cancel()
@@ -67,16 +112,17 @@ public struct HostResolver: Sendable {
         return promise.futureResult
     }
 
-    /// For a caller that is not an event loop (the direct driver's loops): `answer` runs
-    /// on a resolver thread, or at once if refused, with what `resolve(_:on:)` would give,
-    /// but without its time-out: the caller stops waiting after `timeout` itself. One
-    /// thread hop fewer each way than a future on an event loop.
+    /// For a caller that is not an event loop (the direct driver's loops, which ask
+    /// `cachedAddresses` first): `answer` runs on a resolver thread, or at once if refused,
+    /// with what `resolve(_:on:)` would give, but without its time-out: the caller stops
+    /// waiting after `timeout` itself. One thread hop fewer each way than a future on an
+    /// event loop.
     func resolve(_ name: String, logger: Logger?, answer: @escaping @Sendable ([IPAddress]) -> Void) {
         guard admit(logger: logger) else { return answer([]) }
-        let lookup = self.lookup
-        let state = self.state
+        let (lookup, state, ttl) = (self.lookup, self.state, self.cacheTTL)
         threadPool.submit { work in
             let addresses = work == .active ? lookup(name) : []
+            Self.keep(addresses, of: name, for: ttl, in: state)
             Self.finished(state)
             answer(addresses)
         }

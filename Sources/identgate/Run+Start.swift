@@ -44,6 +44,7 @@ extension Run {
         configuration.negotiationTimeout = negotiateTimeout.amount
         configuration.bindTimeout = bindTimeout.amount
         configuration.connectTimeout = connectTimeout.amount
+        configuration.resolveCacheTTL = resolveCache.amount
         configuration.idleTimeout = idleTimeout.amount == .zero ? nil : idleTimeout.amount
         configuration.methods = parsedMethods
         configuration.protocols = Set(parsedProtocols)

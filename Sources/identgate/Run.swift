@@ -74,6 +74,14 @@ struct Run: ParsableCommand {
             valueName: "duration"))
     var connectTimeout: DurationArgument = "30s"
 
+    @Option(
+        help: ArgumentHelp(
+            "How long a destination name's addresses are kept after a lookup that found some; 0 to look up every time.",
+            discussion: "Names that do not resolve are not kept; at most 4,096 names, the oldest dropped first. The policy "
+                + "decides on the addresses connected to, cached or not.",
+            valueName: "duration"))
+    var resolveCache: DurationArgument = "10s"
+
     @Option(help: ArgumentHelp("Close a relay after this long with no bytes either way; 0 for never.", valueName: "duration"))
     var idleTimeout: DurationArgument = "1h"
 

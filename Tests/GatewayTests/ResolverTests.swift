@@ -56,6 +56,54 @@ import Testing
         try await pool.shutdownGracefully()
     }
 
+    /// `--resolve-cache`: a name that resolved is kept for the time given, whatever its
+    /// spelling's case; one that did not is looked up each time; time zero keeps nothing.
+    @Test func answersAreKeptForTheirTimeAndOnlyWhenTheyFoundAddresses() async throws {
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let lookups = NIOLockedValueBox<[String]>([])
+        let lookup: HostResolver.Lookup = { name in
+            lookups.withLockedValue { $0.append(name) }
+            return name.hasPrefix("gone") ? [] : [IPAddress("192.0.2.7")!]
+        }
+        let loop = testGroup.next()
+        let kept = HostResolver(threadPool: pool, timeout: .seconds(5), cacheTTL: .hours(1), lookup: lookup)
+        #expect(try await kept.resolve("www.example", on: loop).get() == [IPAddress("192.0.2.7")!])
+        #expect(try await kept.resolve("WWW.Example", on: loop).get() == [IPAddress("192.0.2.7")!])
+        #expect(kept.cachedAddresses(of: "www.example") == [IPAddress("192.0.2.7")!])
+        #expect(try await kept.resolve("gone.example", on: loop).get() == [])
+        #expect(try await kept.resolve("gone.example", on: loop).get() == [])
+        #expect(lookups.withLockedValue { $0 } == ["www.example", "gone.example", "gone.example"])
+
+        let brief = HostResolver(threadPool: pool, timeout: .seconds(5), cacheTTL: .milliseconds(50), lookup: lookup)
+        #expect(try await brief.resolve("www.example", on: loop).get() == [IPAddress("192.0.2.7")!])
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(brief.cachedAddresses(of: "www.example") == nil, "expired")
+        #expect(try await brief.resolve("www.example", on: loop).get() == [IPAddress("192.0.2.7")!])
+        #expect(lookups.withLockedValue { $0.count } == 5)
+
+        let uncached = HostResolver(threadPool: pool, timeout: .seconds(5), lookup: lookup)
+        _ = try await uncached.resolve("www.example", on: loop).get()
+        _ = try await uncached.resolve("www.example", on: loop).get()
+        #expect(lookups.withLockedValue { $0.count } == 7)
+        try await pool.shutdownGracefully()
+    }
+
+    /// What a client can make the cache hold is bounded: past `cacheCapacity` names, the
+    /// oldest are dropped.
+    @Test func theCacheHoldsAtMostItsCapacity() async throws {
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        let resolver = HostResolver(threadPool: pool, timeout: .seconds(5), cacheTTL: .hours(1)) { _ in [IPAddress("192.0.2.7")!] }
+        let loop = testGroup.next()
+        let names = (0...HostResolver.cacheCapacity).map { "host\($0).example" }
+        for name in names { _ = try await resolver.resolve(name, on: loop).get() }
+        #expect(resolver.cachedAddresses(of: names[0]) == nil, "the oldest, dropped")
+        #expect(resolver.cachedAddresses(of: names[names.count - 1]) != nil)
+        #expect(resolver.cachedNames == HostResolver.cacheCapacity)
+        try await pool.shutdownGracefully()
+    }
+
     /// Password checks have threads of their own: stalled lookups do not hold them up.
     @Test func stalledLookupsDoNotStarvePasswordChecks() async throws {
         struct Accepting: PasswordVerifier {

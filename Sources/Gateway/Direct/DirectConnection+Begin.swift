@@ -68,6 +68,8 @@ extension DirectConnection {
         session = machine
         resolution = pending
         let resolver = gateway.resolver
+        // Looked up a moment ago (`--resolve-cache`): decided now, on this turn.
+        if let cached = resolver.cachedAddresses(of: name) { return resolved(cached) }
         // The resolver's time-out, kept here: when it passes, the name is taken as
         // unresolved (`deadlineFired`), and an answer after it finds nothing to do.
         deadline = loop.now &+ UInt64(resolver.timeout.nanoseconds)
