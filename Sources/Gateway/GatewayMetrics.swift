@@ -43,6 +43,8 @@ public final class GatewayMetrics: Sendable {
     private let identDuration: DurationHistogram
     private let directoryLookups: [DirectoryLookupOutcome: Counter]
     private let directoryDuration: DurationHistogram
+    private let nameLookups: [NameLookupOutcome: Counter]
+    private let nameLookupDuration: DurationHistogram
     private let connectDuration: DurationHistogram
     private let connectFailures: [String: Counter]
     /// TCP relays (CONNECT, BIND) and UDP payloads, each way.
@@ -124,6 +126,15 @@ public final class GatewayMetrics: Sendable {
             })
         directoryDuration = registry.makeDurationHistogram(
             descriptor: name("directory_lookup_duration", "seconds", "How long group lookups (NSS) took, cache misses only."),
+            buckets: Self.networkBuckets)
+        let nameLookup = name(
+            "name_lookups", "total", "Destination names looked up (getaddrinfo) or found kept (--resolve-cache), by outcome.")
+        nameLookups = Dictionary(
+            uniqueKeysWithValues: NameLookupOutcome.allCases.map {
+                ($0, registry.makeCounter(descriptor: nameLookup, labels: [("outcome", $0.rawValue)]))
+            })
+        nameLookupDuration = registry.makeDurationHistogram(
+            descriptor: name("name_lookup_duration", "seconds", "How long getaddrinfo took for destination names, kept answers not counted."),
             buckets: Self.networkBuckets)
         connectDuration = registry.makeDurationHistogram(
             descriptor: name("connect_duration", "seconds", "Successful outbound connects (to the destination or through the parents)."),
@@ -252,6 +263,11 @@ public final class GatewayMetrics: Sendable {
     func directoryLookup(_ outcome: DirectoryLookupOutcome, after duration: Duration? = nil) {
         if let duration { directoryDuration.record(duration) }
         directoryLookups[outcome]?.increment()
+    }
+
+    func nameLookup(_ outcome: NameLookupOutcome, after duration: Duration? = nil) {
+        if let duration { nameLookupDuration.record(duration) }
+        nameLookups[outcome]?.increment()
     }
 
     func connected(after duration: Duration) {

@@ -52,7 +52,8 @@ public final class GatewayServer: Sendable {
             policy: policy,
             credentials: credentials,
             resolver: HostResolver(
-                threadPool: resolverPool, timeout: configuration.connectTimeout, cacheTTL: configuration.resolveCacheTTL, lookup: lookup),
+                threadPool: resolverPool, timeout: configuration.connectTimeout, cacheTTL: configuration.resolveCacheTTL,
+                metrics: metrics, lookup: lookup),
             threadPool: threadPool,
             logger: logger,
             audit: audit,

@@ -37,6 +37,7 @@ public struct HostResolver: Sendable {
     let maxInFlight: Int
     let cacheTTL: TimeAmount
     static let cacheCapacity = 4096
+    private let metrics: GatewayMetrics?
     private let lookup: Lookup
     private let state = NIOLockedValueBox(State())
 
@@ -50,12 +51,13 @@ public struct HostResolver: Sendable {
 
     public init(
         threadPool: NIOThreadPool, timeout: TimeAmount, maxInFlight: Int = 256, cacheTTL: TimeAmount = .zero,
-        lookup: @escaping Lookup = Self.getaddrinfo
+        metrics: GatewayMetrics? = nil, lookup: @escaping Lookup = Self.getaddrinfo
     ) {
         self.threadPool = threadPool
         self.timeout = timeout
         self.maxInFlight = maxInFlight
         self.cacheTTL = cacheTTL
+        self.metrics = metrics
         self.lookup = lookup
     }
 
@@ -64,7 +66,7 @@ public struct HostResolver: Sendable {
         guard cacheTTL > .zero else { return nil }
         let key = Self.cacheKey(name)
         let now = NIODeadline.now()
-        return state.withLockedValue { state in
+        let kept = state.withLockedValue { state -> [IPAddress]? in
             guard let entry = state.cache[key] else { return nil }
             guard entry.expires > now else {
                 state.cache.remove(key)
@@ -72,6 +74,8 @@ public struct HostResolver: Sendable {
             }
             return entry.addresses
         }
+        if kept != nil { metrics?.nameLookup(.kept) }
+        return kept
     }
 
     /// How many names are kept now.
@@ -80,11 +84,18 @@ public struct HostResolver: Sendable {
     /// Host names are case-insensitive (RFC 4343): one entry for every spelling.
     private static func cacheKey(_ name: String) -> String { name.lowercased() }
 
-    /// A lookup's answer, kept if it found addresses.
-    private static func keep(_ addresses: [IPAddress], of name: String, for ttl: TimeAmount, in state: NIOLockedValueBox<State>) {
-        guard ttl > .zero, !addresses.isEmpty else { return }
+    /// Looks `name` up on this (a resolver) thread; the answer is counted, and kept if it
+    /// found addresses.
+    private static func lookUp(
+        _ name: String, with lookup: Lookup, keepingFor ttl: TimeAmount, in state: NIOLockedValueBox<State>, metrics: GatewayMetrics?
+    ) -> [IPAddress] {
+        let started = metrics == nil ? nil : ContinuousClock.now
+        let addresses = lookup(name)
+        if let started { metrics?.nameLookup(addresses.isEmpty ? .unresolved : .resolved, after: .now - started) }
+        guard ttl > .zero, !addresses.isEmpty else { return addresses }
         let expires = NIODeadline.now() + ttl
         state.withLockedValue { $0.cache.set((addresses, expires), for: cacheKey(name)) }
+        return addresses
     }
 
     /// Lookups refused for saturation since the start.
@@ -98,11 +109,9 @@ public struct HostResolver: Sendable {
         guard admit(logger: logger) else { return eventLoop.makeSucceededFuture([]) }
         let promise = eventLoop.makePromise(of: [IPAddress].self)
         let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
-        let (lookup, state, ttl) = (self.lookup, self.state, self.cacheTTL)
-        threadPool.runIfActive(eventLoop: eventLoop) { () -> [IPAddress] in
-            let addresses = lookup(name)
-            Self.keep(addresses, of: name, for: ttl, in: state)
-            return addresses
+        let (lookup, state, ttl, metrics) = (self.lookup, self.state, self.cacheTTL, self.metrics)
+        threadPool.runIfActive(eventLoop: eventLoop) {
+            Self.lookUp(name, with: lookup, keepingFor: ttl, in: state, metrics: metrics)
         }
             .whenComplete { result in
                 Self.finished(state)
@@ -119,10 +128,9 @@ public struct HostResolver: Sendable {
     /// event loop.
     func resolve(_ name: String, logger: Logger?, answer: @escaping @Sendable ([IPAddress]) -> Void) {
         guard admit(logger: logger) else { return answer([]) }
-        let (lookup, state, ttl) = (self.lookup, self.state, self.cacheTTL)
+        let (lookup, state, ttl, metrics) = (self.lookup, self.state, self.cacheTTL, self.metrics)
         threadPool.submit { work in
-            let addresses = work == .active ? lookup(name) : []
-            Self.keep(addresses, of: name, for: ttl, in: state)
+            let addresses = work == .active ? Self.lookUp(name, with: lookup, keepingFor: ttl, in: state, metrics: metrics) : []
             Self.finished(state)
             answer(addresses)
         }
@@ -138,6 +146,7 @@ public struct HostResolver: Sendable {
             defer { state.saturatedEpisode = !admitted }
             return (admitted, state.saturatedEpisode == admitted)
         }
+        if !admission.admitted { metrics?.nameLookup(.refused) }
         switch (admission.admitted, admission.episodeChanged) {
         case (false, true):
             logger?.error(
@@ -173,4 +182,12 @@ public struct HostResolver: Sendable {
         var seen = Set<IPAddress>()
         return addresses.filter { seen.insert($0).inserted }
     }
+}
+
+/// `identgate_name_lookups_total`'s `outcome` label.
+enum NameLookupOutcome: String, CaseIterable {
+    /// Found kept from an earlier lookup (`--resolve-cache`).
+    case kept
+    /// getaddrinfo found addresses; did not; was not asked (`maxInFlight` lookups under way).
+    case resolved, unresolved, refused
 }

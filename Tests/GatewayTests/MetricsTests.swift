@@ -2,6 +2,7 @@ import AccessPolicy
 import NIOCore
 import NetAddress
 import NIOEmbedded
+import NIOPosix
 import SOCKSWire
 import Testing
 
@@ -40,6 +41,27 @@ import Testing
         let series = exposition(metrics).split(separator: "\n").filter { $0.hasPrefix("identgate_decisions_total{") }
         #expect(series.count <= GatewayMetrics.policySeriesLimit + 1)
         #expect(series.contains { $0.contains(#"rule="other""#) })
+    }
+
+    /// Destination names: looked up, found kept, not found, refused at the bound.
+    @Test func nameLookupsAreCountedByOutcome() async throws {
+        let metrics = GatewayMetrics(version: "1", commit: "c")
+        let pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        let resolver = HostResolver(threadPool: pool, timeout: .seconds(5), cacheTTL: .hours(1), metrics: metrics) { name in
+            name == "www.example" ? [IPAddress("192.0.2.7")!] : []
+        }
+        let loop = testGroup.next()
+        for name in ["www.example", "www.example", "WWW.example", "nowhere.example"] {
+            _ = try await resolver.resolve(name, on: loop).get()
+        }
+        let text = exposition(metrics)
+        #expect(text.contains(#"identgate_name_lookups_total{outcome="resolved"} 1"#))
+        #expect(text.contains(#"identgate_name_lookups_total{outcome="kept"} 2"#))
+        #expect(text.contains(#"identgate_name_lookups_total{outcome="unresolved"} 1"#))
+        #expect(text.contains(#"identgate_name_lookups_total{outcome="refused"} 0"#))
+        #expect(text.contains("identgate_name_lookup_duration_seconds_count 2"))
+        try await pool.shutdownGracefully()
     }
 
     @Test func limitRefusalsNameTheLimit() {
