@@ -43,6 +43,8 @@ public struct HostResolver: Sendable {
 
     struct State {
         var cache = BoundedCache<String, (addresses: [IPAddress], expires: NIODeadline)>(capacity: HostResolver.cacheCapacity)
+        /// For each name being looked up, who waits for its answer (the first asked for it).
+        var waiting: [String: [@Sendable ([IPAddress]) -> Void]] = [:]
         var inFlight = 0
         /// Lookups refused because `maxInFlight` were under way, since the start.
         var saturated = 0
@@ -106,18 +108,13 @@ public struct HostResolver: Sendable {
     /// episode.
     public func resolve(_ name: String, on eventLoop: any EventLoop, logger: Logger? = nil) -> EventLoopFuture<[IPAddress]> {
         if let cached = cachedAddresses(of: name) { return eventLoop.makeSucceededFuture(cached) }
-        guard admit(logger: logger) else { return eventLoop.makeSucceededFuture([]) }
         let promise = eventLoop.makePromise(of: [IPAddress].self)
+        // Whichever comes first answers (a promise takes its first value only).
         let timer = eventLoop.scheduleTask(in: timeout) { promise.succeed([]) }
-        let (lookup, state, ttl, metrics) = (self.lookup, self.state, self.cacheTTL, self.metrics)
-        threadPool.runIfActive(eventLoop: eventLoop) {
-            Self.lookUp(name, with: lookup, keepingFor: ttl, in: state, metrics: metrics)
+        resolve(name, logger: logger) { addresses in
+            timer.cancel()
+            promise.succeed(addresses)
         }
-            .whenComplete { result in
-                Self.finished(state)
-                timer.cancel()
-                promise.completeWith(result.flatMapError { _ in .success([]) })
-            }
         return promise.futureResult
     }
 
@@ -126,41 +123,71 @@ public struct HostResolver: Sendable {
     /// with what `resolve(_:on:)` would give, but without its time-out: the caller stops
     /// waiting after `timeout` itself. One thread hop fewer each way than a future on an
     /// event loop.
+    ///
+    /// Requests for a name whose lookup is under way wait for that lookup's answer: one
+    /// getaddrinfo and one place among `maxInFlight` however many ask at once, so a burst
+    /// to one name (or a client repeating one slow name) cannot take the places other
+    /// names need.
     func resolve(_ name: String, logger: Logger?, answer: @escaping @Sendable ([IPAddress]) -> Void) {
-        guard admit(logger: logger) else { return answer([]) }
+        let key = Self.cacheKey(name)
+        switch admit(key, answer, logger: logger) {
+        case .joined, .refused:
+            return
+        case .admitted:
+            break
+        }
         let (lookup, state, ttl, metrics) = (self.lookup, self.state, self.cacheTTL, self.metrics)
         threadPool.submit { work in
             let addresses = work == .active ? Self.lookUp(name, with: lookup, keepingFor: ttl, in: state, metrics: metrics) : []
-            Self.finished(state)
-            answer(addresses)
+            let waiting = state.withLockedValue { state in
+                state.inFlight -= 1
+                return state.waiting.removeValue(forKey: key) ?? []
+            }
+            for answer in waiting { answer(addresses) }
         }
     }
 
-    /// Takes a place among the `maxInFlight` lookups, or counts a refusal; logs the start
+    private enum Admission { case admitted, joined, refused }
+
+    /// Joins the lookup of `key` under way, or takes a place among the `maxInFlight`
+    /// lookups for a new one, or counts a refusal (and answers it: nothing). Logs the start
     /// and the end of a saturated episode.
-    private func admit(logger: Logger?) -> Bool {
-        let admission = state.withLockedValue { state -> (admitted: Bool, episodeChanged: Bool) in
+    private func admit(_ key: String, _ answer: @escaping @Sendable ([IPAddress]) -> Void, logger: Logger?) -> Admission {
+        let (admission, episodeChanged) = state.withLockedValue { state -> (Admission, Bool) in
+            if state.waiting[key] != nil {
+                state.waiting[key, default: []].append(answer)
+                return (.joined, false)
+            }
             let admitted = state.inFlight < maxInFlight
-            if admitted { state.inFlight += 1 } else { state.saturated += 1 }
+            if admitted {
+                state.inFlight += 1
+                state.waiting[key] = [answer]
+            } else {
+                state.saturated += 1
+            }
             // An episode starts with the first refusal and ends with the next admission.
             defer { state.saturatedEpisode = !admitted }
-            return (admitted, state.saturatedEpisode == admitted)
+            return (admitted ? .admitted : .refused, state.saturatedEpisode == admitted)
         }
-        if !admission.admitted { metrics?.nameLookup(.refused) }
-        switch (admission.admitted, admission.episodeChanged) {
-        case (false, true):
+        switch (admission, episodeChanged) {
+        case (.refused, true):
             logger?.error(
                 "resolver saturated: \(maxInFlight) lookups under way; new names fail at once (logged once until it recovers)")
-        case (true, true):
+        case (.admitted, true):
             logger?.notice("resolver accepting lookups again")
         default:
             break
         }
-        return admission.admitted
-    }
-
-    private static func finished(_ state: NIOLockedValueBox<State>) {
-        state.withLockedValue { $0.inFlight -= 1 }
+        switch admission {
+        case .refused:
+            metrics?.nameLookup(.refused)
+            answer([])
+        case .joined:
+            metrics?.nameLookup(.joined)
+        case .admitted:
+            break
+        }
+        return admission
     }
 
     public static func getaddrinfo(_ name: String) -> [IPAddress] {
@@ -188,6 +215,8 @@ public struct HostResolver: Sendable {
 enum NameLookupOutcome: String, CaseIterable {
     /// Found kept from an earlier lookup (`--resolve-cache`).
     case kept
+    /// Waited for a lookup of the same name already under way.
+    case joined
     /// getaddrinfo found addresses; did not; was not asked (`maxInFlight` lookups under way).
     case resolved, unresolved, refused
 }

@@ -56,6 +56,26 @@ import Testing
         try await pool.shutdownGracefully()
     }
 
+    /// Requests for a name whose lookup is under way wait for it: one getaddrinfo and one
+    /// place among the bound, however many ask; other names still find their places.
+    @Test func requestsForANameUnderWayShareItsLookup() async throws {
+        let pool = NIOThreadPool(numberOfThreads: 2)
+        pool.start()
+        let dns = StalledDNS()
+        let resolver = HostResolver(threadPool: pool, timeout: .seconds(30), maxInFlight: 2, lookup: dns.lookup)
+        let loop = testGroup.next()
+        let same = (0..<5).map { _ in resolver.resolve("slow.example", on: loop) }
+        let other = resolver.resolve("other.example", on: loop)
+        for _ in 0..<300 where dns.started.withLockedValue({ $0 }) < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(dns.started.withLockedValue { $0 } == 2, "one lookup for five requests, one for the other name")
+        #expect(try await resolver.resolve("third.example", on: loop).get() == [], "both places taken: refused at once")
+        #expect(resolver.saturated == 1)
+        dns.open.withLockedValue { $0 = true }
+        for future in same + [other] { #expect(try await future.get() == [IPAddress("127.0.0.1")!]) }
+        try await pool.shutdownGracefully()
+    }
+
     /// `--resolve-cache`: a name that resolved is kept for the time given, whatever its
     /// spelling's case; one that did not is looked up each time; time zero keeps nothing.
     @Test func answersAreKeptForTheirTimeAndOnlyWhenTheyFoundAddresses() async throws {
