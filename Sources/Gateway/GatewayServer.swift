@@ -28,6 +28,11 @@ public final class GatewayServer: Sendable {
     /// With the direct driver, the connections its loops handed to SwiftNIO so far.
     var connectionsHandedToSwiftNIO: Int { direct?.handOvers ?? 0 }
 
+    /// The destination names the resolver keeps (`--resolve-cache`); a reload drops them.
+    var keptNames: Int { context.resolver.cachedNames }
+    var resolver: HostResolver { context.resolver }
+    func forgetKeptNames() { context.resolver.forgetKeptNames() }
+
     public init(
         configuration: GatewayConfiguration,
         policy: any PolicyDecider,

@@ -151,9 +151,12 @@ public final class GatewayService: Sendable {
     }
 
     /// Puts a new policy (its tests passed) in force for every decision from now on;
-    /// decisions under way finish on the one they started with.
+    /// decisions under way finish on the one they started with. The names the resolver
+    /// keeps are dropped too: an operator who changed /etc/hosts or DNS reloads to have it
+    /// count at once rather than within `--resolve-cache`.
     public func replacePolicy(with engine: PolicyEngine, sha256: String, file: String, testsPassed: Int) {
         policyStore.replace(with: engine, sha256: sha256)
+        gateway.forgetKeptNames()
         metrics?.policyReloaded(applied: true)
         metrics?.policyLoaded(sha256: sha256, file: file)
         audit?.record(.policyReload(file: file, sha256: sha256, rules: engine.policy.rules.count, testsPassed: testsPassed))

@@ -83,6 +83,11 @@ public struct HostResolver: Sendable {
     /// How many names are kept now.
     var cachedNames: Int { state.withLockedValue { $0.cache.count } }
 
+    /// Drops every kept name (a reload: /etc/hosts or DNS may have been changed for it).
+    func forgetKeptNames() {
+        state.withLockedValue { $0.cache.removeAll() }
+    }
+
     /// Host names are case-insensitive (RFC 4343): one entry for every spelling.
     private static func cacheKey(_ name: String) -> String { name.lowercased() }
 
