@@ -114,7 +114,7 @@ class Mix:
         self.running = True
         self.actions = [(self.connect, 30), (self.socks4_ident, 15), (self.password, 10), (self.denied, 10),
                         (self.bind, 5), (self.udp, 5), (self.slow, 5), (self.vanish, 10), (self.http_connect, 10),
-                        (self.long, 1)]
+                        (self.named, 10), (self.long, 1)]
 
     def count(self, name, ok, detail=""):
         with self.lock:
@@ -198,9 +198,24 @@ class Mix:
             connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         connection.close()
 
-    def http_connect(self):
+    def named(self):
+        """The destination by name (looked up, or kept by --resolve-cache, which the reloads
+        clear): SOCKS5's domain type or an HTTP CONNECT, in turn."""
+        if self.rng.random() < 0.5:
+            return self.http_connect(host="localhost")
+        connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        with connection:
+            connection.sendall(b"\x05\x01\x00")
+            assert recv_exactly(connection, 2) == b"\x05\x00"
+            connection.sendall(b"\x05\x01\x00\x03\x09localhost" + self.echo.tcp_port.to_bytes(2, "big"))
+            reply = recv_exactly(connection, 10)
+            assert reply[1] == 0, f"reply {reply[1]}"
+            connection.sendall(b"n" * 16)
+            assert recv_exactly(connection, 16) == b"n" * 16
+
+    def http_connect(self, host="127.0.0.1"):
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as connection:
-            connection.sendall(f"CONNECT 127.0.0.1:{self.echo.tcp_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            connection.sendall(f"CONNECT {host}:{self.echo.tcp_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = connection.recv(1024)
