@@ -90,6 +90,13 @@ public final class GatewayMetrics: Sendable {
         func name(_ name: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "identgate", metricName: name, unitName: unit, helpText: help)
         }
+        /// One series of `descriptor` per key, its `label` set to the key's value: a fixed set.
+        func counters<Key: Hashable>(_ descriptor: MetricNameDescriptor, _ label: String, _ keys: [Key], value: (Key) -> String)
+            -> [Key: Counter]
+        {
+            Dictionary(
+                uniqueKeysWithValues: keys.map { ($0, registry.makeCounter(descriptor: descriptor, labels: [(label, value($0))])) })
+        }
         registry.makeGauge(
             descriptor: name("build", "info", "The running identgate's version and commit; always 1."),
             labels: [("version", version), ("commit", commit)]
@@ -113,37 +120,28 @@ public final class GatewayMetrics: Sendable {
         decisionDuration = registry.makeDurationHistogram(
             descriptor: name("decision_duration", "seconds", "From a request's facts to the policy's decision, ident lookup included."),
             buckets: Self.fastBuckets)
-        let identLookup = name("ident_lookups", "total", "RFC 1413 lookups, by outcome.")
-        identLookups = Dictionary(
-            uniqueKeysWithValues: Self.identOutcomes.map { ($0, registry.makeCounter(descriptor: identLookup, labels: [("outcome", $0)])) })
+        identLookups = counters(name("ident_lookups", "total", "RFC 1413 lookups, by outcome."), "outcome", Self.identOutcomes) { $0 }
         identDuration = registry.makeDurationHistogram(
             descriptor: name("ident_lookup_duration", "seconds", "How long RFC 1413 lookups took, whatever their outcome."),
             buckets: Self.networkBuckets)
-        let directory = name("directory_lookups", "total", "Group lookups for `group` rules, by outcome (cache hits included).")
-        directoryLookups = Dictionary(
-            uniqueKeysWithValues: DirectoryLookupOutcome.allCases.map {
-                ($0, registry.makeCounter(descriptor: directory, labels: [("outcome", $0.rawValue)]))
-            })
+        directoryLookups = counters(
+            name("directory_lookups", "total", "Group lookups for `group` rules, by outcome (cache hits included)."), "outcome",
+            DirectoryLookupOutcome.allCases, value: \.rawValue)
         directoryDuration = registry.makeDurationHistogram(
             descriptor: name("directory_lookup_duration", "seconds", "How long group lookups (NSS) took, cache misses only."),
             buckets: Self.networkBuckets)
-        let nameLookup = name(
-            "name_lookups", "total", "Destination names looked up (getaddrinfo) or found kept (--resolve-cache), by outcome.")
-        nameLookups = Dictionary(
-            uniqueKeysWithValues: NameLookupOutcome.allCases.map {
-                ($0, registry.makeCounter(descriptor: nameLookup, labels: [("outcome", $0.rawValue)]))
-            })
+        nameLookups = counters(
+            name("name_lookups", "total", "Destination names looked up (getaddrinfo) or found kept (--resolve-cache), by outcome."),
+            "outcome", NameLookupOutcome.allCases, value: \.rawValue)
         nameLookupDuration = registry.makeDurationHistogram(
-            descriptor: name("name_lookup_duration", "seconds", "How long getaddrinfo took for destination names, kept answers not counted."),
+            descriptor: name(
+                "name_lookup_duration", "seconds", "How long getaddrinfo took for destination names, kept answers not counted."),
             buckets: Self.networkBuckets)
         connectDuration = registry.makeDurationHistogram(
             descriptor: name("connect_duration", "seconds", "Successful outbound connects (to the destination or through the parents)."),
             buckets: Self.networkBuckets)
-        let connectFailure = name("connect_failures", "total", "Outbound connects that failed, by kind.")
-        connectFailures = Dictionary(
-            uniqueKeysWithValues: ConnectFailureKind.all.map {
-                ($0, registry.makeCounter(descriptor: connectFailure, labels: [("kind", $0)]))
-            })
+        connectFailures = counters(
+            name("connect_failures", "total", "Outbound connects that failed, by kind."), "kind", ConnectFailureKind.all) { $0 }
         let relayed = name("relayed_bytes", "total", "Payload bytes relayed, by transport and direction.")
         tcpFromClients = registry.makeCounter(descriptor: relayed, labels: [("transport", "tcp"), ("direction", "from_client")])
         tcpToClients = registry.makeCounter(descriptor: relayed, labels: [("transport", "tcp"), ("direction", "to_client")])
@@ -153,9 +151,9 @@ public final class GatewayMetrics: Sendable {
         bindListenersOpen = registry.makeGauge(descriptor: name("bind_listeners_open", "", "BIND listening sockets open."))
         acceptsFailed = registry.makeCounter(
             descriptor: name("accepts_failed", "total", "Connections the kernel could not hand over (descriptor or memory limits)."))
-        let repeated = name("peer_events", "total", "Events a peer can repeat at will, each counted (logged once per episode), by kind.")
-        repeatedEvents = Dictionary(
-            uniqueKeysWithValues: RepeatedEvent.allCases.map { ($0, registry.makeCounter(descriptor: repeated, labels: [("event", $0.rawValue)])) })
+        repeatedEvents = counters(
+            name("peer_events", "total", "Events a peer can repeat at will, each counted (logged once per episode), by kind."), "event",
+            RepeatedEvent.allCases, value: \.rawValue)
         auditQueueDepth = registry.makeGauge(descriptor: name("audit_queue_depth", "", "Audit records queued or being written."))
         auditWriteFailures = registry.makeCounter(
             descriptor: name("audit_write_failures", "total", "Times writing the audit log failed (each starts a gap record)."))

@@ -26,9 +26,9 @@ import SOCKSSession
 /// A name's addresses are kept for `cacheTTL` after a lookup that found some (`--resolve-
 /// cache`), at most `cacheCapacity` names, the oldest dropped first: a page's requests to
 /// one host, or a client's repeated connections, look it up once. What is decided is still
-/// what is connected to, whether the addresses are fresh or kept. Names that did not resolve are not
-/// kept (a client can then make lookups, bounded by `maxInFlight`, but not fill the cache
-/// with names that do not exist).
+/// what is connected to, whether the addresses are fresh or kept. Names that did not
+/// resolve are not kept (a client can then make lookups, bounded by `maxInFlight`, but not
+/// fill the cache with names that do not exist).
 public struct HostResolver: Sendable {
     public typealias Lookup = @Sendable (String) -> [IPAddress]
 
