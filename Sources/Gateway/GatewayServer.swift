@@ -28,10 +28,8 @@ public final class GatewayServer: Sendable {
     /// With the direct driver, the connections its loops handed to SwiftNIO so far.
     var connectionsHandedToSwiftNIO: Int { direct?.handOvers ?? 0 }
 
-    /// The destination names the resolver keeps (`--resolve-cache`); a reload drops them.
-    var keptNames: Int { context.resolver.cachedNames }
+    /// Destination names, looked up and kept (`--resolve-cache`); a reload forgets them.
     var resolver: HostResolver { context.resolver }
-    func forgetKeptNames() { context.resolver.forgetKeptNames() }
 
     public init(
         configuration: GatewayConfiguration,

@@ -156,7 +156,7 @@ public final class GatewayService: Sendable {
     /// count at once rather than within `--resolve-cache`.
     public func replacePolicy(with engine: PolicyEngine, sha256: String, file: String, testsPassed: Int) {
         policyStore.replace(with: engine, sha256: sha256)
-        gateway.forgetKeptNames()
+        gateway.resolver.forgetKeptNames()
         metrics?.policyReloaded(applied: true)
         metrics?.policyLoaded(sha256: sha256, file: file)
         audit?.record(.policyReload(file: file, sha256: sha256, rules: engine.policy.rules.count, testsPassed: testsPassed))

@@ -43,10 +43,12 @@ import Testing
         [5, 1, 0] + SOCKS.socks5Connect(port: port, host: [3, UInt8(name.utf8.count)] + Array(name.utf8))
     }
 
-    /// An audit log in a fresh folder; `records` reads it after the gateway stopped.
-    struct Audit {
+    /// An audit log in a fresh folder; `records` reads it after the gateway stopped (the
+    /// first call ends the writer and removes the folder, later calls read what it held).
+    final class Audit {
         let directory: URL
         let writer: AuditWriter
+        private var lines: [String]?
         init() throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("direct-names-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -54,10 +56,13 @@ import Testing
             writer.start()
         }
         func records(_ event: String) throws -> [String] {
-            writer.shutdown()
-            defer { try? FileManager.default.removeItem(at: directory) }
-            let text = try String(contentsOfFile: directory.appendingPathComponent("audit.jsonl").path, encoding: .utf8)
-            return text.split(separator: "\n").map(String.init).filter { $0.contains(#""event":"\#(event)""#) }
+            if lines == nil {
+                writer.shutdown()
+                defer { try? FileManager.default.removeItem(at: directory) }
+                let text = try String(contentsOfFile: directory.appendingPathComponent("audit.jsonl").path, encoding: .utf8)
+                lines = text.split(separator: "\n").map(String.init)
+            }
+            return (lines ?? []).filter { $0.contains(#""event":"\#(event)""#) }
         }
     }
 
@@ -195,6 +200,36 @@ import Testing
         try await gateway.stop()
         await echo.stop()
         #expect(try audit.records("decision").count == 1, "only the normal request's")
+    }
+
+    /// A later address whose decision would wait for identd cannot go to SwiftNIO (the
+    /// first address's decision is on record): the session fails with a general failure,
+    /// and its end is recorded once.
+    @Test func aLaterAddressThatWouldWaitForIdentdEndsTheSession() async throws {
+        let echo = try await EchoServer()
+        let audit = try Audit()
+        let policy = try #require(
+            PolicyCompiler.compile(
+                """
+                ident from 127.0.0.0/8 timeout 1s
+                allow connect to 127.0.0.2
+                allow connect from 127.0.0.0/8 ident label "verified"
+                """, file: "later.policy"
+            ).policy)
+        let gateway = try await TestGateway.start(
+            configure: DirectDriverTests.direct, policy: PolicyEngine(policy: policy), audit: audit.writer,
+            lookup: Names(Self.twoAddresses).lookup)
+        let client = try await RawClient.connect(to: gateway.address)
+        try await client.send(Self.socks5Name("two.test", port: echo.port))
+        let reply = try await client.readToEnd(timeout: .seconds(5))
+        #expect(Array(reply.prefix(4)) == [5, 0, 5, 1])
+        #expect(gateway.server.connectionsHandedToSwiftNIO == 0)
+        #expect(echo.peers.withLockedValue { $0 }.isEmpty)
+        try await gateway.stop()
+        await echo.stop()
+        #expect(try audit.records("session-end").count == 1)
+        let decisions = try audit.records("decision")
+        #expect(decisions.count == 1 && decisions.first?.contains(#""resolved":"127.0.0.2""#) == true, "\(decisions)")
     }
 
     /// A decision that must wait for identd is SwiftNIO's: after the lookup, the loop hands

@@ -60,12 +60,12 @@ import Testing
 
         // A name looked up (not through a request: it would add records) is kept until a reload.
         _ = try await service.gateway.resolver.resolve("localhost", on: testGroup.next()).get()
-        #expect(service.gateway.keptNames == 1)
+        #expect(service.gateway.resolver.cachedNames == 1)
 
         // A policy with no rules: every request from now on is refused; the session
         // already relaying goes on. The kept names are dropped.
         service.replacePolicy(with: PolicyEngine(policy: Policy(rules: [])), sha256: "sha-empty", file: "empty.policy", testsPassed: 0)
-        #expect(service.gateway.keptNames == 0)
+        #expect(service.gateway.resolver.cachedNames == 0)
         let refused = try await RawClient.connect(to: socks, sending: [5, 1, 0] + SOCKS.socks5Connect(port: echo.port))
         #expect(try await refused.read(2) == [5, 0])
         #expect(Array(try await refused.read(10).prefix(2)) == [5, 2], "not allowed by the ruleset")

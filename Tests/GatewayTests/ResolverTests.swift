@@ -62,7 +62,8 @@ import Testing
         let pool = NIOThreadPool(numberOfThreads: 2)
         pool.start()
         let dns = StalledDNS()
-        let resolver = HostResolver(threadPool: pool, timeout: .seconds(30), maxInFlight: 2, lookup: dns.lookup)
+        let metrics = GatewayMetrics(version: "1", commit: "c")
+        let resolver = HostResolver(threadPool: pool, timeout: .seconds(30), maxInFlight: 2, metrics: metrics, lookup: dns.lookup)
         let loop = testGroup.next()
         let same = (0..<5).map { _ in resolver.resolve("slow.example", on: loop) }
         let other = resolver.resolve("other.example", on: loop)
@@ -73,6 +74,10 @@ import Testing
         #expect(resolver.saturated == 1)
         dns.open.withLockedValue { $0 = true }
         for future in same + [other] { #expect(try await future.get() == [IPAddress("127.0.0.1")!]) }
+        let exposition = String(decoding: metrics.registry.emitToBuffer(), as: UTF8.self)
+        #expect(exposition.contains(#"identgate_name_lookups_total{outcome="joined"} 4"#))
+        #expect(exposition.contains(#"identgate_name_lookups_total{outcome="resolved"} 2"#))
+        #expect(exposition.contains(#"identgate_name_lookups_total{outcome="refused"} 1"#))
         try await pool.shutdownGracefully()
     }
 
